@@ -1,0 +1,1 @@
+"""PyTorch -> Flax conversion with strict key coverage and a logit parity check (timm first)."""

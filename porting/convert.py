@@ -1,0 +1,130 @@
+"""Convert a timm ViT to vitjax, verify logit parity, and write a model directory.
+
+    python -m porting.convert --model vit_base_patch16_224.augreg_in21k_ft_in1k --out out/vitb
+    python -m porting.convert --model deit_tiny_patch16_224 --checkpoint deit_tiny.safetensors --out out/deit_tiny
+
+Without --checkpoint the weights come from the Hugging Face hub through timm (needs network). The output
+directory is written only if parity passes: params.safetensors, config.json, parity.json.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from typing import Any, Optional
+
+import jax
+
+from porting import parity, sources, timm_vit
+from porting.engine import ConversionError
+
+
+def _size(text: str):
+    parts = text.lower().split('x')
+    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f'{text!r} is not N or HxW')
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    key, eq, value = text.partition('=')
+    if not eq:
+        raise argparse.ArgumentTypeError(f'{text!r} is not key=value')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def load_timm(name: str, checkpoint: Optional[str], **kwargs):
+    """The source timm model, with hub weights or a checkpoint file loaded strictly."""
+    import timm
+    if checkpoint is None:
+        return timm.create_model(name, pretrained=True, **kwargs).eval()
+    state = sources.read_state_dict(checkpoint)
+    kwargs.setdefault('num_classes', sources.infer_num_classes(state))
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    result = model.load_state_dict(state, strict=False)
+    problems = [f'  missing: {k}' for k in result.missing_keys] + [f'  unexpected: {k}' for k in
+                                                                    result.unexpected_keys]
+    if problems:
+        raise ConversionError(f'{checkpoint} is not a {name} state dict:\n' + '\n'.join(problems))
+    return model.eval()
+
+
+def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = None, seed: int = 0):
+    """timm model -> (vitjax model, variables, reference torch model with the same size/head changes)."""
+    import torch
+    from timm.layers import resample_abs_pos_embed
+    from vitjax.io import adapt_params
+    from vitjax.models import PretrainedCfg, VisionTransformer
+
+    config = timm_vit.model_config(torch_model)
+    state = torch_model.state_dict()
+    params = timm_vit.from_timm(state, config)
+    model = VisionTransformer(**config, pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
+    changes = {}
+    if img_size is not None and img_size != model.img_size:
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        p = model.pretrained_cfg
+        changes.update(img_size=img_size, pretrained_cfg=PretrainedCfg((3, h, w), p.mean, p.std, 1.0, p.crop_mode,
+                                                                       p.interpolation, p.tag))
+    if num_classes is not None and num_classes != model.num_classes:
+        changes['num_classes'] = num_classes
+    if not changes:
+        return model, {'params': params}, torch_model
+    new = model.clone(**changes)
+    params = adapt_params(params, model, new, jax.random.PRNGKey(seed))
+    # The reference: timm's own model at the new size, position embeddings resampled by timm, the same new head.
+    import timm
+    ref = timm.create_model(name, pretrained=False, img_size=new.img_size, num_classes=new.num_classes).eval()
+    ref_state = dict(state)
+    if 'pos_embed' in ref_state:
+        ref_state['pos_embed'] = resample_abs_pos_embed(
+            state['pos_embed'], new_size=new.grid_size, old_size=model.grid_size,
+            num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens)
+    new_cfg = dict(config, img_size=new.img_size, num_classes=new.num_classes)
+    heads = {k: torch.from_numpy(v) for k, v in timm_vit.to_timm(params, new_cfg).items() if k.startswith('head')}
+    ref_state = {k: v for k, v in ref_state.items() if not k.startswith('head')} | heads
+    ref.load_state_dict(ref_state, strict=True)
+    return new, {'params': params}, ref
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='python -m porting.convert', description=__doc__.split('\n')[0])
+    ap.add_argument('--model', required=True, help='timm model name, optionally with .tag')
+    ap.add_argument('--checkpoint', help='.safetensors (preferred), .pth, .pt or .bin; default: hub weights')
+    ap.add_argument('--out', required=True, help='output model directory')
+    ap.add_argument('--img-size', type=_size, help='convert to another input size (N or HxW): position '
+                    'embeddings are resampled bicubically on the patch grid')
+    ap.add_argument('--num-classes', type=int, help='re-initialise the head for this many classes')
+    ap.add_argument('--model-arg', type=_kv, action='append', default=[], metavar='KEY=VALUE',
+                    help='extra timm.create_model argument, e.g. depth=2 (repeatable)')
+    ap.add_argument('--tolerance', type=float, default=1e-4,
+                    help='parity passes when max|diff| <= tolerance * max(1, max|logit|)')
+    ap.add_argument('--batch', type=int, default=2, help='parity input batch size')
+    ap.add_argument('--seed', type=int, default=0)
+    args = ap.parse_args(argv)
+
+    import vitjax
+    try:
+        torch_model = load_timm(args.model, args.checkpoint, **dict(args.model_arg))
+        model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed)
+        report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
+                              tolerance=args.tolerance)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(parity.format_report(report))
+    if not report['passed']:
+        print(f'error: parity failed; nothing written to {args.out}', file=sys.stderr)
+        return 1
+    source = {'library': 'timm', 'model': args.model, 'checkpoint': args.checkpoint or 'hub'}
+    vitjax.save(args.out, model, variables, name=args.model, extra_json={'parity.json': report},
+                meta={'source': source})
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

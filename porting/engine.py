@@ -1,0 +1,139 @@
+"""Generic, declarative state-dict <-> Flax params conversion.
+
+A family is described by a table of `Rule(source, target, transform)` rows. Names are templates in which
+`{i}` (or any `{name}`) stands for a block index. The engine applies a table in either direction and is
+strict: every source key must be used, every target param filled, every shape checked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import numpy as np
+
+Ctx = Mapping[str, Any]  # the model config: transforms read e.g. num_heads from it
+
+
+class ConversionError(ValueError):
+    """Raised with every unmatched / missing / mis-shaped key listed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """`forward(src, ctx) -> tuple of targets`; `inverse(targets, ctx) -> src` (exact inverses)."""
+    name: str
+    forward: Callable[[np.ndarray, Ctx], tuple[np.ndarray, ...]]
+    inverse: Callable[[Sequence[np.ndarray], Ctx], np.ndarray]
+
+
+def _heads(ctx: Ctx, dim: int) -> tuple[int, int]:
+    h = int(ctx['num_heads'])
+    return h, dim // h
+
+
+IDENTITY = Transform('identity', lambda x, c: (x,), lambda t, c: t[0])
+# torch Linear weight is (out, in); a Flax Dense kernel is (in, out).
+LINEAR = Transform('linear', lambda x, c: (x.T,), lambda t, c: t[0].T)
+# torch Conv2d weight is OIHW; Flax Conv kernel is HWIO.
+CONV = Transform('conv', lambda x, c: (x.transpose(2, 3, 1, 0),), lambda t, c: t[0].transpose(3, 2, 0, 1))
+# Fused qkv Linear (3D, D) -> query/key/value DenseGeneral kernels (D, heads, head_dim).
+QKV_KERNEL = Transform(
+    'qkv_kernel',
+    lambda x, c: tuple(w.T.reshape(w.shape[1], *_heads(c, w.shape[0])) for w in np.split(x, 3, axis=0)),
+    lambda t, c: np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
+QKV_BIAS = Transform(
+    'qkv_bias',
+    lambda x, c: tuple(b.reshape(_heads(c, b.shape[0])) for b in np.split(x, 3)),
+    lambda t, c: np.concatenate([b.reshape(-1) for b in t]))
+# Attention output Linear (D, D) -> DenseGeneral kernel (heads, head_dim, D) contracting both head axes.
+OUT_KERNEL = Transform(
+    'out_kernel',
+    lambda x, c: (x.T.reshape(*_heads(c, x.shape[1]), x.shape[0]),),
+    lambda t, c: t[0].reshape(-1, t[0].shape[-1]).T)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    source: str
+    target: Union[str, tuple[str, ...]]
+    transform: Transform = IDENTITY
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target,) if isinstance(self.target, str) else self.target
+
+
+def linear(src: str, dst: str) -> tuple[Rule, Rule]:
+    return Rule(f'{src}.weight', f'{dst}/kernel', LINEAR), Rule(f'{src}.bias', f'{dst}/bias')
+
+
+def norm(src: str, dst: str) -> tuple[Rule, Rule]:
+    return Rule(f'{src}.weight', f'{dst}/scale'), Rule(f'{src}.bias', f'{dst}/bias')
+
+
+def _compile(template: str) -> re.Pattern:
+    parts = re.split(r'\{(\w+)\}', template)
+    regex = ''.join(re.escape(p) if i % 2 == 0 else f'(?P<{p}>\\d+)' for i, p in enumerate(parts))
+    return re.compile(regex)
+
+
+def _match(key: str, templates: Sequence[tuple[str, Any]]):
+    for template, payload in templates:
+        m = _compile(template).fullmatch(key)
+        if m:
+            return payload, m.groupdict()
+    return None, None
+
+
+def _raise(what: str, unused: Sequence[str], missing: Sequence[str], wrong: Sequence[str]) -> None:
+    if unused or missing or wrong:
+        lines = [f'{what}: {len(unused)} unused source keys, {len(missing)} missing, {len(wrong)} wrong shapes']
+        lines += [f'  unused source key: {k}' for k in sorted(unused)]
+        lines += [f'  missing target: {k}' for k in sorted(missing)]
+        lines += [f'  wrong shape: {k}' for k in sorted(wrong)]
+        raise ConversionError('\n'.join(lines))
+
+
+def apply_rules(state: Mapping[str, np.ndarray], rules: Sequence[Rule], expected: Mapping[str, tuple], ctx: Ctx,
+                what: str = 'conversion') -> dict[str, np.ndarray]:
+    """Source state dict -> flat target dict ('/'-joined names), strictly checked against `expected` shapes."""
+    out: dict[str, np.ndarray] = {}
+    unused, wrong = [], []
+    by_source = [(r.source, r) for r in rules]
+    for key, value in state.items():
+        rule, idx = _match(key, by_source)
+        if rule is None:
+            unused.append(key)
+            continue
+        for target, arr in zip(rule.targets, rule.transform.forward(np.asarray(value), ctx)):
+            name = target.format(**idx)
+            if name in out:
+                raise ConversionError(f'{what}: two source keys map to {name}')
+            out[name] = arr
+    missing = [k for k in expected if k not in out]
+    unused += [f'{k} (no target in this model)' for k in out if k not in expected]
+    wrong = [f'{k}: {tuple(out[k].shape)} != {tuple(expected[k])}'
+             for k in out if k in expected and tuple(out[k].shape) != tuple(expected[k])]
+    _raise(what, unused, missing, wrong)
+    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx,
+                 what: str = 'export') -> dict[str, np.ndarray]:
+    """Flat target dict -> source state dict: the exact inverse of `apply_rules`."""
+    by_first_target = [(r.targets[0], r) for r in rules]
+    out: dict[str, np.ndarray] = {}
+    used: set[str] = set()
+    for key in flat:
+        rule, idx = _match(key, by_first_target)
+        if rule is None:
+            continue
+        names = [t.format(**idx) for t in rule.targets]
+        absent = [n for n in names if n not in flat]
+        if absent:
+            raise ConversionError(f'{what}: {rule.source.format(**idx)} needs {absent}')
+        out[rule.source.format(**idx)] = np.ascontiguousarray(rule.transform.inverse([flat[n] for n in names], ctx))
+        used.update(names)
+    _raise(what, [k for k in flat if k not in used], [], [])
+    return out

@@ -1,0 +1,62 @@
+"""Build a timm model with random, perturbed weights and save it as safetensors.
+
+Offline stand-in for hub weights (tests, `make convert`). Every tensor gets N(0, 0.02) added and norm /
+LayerScale scales are drawn far from 1, so a wrong mapping (a transposed kernel, a swapped norm, a missed
+LayerScale) cannot pass parity by accident.
+
+    python -m porting.random_init --model deit_tiny_patch16_224 --out deit_tiny.safetensors
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def perturb_(model, seed: int = 0) -> None:
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('gamma') or ('norm' in name and name.endswith('weight')):
+                p.copy_(torch.empty_like(p).uniform_(0.5, 1.5, generator=g))
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def create(name: str, seed: int = 0, **kwargs):
+    import timm
+    import torch
+    torch.manual_seed(seed)
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    perturb_(model, seed)
+    return model.eval()
+
+
+def save(model, path) -> Path:
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='python -m porting.random_init', description=__doc__.split('\n')[0])
+    ap.add_argument('--model', required=True, help='timm model name')
+    ap.add_argument('--out', required=True, help='output .safetensors file')
+    ap.add_argument('--seed', type=int, default=0)
+    args = ap.parse_args(argv)
+    if not args.out.endswith('.safetensors'):
+        ap.error('--out must end in .safetensors')
+    try:
+        model = create(args.model, args.seed)
+    except RuntimeError as e:  # timm's unknown-model error
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {save(model, args.out)} ({sum(p.numel() for p in model.parameters()):,} params)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""timm VisionTransformer family (ViT, DeiT, DeiT distilled, MAE): the name table and the config reader."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, apply_rules, invert_rules, linear, norm
+
+BLOCK = (
+    *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
+    Rule('blocks.{i}.attn.qkv.weight', tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value')),
+         QKV_KERNEL),
+    Rule('blocks.{i}.attn.qkv.bias', tuple(f'blocks_{{i}}/attn/{n}/bias' for n in ('query', 'key', 'value')),
+         QKV_BIAS),
+    *norm('blocks.{i}.attn.q_norm', 'blocks_{i}/attn/q_norm'),
+    *norm('blocks.{i}.attn.k_norm', 'blocks_{i}/attn/k_norm'),
+    Rule('blocks.{i}.attn.proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
+    Rule('blocks.{i}.attn.proj.bias', 'blocks_{i}/attn/out/bias'),
+    Rule('blocks.{i}.ls1.gamma', 'blocks_{i}/ls1/gamma'),
+    *norm('blocks.{i}.norm2', 'blocks_{i}/norm2'),
+    *linear('blocks.{i}.mlp.fc1', 'blocks_{i}/mlp/fc1'),
+    *linear('blocks.{i}.mlp.fc2', 'blocks_{i}/mlp/fc2'),
+    Rule('blocks.{i}.ls2.gamma', 'blocks_{i}/ls2/gamma'),
+)
+
+RULES = (
+    Rule('cls_token', 'cls_token'),
+    Rule('reg_token', 'reg_token'),
+    Rule('dist_token', 'dist_token'),
+    Rule('pos_embed', 'pos_embed'),
+    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
+    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
+    *norm('norm_pre', 'norm_pre'),
+    *BLOCK,
+    *norm('norm', 'norm'),
+    *norm('fc_norm', 'fc_norm'),
+    *linear('head', 'head'),
+    *linear('head_dist', 'head_dist'),
+)
+
+
+class UnsupportedModel(ValueError):
+    pass
+
+
+def _require(ok: bool, what: str) -> None:
+    if not ok:
+        raise UnsupportedModel(f'timm model uses {what}, which vitjax does not support yet')
+
+
+def _activation(mod) -> str:
+    import torch.nn as tnn
+    name = type(mod).__name__
+    if isinstance(mod, tnn.GELU):
+        return 'gelu' if mod.approximate == 'none' else 'gelu_tanh'
+    if name == 'GELUTanh':
+        return 'gelu_tanh'
+    if name == 'QuickGELU':
+        return 'quick_gelu'
+    if name == 'GELU':  # timm.layers.activations.GELU is the exact form
+        return 'gelu'
+    raise UnsupportedModel(f'activation {name}')
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read VisionTransformer kwargs off an instantiated timm ViT (any name composed of supported options)."""
+    import torch.nn as tnn
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    _require(isinstance(model, TimmViT), f'architecture {type(model).__name__}')
+    distilled = getattr(model, 'dist_token', None) is not None
+    _require(type(model).__name__ in ('VisionTransformer', 'VisionTransformerDistilled'), type(model).__name__)
+    _require(getattr(model, 'attn_pool', None) is None, f"global_pool={model.global_pool!r} (attention pool)")
+    _require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
+    _require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
+    _require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
+    _require(isinstance(model.patch_embed.norm, tnn.Identity), 'a norm in the patch embedding')
+    blk = model.blocks[0]
+    _require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
+    _require(isinstance(blk.attn.norm, tnn.Identity) if hasattr(blk.attn, 'norm') else True, 'scale_attn_norm')
+    _require(isinstance(blk.mlp.norm, tnn.Identity), 'scale_mlp_norm')
+    _require(blk.attn.proj.bias is not None, 'proj_bias=False')
+    norms = [m for m in model.modules() if isinstance(m, tnn.LayerNorm)]
+    _require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
+    eps = {m.eps for m in norms}
+    _require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
+    ls = getattr(blk, 'ls1', None)
+    has_ls = ls is not None and not isinstance(ls, tnn.Identity)
+    img = tuple(model.patch_embed.img_size)
+    patch = tuple(model.patch_embed.patch_size)
+    return dict(
+        img_size=img[0] if img[0] == img[1] else img,
+        patch_size=patch[0] if patch[0] == patch[1] else patch,
+        in_chans=model.patch_embed.proj.in_channels,
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=blk.attn.num_heads,
+        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+        qkv_bias=blk.attn.qkv.bias is not None,
+        qk_norm=not isinstance(blk.attn.q_norm, tnn.Identity),
+        init_values=float(ls.gamma.detach().reshape(-1)[0]) if has_ls else None,
+        class_token=model.cls_token is not None,
+        pos_embed='learn' if model.pos_embed is not None else 'none',
+        no_embed_class=bool(model.no_embed_class),
+        reg_tokens=int(getattr(model, 'num_reg_tokens', 0)),
+        pre_norm=not isinstance(model.norm_pre, tnn.Identity),
+        final_norm=not (isinstance(model.norm, tnn.Identity) and isinstance(model.fc_norm, tnn.Identity)),
+        fc_norm=not isinstance(model.fc_norm, tnn.Identity),
+        dynamic_img_size=bool(model.dynamic_img_size),
+        distilled=distilled,
+        norm_eps=eps.pop() if eps else 1e-6,
+        act_layer=_activation(blk.mlp.act),
+    )
+
+
+def pretrained_cfg(model) -> dict[str, Any]:
+    c = model.pretrained_cfg or {}
+    keys = ('input_size', 'mean', 'std', 'crop_pct', 'crop_mode', 'interpolation', 'tag')
+    return {k: list(c[k]) if isinstance(c.get(k), tuple) else c[k] for k in keys if c.get(k) is not None}
+
+
+def from_timm(state_dict, config: dict[str, Any]) -> dict:
+    """Pure conversion: timm ViT state dict (numpy or torch values) + vitjax config -> Flax params (strict)."""
+    from vitjax.io import param_shapes, unflatten
+    from vitjax.models import VisionTransformer
+
+    expected = param_shapes(VisionTransformer(**config))
+    flat = apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config, 'timm -> vitjax')
+    return unflatten(flat)
+
+
+def to_timm(params, config: dict[str, Any]) -> dict:
+    """The inverse of `from_timm`: Flax params -> timm state dict (numpy), bit-exact."""
+    from vitjax.io import flatten
+    return invert_rules(flatten(params), RULES, config, 'vitjax -> timm')
+
+
+def to_numpy(value):
+    if hasattr(value, 'detach'):  # a torch tensor; bf16/f16 checkpoints are widened, numpy has no bf16
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype != value.new_zeros(()).float().dtype:
+            value = value.float()
+        return value.numpy()
+    return value

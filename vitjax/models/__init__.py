@@ -1,0 +1,3 @@
+from vitjax.models.vit import PretrainedCfg, VisionTransformer, model_config
+
+__all__ = ['PretrainedCfg', 'VisionTransformer', 'model_config']
