@@ -14,6 +14,7 @@ import sys
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from porting import parity, sources, timm_vit
 from porting.engine import ConversionError
@@ -44,16 +45,23 @@ def load_timm(name: str, checkpoint: Optional[str], **kwargs):
     state = sources.read_state_dict(checkpoint)
     kwargs.setdefault('num_classes', sources.infer_num_classes(state))
     model = timm.create_model(name, pretrained=False, **kwargs)
-    result = model.load_state_dict(state, strict=False)
-    problems = [f'  missing: {k}' for k in result.missing_keys] + [f'  unexpected: {k}' for k in
-                                                                    result.unexpected_keys]
+    want = model.state_dict()
+    problems = [f'  missing: {k}' for k in want if k not in state]
+    problems += [f'  unexpected: {k}' for k in state if k not in want]
+    problems += [f'  wrong shape: {k}: {tuple(v.shape)} != {tuple(want[k].shape)}'
+                 for k, v in state.items() if k in want and v.shape != want[k].shape]
     if problems:
         raise ConversionError(f'{checkpoint} is not a {name} state dict:\n' + '\n'.join(problems))
+    model.load_state_dict(state, strict=True)
     return model.eval()
 
 
-def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = None, seed: int = 0):
-    """timm model -> (vitjax model, variables, reference torch model with the same size/head changes)."""
+def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = None, seed: int = 0,
+            **timm_kwargs):
+    """timm model -> (vitjax model, variables, reference torch model with the same size/head changes).
+
+    `timm_kwargs` are the extra `timm.create_model` arguments the source was built with.
+    """
     import torch
     from timm.layers import resample_abs_pos_embed
     from vitjax.io import adapt_params
@@ -77,14 +85,15 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
     params = adapt_params(params, model, new, jax.random.PRNGKey(seed))
     # The reference: timm's own model at the new size, position embeddings resampled by timm, the same new head.
     import timm
-    ref = timm.create_model(name, pretrained=False, img_size=new.img_size, num_classes=new.num_classes).eval()
+    ref = timm.create_model(name, pretrained=False, **{**timm_kwargs, 'img_size': new.img_size,
+                                                         'num_classes': new.num_classes}).eval()
     ref_state = dict(state)
     if 'pos_embed' in ref_state:
         ref_state['pos_embed'] = resample_abs_pos_embed(
             state['pos_embed'], new_size=new.grid_size, old_size=model.grid_size,
             num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens)
     new_cfg = dict(config, img_size=new.img_size, num_classes=new.num_classes)
-    heads = {k: torch.from_numpy(v) for k, v in timm_vit.to_timm(params, new_cfg).items() if k.startswith('head')}
+    heads = {k: torch.from_numpy(np.array(v)) for k, v in timm_vit.to_timm(params, new_cfg).items() if k.startswith('head')}
     ref_state = {k: v for k, v in ref_state.items() if not k.startswith('head')} | heads
     ref.load_state_dict(ref_state, strict=True)
     return new, {'params': params}, ref
@@ -108,8 +117,11 @@ def main(argv=None) -> int:
 
     import vitjax
     try:
-        torch_model = load_timm(args.model, args.checkpoint, **dict(args.model_arg))
-        model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed)
+        timm_kwargs = dict(args.model_arg)
+        torch_model = load_timm(args.model, args.checkpoint, **timm_kwargs)
+        timm_kwargs.pop('num_classes', None)
+        model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
+                                        **timm_kwargs)
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
                               tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors

@@ -33,7 +33,7 @@ _ARCHS = tuple(
     [f'vit_{s}_patch{p}_{r}' for s, p, r in [
         ('tiny', 16, 224), ('tiny', 16, 384), ('small', 16, 224), ('small', 16, 384), ('small', 32, 224),
         ('small', 32, 384), ('base', 8, 224), ('base', 16, 224), ('base', 16, 384), ('base', 32, 224),
-        ('base', 32, 384), ('large', 16, 224), ('large', 16, 384), ('large', 32, 384), ('huge', 14, 224)]]
+        ('base', 32, 384), ('large', 16, 224), ('large', 16, 384), ('large', 32, 384)]]
     + [f'deit_{s}_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_patch16_384']
     + [f'deit_{s}_distilled_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_distilled_patch16_384'])
 
@@ -60,7 +60,7 @@ def _pretrained_cfg(family: str, img: int, tag: str) -> tuple[PretrainedCfg, Opt
         mean, std = IMAGENET_MEAN, IMAGENET_STD
     else:  # the original JAX ViT weights and AugReg normalise to [-1, 1]
         mean, std = INCEPTION_MEAN, INCEPTION_STD
-    crop_pct = 1.0 if img >= 384 else (0.875 if family == 'deit' else 0.9)
+    crop_pct = 1.0 if img >= 384 else 0.9
     num_classes: Optional[int] = None
     if tag == 'mae' or tag.endswith('orig_in21k'):
         num_classes = 0  # headless feature extractors

@@ -1,0 +1,51 @@
+"""Test-session setup shared by every test module.
+
+Import order matters: importing torchvision (which timm pulls in) after tensorflow segfaults the process,
+so torch and timm are imported here, before any test module can import tensorflow.
+"""
+import numpy as np
+import pytest
+import timm  # noqa: F401
+import torch  # noqa: F401
+
+import jax
+
+# Parity needs true f32 matmuls (TPU/GPU default to bf16 passes); a no-op on CPU but kept for GPU runs.
+jax.config.update('jax_default_matmul_precision', 'highest')
+
+
+def port(timm_model):
+    """(vitjax model, variables) for a timm model, through the public porting functions."""
+    from porting import timm_vit
+    from vitjax.models import VisionTransformer
+    cfg = timm_vit.model_config(timm_model)
+    return VisionTransformer(**cfg), {'params': timm_vit.from_timm(timm_model.state_dict(), cfg)}
+
+
+def timm_model(name, seed=0, **kwargs):
+    from porting.random_init import create
+    return create(name, seed=seed, **kwargs)
+
+
+def images(model, batch=2, seed=0, size=None):
+    from vitjax.registry import img_size_of
+    h, w = size or img_size_of(model)
+    return np.random.default_rng(seed).standard_normal((batch, h, w, model.in_chans)).astype(np.float32)
+
+
+def run_timm(m, x, fn=None):
+    m.eval()
+    with torch.no_grad():
+        t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        return (fn or m)(t) if fn is None else fn(m, t)
+
+
+def max_diff(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max())
+
+
+@pytest.fixture
+def tiny_vit():
+    return dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)

@@ -1,0 +1,98 @@
+"""The public conversion CLI, end to end: random-init timm checkpoint -> model directory -> vitjax.load."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vitjax
+from conftest import images, max_diff, run_timm
+from porting import convert, random_init
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def deit(tmp_path_factory):
+    d = tmp_path_factory.mktemp('deit')
+    tm = random_init.create('deit_tiny_patch16_224', seed=3, depth=2)
+    random_init.save(tm, d / 'deit.safetensors')
+    return d, tm
+
+
+def test_cli_writes_loadable_model_with_parity_report(deit):
+    d, tm = deit
+    out = d / 'out'
+    proc = subprocess.run([sys.executable, '-m', 'porting.convert', '--model', 'deit_tiny_patch16_224',
+                           '--checkpoint', str(d / 'deit.safetensors'), '--model-arg', 'depth=2', '--out', str(out)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert 'parity PASSED' in proc.stdout
+    report = json.loads((out / 'parity.json').read_text())
+    assert {'model', 'max_abs_diff', 'max_abs_logit', 'tolerance', 'passed'} <= set(report)
+    assert report['passed'] and report['max_abs_diff'] <= report['tolerance'] == 1e-4 * max(1, report['max_abs_logit'])
+    assert report['pre_logits']['passed']
+    # Loadable without torch, and it computes what the timm model computes.
+    code = (f"import sys; sys.modules['torch'] = None\nimport vitjax, numpy as np\n"
+            f"m, v = vitjax.load({str(out)!r}); x = np.load({str(d / 'x.npy')!r})\n"
+            f"np.save({str(d / 'y.npy')!r}, np.asarray(m.apply(v, x)))")
+    model, _ = vitjax.load(out)
+    x = images(model, seed=5)
+    np.save(d / 'x.npy', x)
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
+    assert max_diff(np.load(d / 'y.npy'), run_timm(tm, x)) < 1e-4
+    assert model.pretrained_cfg.mean == (0.485, 0.456, 0.406) and model.pretrained_cfg.crop_pct == 0.9
+
+
+def test_cli_new_size_and_head(deit):
+    d, _ = deit
+    out = d / 'resized'
+    assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(d / 'deit.safetensors'),
+                         '--model-arg', 'depth=2', '--img-size', '160x256', '--num-classes', '7',
+                         '--out', str(out)]) == 0
+    model, variables = vitjax.load(out)
+    assert model.img_size == (160, 256) and model.num_classes == 7
+    assert variables['params']['pos_embed'].shape == (1, 1 + 10 * 16, 192)
+    assert json.loads((out / 'parity.json').read_text())['pre_logits']['max_abs_diff'] < 1e-4
+
+
+def test_failed_parity_writes_nothing(deit, capsys):
+    d, _ = deit
+    out = d / 'strict'
+    assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(d / 'deit.safetensors'),
+                         '--model-arg', 'depth=2', '--tolerance', '1e-12', '--out', str(out)]) == 1
+    assert 'parity failed; nothing written' in capsys.readouterr().err
+    assert not out.exists() and not [p for p in os.listdir(d) if p.startswith('.strict')]
+
+
+def test_checkpoint_of_another_architecture(deit, capsys):
+    d, _ = deit
+    out = d / 'wrong'
+    assert convert.main(['--model', 'vit_small_patch16_224', '--checkpoint', str(d / 'deit.safetensors'),
+                         '--out', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert 'is not a vit_small_patch16_224 state dict' in err and 'missing: blocks.2.norm1.weight' in err
+    assert not out.exists()
+
+
+def test_bad_checkpoint_files(tmp_path, capsys):
+    (tmp_path / 'w.pth').write_bytes(b'not a zip archive')
+    (tmp_path / 'w.npz').write_bytes(b'')
+    for f, msg in [('missing.safetensors', 'does not exist'), ('w.pth', 'could not be loaded safely'),
+                   ('w.npz', 'unsupported checkpoint type')]:
+        assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(tmp_path / f),
+                             '--out', str(tmp_path / 'o')]) == 1
+        assert msg in capsys.readouterr().err
+    assert not (tmp_path / 'o').exists()
+
+
+@pytest.mark.parametrize('name', vitjax.list_models())
+def test_every_registry_model_converts(tmp_path, name):
+    """Every advertised name: random-init timm safetensors -> CLI -> parity (depth 1 keeps this quick;
+    the full-depth run is `make parity-table`, whose numbers are in the README)."""
+    ckpt = random_init.save(random_init.create(name, seed=1, depth=1), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--model-arg', 'depth=1',
+                         '--out', str(tmp_path / 'out')]) == 0
+    assert json.loads((tmp_path / 'out' / 'parity.json').read_text())['passed']

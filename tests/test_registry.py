@@ -1,0 +1,63 @@
+"""Names decode to exactly the config timm builds for them."""
+import subprocess
+import sys
+
+import pytest
+import timm
+
+import vitjax
+from porting import timm_vit
+from vitjax.models import model_config
+from vitjax.registry import build_model
+
+TAGGED = ['vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224.augreg2_in21k_ft_in1k',
+          'vit_base_patch16_224.mae', 'vit_base_patch16_224.orig_in21k', 'vit_base_patch16_384.augreg_in21k_ft_in1k',
+          'vit_small_patch16_224.augreg_in21k_ft_in1k', 'deit_base_patch16_384.fb_in1k',
+          'deit_tiny_distilled_patch16_224.fb_in1k']
+
+
+def _timm(name):
+    return timm.create_model(name, pretrained=False, device='meta')  # structure only, no weights allocated
+
+
+@pytest.mark.parametrize('name', vitjax.list_models() + TAGGED)
+def test_decoded_config_equals_timm(name):
+    tm = _timm(name)
+    ours = build_model(name)
+    expected = timm_vit.model_config(tm)
+    decoded = dict(model_config(ours), fc_norm=ours.use_fc_norm)  # timm's reading is the resolved flag
+    assert {k: v for k, v in decoded.items() if k in expected} == expected
+    cfg = timm_vit.pretrained_cfg(tm)
+    p = ours.pretrained_cfg
+    assert (list(p.input_size), list(p.mean), list(p.std), p.crop_pct, p.interpolation) == (
+        cfg['input_size'], cfg['mean'], cfg['std'], cfg['crop_pct'], cfg['interpolation'])
+
+
+def test_every_listed_name_is_a_timm_model():
+    assert set(vitjax.list_models()) <= set(timm.list_models())
+    assert vitjax.list_models('deit_*distilled*') == ['deit_base_distilled_patch16_224',
+                                                     'deit_base_distilled_patch16_384',
+                                                     'deit_small_distilled_patch16_224',
+                                                     'deit_tiny_distilled_patch16_224']
+
+
+def test_overrides():
+    m = build_model('vit_small_patch16_224', num_classes=3, img_size=96, drop_path_rate=0.1)
+    assert (m.num_classes, m.img_size, m.drop_path_rate, m.embed_dim) == (3, 96, 0.1, 384)
+    assert m.pretrained_cfg.input_size == (3, 96, 96)
+
+
+@pytest.mark.parametrize('name, match', [('vit_bse_patch16_224', 'did you mean vit_base_patch16_224'),
+                                         ('resnet50', 'family'), ('vit_base_patch16_rpn_224', "part 'rpn'"),
+                                         ('vit_base_224', 'patch size')])
+def test_unknown_names(name, match):
+    with pytest.raises(ValueError, match=match):
+        vitjax.create_model(name)
+
+
+def test_vitjax_imports_without_torch_or_tensorflow():
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['tensorflow'] = None\n"
+            "import vitjax; m, v = vitjax.create_model('vit_tiny_patch16_224', depth=1, img_size=32)\n"
+            "print(m.apply(v, __import__('numpy').zeros((1, 32, 32, 3), 'float32')).shape)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == '(1, 1000)'
