@@ -1,0 +1,64 @@
+"""Run outputs: metrics.jsonl (one object per logged step / eval), TensorBoard events, curves.png."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+
+class MetricWriter:
+    """Appends JSON lines and TensorBoard scalars. On resume, lines past the restored step are dropped so the
+    file reads as one uninterrupted run."""
+
+    def __init__(self, workdir: str, resume_step: Optional[int] = None):
+        self.path = os.path.join(workdir, 'metrics.jsonl')
+        if resume_step is not None and os.path.exists(self.path):
+            with open(self.path) as f:
+                keep = [line for line in f if json.loads(line)['step'] <= resume_step]
+            with open(self.path, 'w') as f:
+                f.writelines(keep)
+        elif os.path.exists(self.path):
+            os.remove(self.path)
+        self._file = open(self.path, 'a')
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+    def write(self, step: int, split: str, **scalars: Any) -> None:
+        record = {'step': int(step), 'split': split, **{k: float(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + '\n')
+        self._file.flush()
+        for k, v in scalars.items():
+            self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
+
+    def close(self) -> None:
+        self._file.close()
+        self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path: str, out_png: str) -> str:
+    """Train loss, eval loss, eval accuracy and learning rate against step."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    series = lambda split, key: [(r['step'], r[key]) for r in records if r['split'] == split and key in r]
+    panels = [('train loss', series('train', 'loss')), ('eval loss', series('eval', 'loss')),
+              ('eval accuracy', series('eval', 'accuracy')), ('learning rate', series('train', 'lr'))]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))
+    for ax, (title, pts) in zip(axes, panels):
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, marker='o' if len(xs) < 30 else None, ms=3)
+        ax.set_title(title)
+        ax.set_xlabel('step')
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
