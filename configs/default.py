@@ -1,0 +1,27 @@
+"""The embedded default: a small ViT from scratch on the 1,797 scikit-learn digits (8x8, 10 classes).
+
+Runs offline on 2 CPU cores in a few minutes: `python train.py` (or `make train`).
+"""
+from vitjax.config import default_config
+
+
+def get_config():
+    c = default_config()
+    c.name = 'digits_vit'
+    c.dataset = 'vitjax_digits'
+    c.train_split, c.eval_split, c.test_split = 'train', 'test', 'test'
+    # A tiny ViT on the 8x8 digits upsampled to 16x16: 16 tokens of 4x4 patches.
+    c.model = 'vit_tiny_patch16_224'
+    c.model_overrides = dict(img_size=16, patch_size=4, embed_dim=96, depth=4, num_heads=4)
+    c.crop = 'resize'  # random-resized crops destroy 8x8 digits; small shifts come from the crop scale below
+    c.flip = False  # digits are not mirror-symmetric
+    c.batch_size = 128
+    c.num_epochs = 60.0
+    c.warmup_steps = 100
+    c.lr = 2e-3
+    c.weight_decay = 0.1
+    c.label_smoothing = 0.1
+    c.log_every = 50
+    c.eval_every = 200
+    c.checkpoint_every = 400
+    return c
