@@ -21,6 +21,8 @@ from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
 flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir')
+flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
+                     'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
 config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
                                 'training config file', lock_config=True)
 FLAGS = flags.FLAGS
@@ -86,7 +88,7 @@ def evaluate(p_eval_step, state, dataset) -> dict[str, float]:
             'count': totals['count']}
 
 
-def train(c, workdir: str, resume: bool) -> dict:
+def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -99,8 +101,9 @@ def train(c, workdir: str, resume: bool) -> dict:
     from vitjax.metrics import MetricWriter, plot_curves
 
     devices = jax.local_device_count()
-    if c.batch_size % (devices * jax.process_count()):
-        raise ValueError(f'batch_size {c.batch_size} is not divisible by the {devices * jax.process_count()} devices')
+    if c.batch_size % (devices * jax.process_count() * c.accum_steps):
+        raise ValueError(f'batch_size {c.batch_size} does not split into {devices * jax.process_count()} devices '
+                         f'x {c.accum_steps} micro-batches')
     info = data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
     model, variables = build_model(c, info.num_classes)
     cfg = model.pretrained_cfg
@@ -127,7 +130,8 @@ def train(c, workdir: str, resume: bool) -> dict:
                                          scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
                                          start_step=start, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=cfg.crop_pct, **data_kw)
-    p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx)
+    p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx, total_steps,
+                                                               variables['params'])
     state = jax_utils.replicate(state)
 
     t0 = time.time()
@@ -153,8 +157,15 @@ def train(c, workdir: str, resume: bool) -> dict:
             writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
             bar.write(f"step {step}/{total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
                       f"({int(e['count'])} examples)")
-        if step % c.checkpoint_every == 0 or step == total_steps:
+        stopping = stop_after and step - start >= stop_after and step < total_steps
+        if step % c.checkpoint_every == 0 or step == total_steps or stopping:
             ckpt.save(step, jax.device_get(jax_utils.unreplicate(state)), {'step': step, 'config': c.name})
+        if stopping:
+            bar.close()
+            ckpt.close()
+            writer.close()
+            print(f'stopped after step {step} of {total_steps}; continue with --resume --workdir {workdir}')
+            return {}
     bar.close()
     wall = time.time() - t0
 
@@ -207,7 +218,7 @@ def main(argv) -> int:
         import jax
         jax.distributed.initialize()
     try:
-        train(c, workdir, FLAGS.resume)
+        train(c, workdir, FLAGS.resume, FLAGS.stop_after)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, apply_rules, invert_rules, linear, norm
 
 BLOCK = (
@@ -141,5 +143,5 @@ def to_numpy(value):
         value = value.detach().cpu()
         if value.is_floating_point() and value.dtype != value.new_zeros(()).float().dtype:
             value = value.float()
-        return value.numpy()
-    return value
+        return value.numpy().copy()  # never alias torch storage: an optimizer step would change our params
+    return np.asarray(value)

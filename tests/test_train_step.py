@@ -1,0 +1,92 @@
+"""Data parallel: one pmapped step over 4 (simulated) devices equals one step on the whole batch."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from vitjax.config import default_config
+from vitjax.models import VisionTransformer
+from vitjax.train_step import create_train_state, eval_step, shard
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PMAP_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np, optax
+    from flax import jax_utils
+    from vitjax.config import default_config
+    from vitjax.io import flatten
+    from vitjax.models import VisionTransformer
+    from vitjax.optim import create_optimizer, create_schedule
+    from vitjax.train_step import create_train_state, make_pmapped_steps, shard, train_step
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    assert jax.local_device_count() == 4, jax.devices()
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
+    rng = np.random.default_rng(0)
+    batch = {'image': rng.standard_normal((16, 32, 32, 3)).astype(np.float32),
+             'label': rng.integers(0, 5, 16).astype(np.int32)}
+    variables = model.init(jax.random.PRNGKey(0), batch['image'][:1])
+    variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), variables)
+    c = default_config()
+    c.warmup_steps = 0
+    for name, tx in [('sgd', optax.sgd(0.1)), ('adamw', create_optimizer(c, variables['params'], 10))]:
+        state = create_train_state(model, variables, tx, jax.random.PRNGKey(2))
+        single, m1 = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=create_schedule(c, 10),
+                                                     num_classes=5))(state, batch)
+        p_train, _ = make_pmapped_steps(model, c, 5, tx, 10, variables['params'])
+        multi, m4 = p_train(jax_utils.replicate(state), shard(batch))
+        multi = jax_utils.unreplicate(multi)
+        a, b = flatten(single.params), flatten(multi.params)
+        print(name, 'max_param_diff', max(float(np.abs(a[k] - b[k]).max()) for k in a))
+        for k in ('loss', 'accuracy', 'grad_norm', 'lr'):
+            print(name, k, float(m1[k]), float(m4[k][0]))
+''')
+
+
+def test_pmap_step_equals_single_device_step():
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', PYTHONPATH=ROOT,
+               JAX_PLATFORMS='cpu')
+    proc = subprocess.run([sys.executable, '-c', PMAP_SCRIPT], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l.split() for l in proc.stdout.splitlines()]
+    diffs = {l[0]: float(l[2]) for l in lines if l[1] == 'max_param_diff'}
+    # SGD: the update is the gradient, so this is the gradient equality itself.
+    assert diffs['sgd'] < 1e-6, diffs
+    # AdamW's first step is lr * sign(grad) where |grad| >> eps: equal up to near-zero gradients whose rounding
+    # differs, which can move one element by at most 2 * lr.
+    assert diffs['adamw'] <= 2 * default_config().lr + 1e-7, diffs
+    for name, key, single, multi in (l for l in lines if l[1] != 'max_param_diff'):
+        assert float(single) == pytest.approx(float(multi), rel=1e-5, abs=1e-7), (name, key)
+
+
+def test_eval_counts_only_real_examples():
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    x = np.random.default_rng(0).standard_normal((6, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    labels = np.array([0, 1, 2, 0, 1, 2], np.int32)
+    full = eval_step(variables['params'], {'image': x, 'label': labels, 'mask': np.ones(6, np.float32)},
+                     model=model, num_classes=3)
+    padded = eval_step(variables['params'], {'image': np.concatenate([x[:4], np.zeros_like(x[:2])]),
+                                             'label': np.concatenate([labels[:4], [0, 0]]).astype(np.int32),
+                                             'mask': np.array([1, 1, 1, 1, 0, 0], np.float32)},
+                       model=model, num_classes=3)
+    part = eval_step(variables['params'], {'image': x[:4], 'label': labels[:4], 'mask': np.ones(4, np.float32)},
+                     model=model, num_classes=3)
+    assert float(full['count']) == 6 and float(padded['count']) == 4
+    for k in part:
+        assert float(padded[k]) == pytest.approx(float(part[k]), rel=1e-6)
+    assert float(full['correct_top5']) == 6  # 3 classes: the top 5 hold every label
+
+
+def test_shard_shapes():
+    n = jax.local_device_count()
+    out = shard({'image': np.zeros((4 * n, 8, 8, 3)), 'label': np.zeros(4 * n)})
+    assert out['image'].shape == (n, 4, 8, 8, 3) and out['label'].shape == (n, 4)
+    if n == 1:
+        return
+    with pytest.raises(ValueError, match='does not split'):
+        shard({'label': np.zeros(n + 1)})

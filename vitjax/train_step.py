@@ -1,0 +1,115 @@
+"""Train state and the per-device train / eval steps, written once for both a single device and `jax.pmap`.
+
+Under pmap (axis_name='batch') every device holds a replica of the state and a slice of the batch; gradients
+and metrics are averaged with `lax.pmean`, eval sums with `lax.psum`, and each device folds its index into the
+dropout rng so replicas drop different units.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import jax_utils
+
+from vitjax.optim import create_schedule, cross_entropy, trainable_mask
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def create_train_state(model, variables: dict, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
+    del model  # the module stays static; only arrays live in the state
+    params = variables['params']
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+
+
+def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
+               lr_fn: Callable, num_classes: int, label_smoothing: float = 0., accum_steps: int = 1,
+               trainable: Any = None, axis_name: Optional[str] = None) -> tuple[TrainState, dict]:
+    """One optimizer update. With accum_steps=k the batch is split into k micro-batches whose gradients are
+    averaged (a scan, so only one micro-batch of activations is alive at a time). `trainable` (a tree of
+    bools) zeroes frozen gradients, so `grad_norm` is the norm that clipping sees."""
+    rng = jax.random.fold_in(state.rng, state.step)
+    if axis_name is not None:
+        rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+
+    def loss_fn(params, micro, rng):
+        logits = model.apply({'params': params}, micro['image'], train=True, rngs={'dropout': rng})
+        loss = cross_entropy(logits, micro['label'], num_classes, label_smoothing).mean()
+        return loss, jnp.mean(jnp.argmax(logits, -1) == micro['label'])
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, accuracy), grads = grad_fn(state.params, batch, rng)
+    else:
+        micro = jax.tree.map(lambda x: jnp.reshape(x, (accum_steps, x.shape[0] // accum_steps, *x.shape[1:])),
+                             batch)
+
+        def body(carry, xs):
+            mb, i = xs
+            (loss, acc), g = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (loss, acc, g)), None
+
+        zeros = (jnp.zeros(()), jnp.zeros(()), jax.tree.map(jnp.zeros_like, state.params))
+        (loss, accuracy, grads), _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum_steps)))
+        loss, accuracy, grads = jax.tree.map(lambda x: x / accum_steps, (loss, accuracy, grads))
+    if trainable is not None:
+        grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
+    if axis_name is not None:
+        grads = jax.lax.pmean(grads, axis_name)
+        loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
+               'lr': lr_fn(state.step)}
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict, *, model, num_classes: int, axis_name: Optional[str] = None) -> dict:
+    """Sums over the real (mask 1) examples, so padded batches count every example exactly once."""
+    logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
+    mask = batch['mask'].astype(jnp.float32)
+    labels = batch['label']
+    top5 = jnp.argsort(logits, -1)[:, -5:]
+    sums = {'loss_sum': jnp.sum(cross_entropy(logits, labels, num_classes) * mask),
+            'correct': jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            'correct_top5': jnp.sum(jnp.any(top5 == labels[:, None], -1) * mask),
+            'count': jnp.sum(mask)}
+    return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
+
+
+def make_pmapped_steps(model, c, num_classes: int, tx: optax.GradientTransformation, total_steps: int,
+                       params: Any):
+    """(p_train_step, p_eval_step) over all local devices; the train state's buffers are donated."""
+    p_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, lr_fn=create_schedule(c, total_steps),
+                                         num_classes=num_classes, label_smoothing=c.label_smoothing,
+                                         accum_steps=c.accum_steps, trainable=trainable_mask(params, c),
+                                         axis_name='batch'),
+                       axis_name='batch', donate_argnums=(0,))
+    p_eval = jax.pmap(functools.partial(eval_step, model=model, num_classes=num_classes, axis_name='batch'),
+                      axis_name='batch')
+    return p_train, p_eval
+
+
+def shard(batch: dict) -> dict:
+    """(local_batch, ...) host arrays -> (local_devices, local_batch / local_devices, ...)."""
+    n = jax.local_device_count()
+    def split(x):
+        x = np.asarray(x)
+        if x.shape[0] % n:
+            raise ValueError(f'batch of {x.shape[0]} does not split over {n} devices')
+        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
+    return jax.tree.map(split, batch)
+
+
+replicate, unreplicate = jax_utils.replicate, jax_utils.unreplicate
