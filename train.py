@@ -16,7 +16,8 @@ import os
 import sys
 import time
 
-from absl import app, flags
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
@@ -65,12 +66,10 @@ def build_model(c, num_classes: int):
     overrides = dict(c.model_overrides)
     overrides.update(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
                      dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
-    img_size = c.image_size or None
+    img_size = c.image_size or overrides.pop('img_size', None)
     rng = jax.random.PRNGKey(c.seed)
     if c.init:
         return vitjax.load(c.init, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
-    if img_size is not None:
-        overrides.pop('img_size', None)
     return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
 
 
@@ -129,10 +128,12 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
     train_ds = data.create_train_dataset(c.dataset, c.train_split, seed=c.seed, crop=c.crop, flip=c.flip,
                                          scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
                                          start_step=start, **data_kw)
-    eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=cfg.crop_pct, **data_kw)
+    eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
+                                                     **data_kw)
     p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx, total_steps,
                                                                variables['params'])
     state = jax_utils.replicate(state)
+    batches = jax_utils.prefetch_to_device(map(train_step.shard, train_ds), 2)  # host->device copy overlaps
 
     t0 = time.time()
     window, seen = [], 0
@@ -140,7 +141,7 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
                disable=not sys.stderr.isatty() and os.environ.get('VITJAX_PROGRESS') != '1')
     t_window = time.time()
     for step in range(start + 1, total_steps + 1):
-        state, metrics = p_train_step(state, train_step.shard(next(train_ds)))
+        state, metrics = p_train_step(state, next(batches))
         window.append(metrics)  # device arrays: no host sync until the log step
         seen += c.batch_size
         bar.update(1)
@@ -193,6 +194,7 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
 def main(argv) -> int:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    logging.set_verbosity(logging.WARNING)
     c = FLAGS.config
     try:
         validate(c)

@@ -15,6 +15,7 @@ def get_config():
     c.model_overrides = dict(img_size=16, patch_size=4, embed_dim=96, depth=4, num_heads=4)
     c.crop = 'resize'  # random-resized crops destroy 8x8 digits; small shifts come from the crop scale below
     c.flip = False  # digits are not mirror-symmetric
+    c.eval_crop_pct = 1.0  # the whole 8x8 digit; a center crop would cut strokes
     c.batch_size = 128
     c.num_epochs = 60.0
     c.warmup_steps = 100

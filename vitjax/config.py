@@ -28,6 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.crop = 'random_resized_crop'  # or 'resize'
     c.crop_scale = (0.08, 1.0)
     c.flip = True
+    c.eval_crop_pct = 0.0  # 0: the model's pretrained_cfg.crop_pct
     c.shuffle_buffer = 10_000
     c.batch_size = 128  # global, over all devices and processes
 
