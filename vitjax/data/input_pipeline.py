@@ -99,8 +99,14 @@ def _source(dataset, split, data_dir, process_index, process_count) -> tuple[tf.
     shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
     ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0))
     ds = ds.map(lambda e: {'image': e['image'], 'label': e['label']})
-    n = builder.info.splits[shard].num_examples
-    return ds, n
+    return ds, _num_examples(builder, shard)
+
+
+def _num_examples(builder, split) -> int:
+    try:
+        return builder.info.splits[split].num_examples
+    except KeyError:  # no split metadata (e.g. under tfds.testing.mock_data): count
+        return int(builder.as_dataset(split=split).reduce(0, lambda n, _: n + 1))
 
 
 def _process(process_index, process_count) -> tuple[int, int]:
@@ -116,7 +122,7 @@ def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None) -
         return DatasetInfo(len(classes), classes, n)
     builder = _builder(dataset, data_dir)
     label = builder.info.features['label']
-    return DatasetInfo(label.num_classes, tuple(label.names), builder.info.splits[split].num_examples)
+    return DatasetInfo(label.num_classes, tuple(label.names), _num_examples(builder, split))
 
 
 # -- preprocessing -----------------------------------------------------------------------------------------
@@ -149,6 +155,7 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
     ds = ds.repeat().shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
     ds = ds.enumerate().skip(start_step * batch)  # skip before decoding work: resume costs only reads
 
+    @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings here
     def preprocess(index, example):
         image = example['image']
         key = tf.stack([tf.cast(seed, tf.int64), index])
@@ -188,6 +195,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     steps = math.ceil(math.ceil(total / process_count) / batch)
     resize_to = int(math.floor(image_size / crop_pct))
 
+    @tf.autograph.experimental.do_not_convert
     def preprocess(example):
         image = example['image']
         h, w = tf.shape(image)[0], tf.shape(image)[1]
