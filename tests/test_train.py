@@ -1,0 +1,105 @@
+"""`python train.py` end to end on the embedded digits data: outputs, learning, exact resume, bad configs."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import vitjax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small and quick: one block, 60 steps; enough to see learning on digits.
+QUICK = ['--config.model_overrides.depth=1', '--config.total_steps=60', '--config.warmup_steps=10',
+         '--config.log_every=10', '--config.eval_every=20', '--config.checkpoint_every=20', '--config.batch_size=64']
+
+
+def run_train(workdir, *args, data_dir):
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}', f'--config.data_dir={data_dir}',
+                           *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return proc
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp('tfds'))
+
+
+@pytest.fixture(scope='module')
+def quick_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp('run') / 'quick'
+    proc = run_train(workdir, *QUICK, data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+def records(workdir, split):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+        return [r for r in map(json.loads, f) if r['split'] == split]
+
+
+def test_outputs(quick_run):
+    workdir, proc = quick_run
+    for name in ('config.json', 'metrics.jsonl', 'curves.png', 'summary.json', 'tensorboard', 'checkpoints',
+                 'model'):
+        assert os.path.exists(workdir / name), name
+    summary = json.loads((workdir / 'summary.json').read_text())
+    assert set(summary) >= {'test_accuracy', 'test_loss', 'steps', 'examples_seen', 'wall_s', 'img_per_s',
+                            'devices'}
+    assert summary['steps'] == 60 and summary['examples_seen'] == 60 * 64 and summary['test_examples'] == 360
+    assert 'test accuracy' in proc.stdout and 'curves.png' in proc.stdout
+    assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '40', '60']
+    model, variables = vitjax.load(workdir / 'model')
+    assert model.num_classes == 10 and model.depth == 1
+    cfg = json.loads((workdir / 'model' / 'config.json').read_text())
+    assert cfg['class_names'] == [str(i) for i in range(10)]
+
+
+def test_it_learns(quick_run):
+    workdir, _ = quick_run
+    train = records(workdir, 'train')
+    evals = records(workdir, 'eval')
+    assert [r['step'] for r in evals] == [20, 40, 60]
+    assert train[-1]['loss'] < 0.75 * train[0]['loss']
+    assert evals[-1]['accuracy'] > 0.5  # chance is 0.1
+    summary = json.loads((workdir / 'summary.json').read_text())
+    assert summary['test_accuracy'] == pytest.approx(evals[-1]['accuracy'])  # eval split == test split here
+
+
+def test_resume_reproduces_uninterrupted_run(quick_run, tmp_path, data_dir):
+    workdir, _ = quick_run
+    part = tmp_path / 'part'
+    first = run_train(part, *QUICK, '--stop_after=30', data_dir=data_dir)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 'continue with --resume' in first.stdout and not (part / 'summary.json').exists()
+    second = run_train(part, *QUICK, '--resume', data_dir=data_dir)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert 'resumed from step 30' in second.stdout
+    keys = ('step', 'loss', 'accuracy', 'lr', 'grad_norm')
+    strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
+    assert strip(records(part, 'train')) == strip(records(workdir, 'train'))
+    assert strip(records(part, 'eval')) == strip(records(workdir, 'eval'))
+    _, a = vitjax.load(part / 'model')
+    _, b = vitjax.load(workdir / 'model')
+    import jax
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.warmup_steps=100', '--config.total_steps=50'], 'warmup_steps (100) must be < total_steps (50)'),
+    (['--config.accum_steps=3'], 'accum_steps (3) must divide batch_size (64)'),
+    (['--config.lr=-1'], 'lr must be > 0'),
+    (['--config.decay=step'], "decay must be 'cosine', 'linear' or 'constant'"),
+])
+def test_bad_config_rejected_before_compiling(tmp_path, data_dir, args, message):
+    proc = run_train(tmp_path / 'bad', *QUICK, *args, data_dir=data_dir)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / 'bad' / 'checkpoints').exists()
+
+
+def test_existing_run_needs_resume(quick_run, data_dir):
+    workdir, _ = quick_run
+    proc = run_train(workdir, *QUICK, data_dir=data_dir)
+    assert proc.returncode == 2 and 'pass --resume' in proc.stderr
