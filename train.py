@@ -63,13 +63,14 @@ def build_model(c, num_classes: int):
     import jax.numpy as jnp
     import vitjax
 
-    overrides = dict(c.model_overrides)
-    overrides.update(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
-                     dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
-    img_size = c.image_size or overrides.pop('img_size', None)
+    regularisation = dict(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
+                          dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
     rng = jax.random.PRNGKey(c.seed)
-    if c.init:
-        return vitjax.load(c.init, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
+    if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
+        return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
+                           **regularisation)
+    overrides = dict(c.model_overrides, **regularisation)
+    img_size = c.image_size or overrides.pop('img_size', None)
     return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
 
 
@@ -176,7 +177,8 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
     params = jax.device_get(jax_utils.unreplicate(state).params)
     vitjax.save(os.path.join(workdir, 'model'), model.clone(dtype=jnp.float32, drop_rate=0.,
                                                             drop_path_rate=0.),
-                {'params': params}, name=c.model if not c.init else '', meta={'class_names': list(info.class_names)})
+                {'params': params}, name=vitjax.io.read_config(c.init)['model_name'] if c.init else c.model,
+                meta={'class_names': list(info.class_names)})
     summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],
                'test_examples': int(test['count']), 'steps': total_steps,
                'examples_seen': (total_steps - start) * c.batch_size, 'wall_s': round(wall, 2),

@@ -103,3 +103,30 @@ def test_existing_run_needs_resume(quick_run, data_dir):
     workdir, _ = quick_run
     proc = run_train(workdir, *QUICK, data_dir=data_dir)
     assert proc.returncode == 2 and 'pass --resume' in proc.stderr
+
+
+def test_fine_tune_ported_weights_head_only(tmp_path, data_dir):
+    """--config.init: a converted DeiT, new 10-way head, position embeddings resampled 14x14 -> 2x2, backbone
+    frozen: only the head may change."""
+    from porting import convert, random_init
+    ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', depth=1), tmp_path / 'deit.safetensors')
+    assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(ckpt), '--model-arg', 'depth=1',
+                         '--out', str(tmp_path / 'deit')]) == 0
+    proc = run_train(tmp_path / 'ft', '--config.init=' + str(tmp_path / 'deit'), '--config.image_size=32',
+                     '--config.trainable=^head', '--config.total_steps=10', '--config.warmup_steps=2',
+                     '--config.eval_every=10', '--config.log_every=5', '--config.batch_size=32', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    src_model, src = vitjax.load(tmp_path / 'deit')
+    model, out = vitjax.load(tmp_path / 'ft' / 'model')
+    assert (model.num_classes, model.img_size, src_model.num_classes) == (10, 32, 1000)
+    import jax
+    from vitjax.io import flatten
+    from vitjax.models.layers import resample_abs_pos_embed
+    a, b = flatten(src['params']), flatten(out['params'])
+    assert b['pos_embed'].shape == (1, 1 + 2 * 2, 192)
+    np.testing.assert_allclose(b['pos_embed'], resample_abs_pos_embed(a['pos_embed'], (2, 2), (14, 14)), atol=1e-6)
+    for k in a:
+        if not k.startswith(('head', 'pos_embed')):
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert b['head/kernel'].shape == (192, 10) and np.abs(b['head/kernel']).max() > 0  # zero-init, then trained
+    assert json.loads((tmp_path / 'ft' / 'model' / 'config.json').read_text())['model_name'] == 'deit_tiny_patch16_224'
