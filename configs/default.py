@@ -12,12 +12,12 @@ def get_config():
     c.train_split, c.eval_split, c.test_split = 'train', 'test', 'test'
     # A tiny ViT on the 8x8 digits upsampled to 16x16: 16 tokens of 4x4 patches.
     c.model = 'vit_tiny_patch16_224'
-    c.model_overrides = dict(img_size=16, patch_size=4, embed_dim=96, depth=4, num_heads=4)
+    c.model_overrides = dict(img_size=16, patch_size=4, embed_dim=96, depth=6, num_heads=4)
     c.crop = 'resize'  # random-resized crops destroy 8x8 digits; small shifts come from the crop scale below
     c.flip = False  # digits are not mirror-symmetric
     c.eval_crop_pct = 1.0  # the whole 8x8 digit; a center crop would cut strokes
     c.batch_size = 128
-    c.num_epochs = 60.0
+    c.num_epochs = 55.0
     c.warmup_steps = 100
     c.lr = 2e-3
     c.weight_decay = 0.1
