@@ -90,3 +90,21 @@ def test_shard_shapes():
         return
     with pytest.raises(ValueError, match='does not split'):
         shard({'label': np.zeros(n + 1)})
+
+
+def test_bfloat16_compute_keeps_float32_params_and_state():
+    import jax.numpy as jnp
+    from vitjax.optim import create_optimizer, create_schedule
+    from vitjax.train_step import train_step
+    c = default_config()
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3,
+                              dtype=jnp.bfloat16)
+    x = np.random.default_rng(0).standard_normal((4, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    tx = create_optimizer(c, variables['params'], 10)
+    state = create_train_state(model, variables, tx, jax.random.PRNGKey(1))
+    state, m = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=create_schedule(c, 10),
+                                               num_classes=3))(state, {'image': x, 'label': np.array([0, 1, 2, 0])})
+    assert model.apply(variables, x).dtype == jnp.bfloat16
+    assert {l.dtype for l in jax.tree.leaves((state.params, state.opt_state)) if l.ndim} == {jnp.dtype('float32')}
+    assert np.isfinite(float(m['loss']))
