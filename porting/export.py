@@ -1,0 +1,94 @@
+"""Export a vitjax model directory back to a timm state dict (safetensors), with a parity check.
+
+    python -m porting.export --model out/deit_tiny --out deit_tiny.safetensors
+
+The file loads with `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))`, so a
+model fine-tuned in JAX goes back to PyTorch. It is written only if the timm model built from it matches the
+Flax model; timm -> vitjax -> timm is bit-exact.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from porting import parity, timm_vit
+
+# VisionTransformer fields that timm.create_model takes under the same name.
+TIMM_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
+               'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
+               'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size')
+
+
+def timm_model_for(name: str, config: dict):
+    """The timm model with this config: the name gives the class (distilled or not), the kwargs the rest."""
+    import functools
+    import timm
+    from timm.layers import LayerNorm
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in TIMM_KWARGS}
+    kwargs['norm_layer'] = functools.partial(LayerNorm, eps=config['norm_eps'])
+    kwargs['act_layer'] = {'gelu': 'gelu', 'gelu_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}[config['act_layer']]
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    got = timm_vit.model_config(model)
+    mismatched = {k: (v, config.get(k)) for k, v in got.items() if k != 'init_values' and config.get(k) != v}
+    if mismatched:
+        raise ValueError(f'timm {name} cannot express this config: {mismatched} (timm value, vitjax value)')
+    return model
+
+
+def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
+    import torch
+    from safetensors.torch import save_file
+    import vitjax
+    from vitjax.io import read_config
+    from vitjax.models import model_config
+
+    model, variables = vitjax.load(model_dir)
+    name = name or read_config(model_dir).get('model_name') or ''
+    if not name:
+        raise ValueError(f'{model_dir} records no timm model name; pass --timm-name')
+    config = dict(model_config(model), fc_norm=bool(model.use_fc_norm and model.final_norm))  # resolved
+    state = {k: torch.from_numpy(np.array(v)) for k, v in timm_vit.to_timm(variables['params'], config).items()}
+    torch_model = timm_model_for(name.partition('.')[0], config)
+    torch_model.load_state_dict(state, strict=True)
+    report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
+    if not report['passed']:
+        raise ValueError('parity failed after export:\n' + parity.format_report(report))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', dir=out.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={'format': 'pt'})
+        os.replace(tmp, out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return report
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='python -m porting.export', description=__doc__.split('\n')[0])
+    ap.add_argument('--model', required=True, help='vitjax model directory')
+    ap.add_argument('--out', required=True, help='output .safetensors file (a timm state dict)')
+    ap.add_argument('--timm-name', default='', help='timm architecture (default: the one recorded in the directory)')
+    ap.add_argument('--tolerance', type=float, default=1e-4)
+    args = ap.parse_args(argv)
+    if not args.out.endswith('.safetensors'):
+        ap.error('--out must end in .safetensors')
+    try:
+        report = export(args.model, args.out, args.timm_name, args.tolerance)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    print(parity.format_report(report))
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

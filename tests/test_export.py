@@ -1,0 +1,49 @@
+"""Back to PyTorch: vitjax directory -> timm safetensors that timm loads, bit-exact round trip."""
+import jax
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import vitjax
+from conftest import images, max_diff, run_timm
+from porting import convert, export, random_init
+
+
+@pytest.mark.parametrize('name, kwargs', [('deit_tiny_distilled_patch16_224', dict(depth=2)),
+                                          ('vit_small_patch16_224', dict(depth=2, global_pool='avg',
+                                                                         num_classes=7))])
+def test_round_trip_is_bit_exact(tmp_path, name, kwargs):
+    src = random_init.save(random_init.create(name, seed=4, **kwargs), tmp_path / 'src.safetensors')
+    args = [f'{k}={v}' for k, v in kwargs.items()]
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'vj'),
+                         *sum([['--model-arg', a] for a in args], [])]) == 0
+    assert export.main(['--model', str(tmp_path / 'vj'), '--out', str(tmp_path / 'back.safetensors')]) == 0
+    a, b = load_file(str(src)), load_file(str(tmp_path / 'back.safetensors'))
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_fine_tuned_model_goes_back_to_timm(tmp_path):
+    name = 'deit_tiny_patch16_224'
+    model, variables = vitjax.create_model(name, depth=2, num_classes=4, rng=jax.random.PRNGKey(0))
+    # Stand-in for a JAX fine-tune: every parameter moved away from its initialisation.
+    variables = jax.tree.map(lambda p: p + 0.03 * jax.random.normal(jax.random.PRNGKey(1), p.shape), variables)
+    vitjax.save(tmp_path / 'ft', model, variables, name=name)
+    out = tmp_path / 'ft.safetensors'
+    assert export.main(['--model', str(tmp_path / 'ft'), '--out', str(out)]) == 0
+    # num_classes in the overlay too: otherwise timm treats a 4-way head as one to drop and re-initialise.
+    tm = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(out), num_classes=4),
+                           depth=2, num_classes=4)
+    x = images(model)
+    assert max_diff(run_timm(tm, x), model.apply(variables, x)) < 1e-4
+
+
+def test_export_refuses_a_directory_without_a_name(tmp_path, capsys):
+    model, variables = vitjax.create_model('deit_tiny_patch16_224', depth=1)
+    vitjax.save(tmp_path / 'anon', model, variables)
+    assert export.main(['--model', str(tmp_path / 'anon'), '--out', str(tmp_path / 'x.safetensors')]) == 1
+    assert 'records no timm model name' in capsys.readouterr().err
+    assert not (tmp_path / 'x.safetensors').exists()
