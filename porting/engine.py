@@ -37,15 +37,23 @@ IDENTITY = Transform('identity', lambda x, c: (x,), lambda t, c: t[0])
 LINEAR = Transform('linear', lambda x, c: (x.T,), lambda t, c: t[0].T)
 # torch Conv2d weight is OIHW; Flax Conv kernel is HWIO.
 CONV = Transform('conv', lambda x, c: (x.transpose(2, 3, 1, 0),), lambda t, c: t[0].transpose(3, 2, 0, 1))
-# Fused qkv Linear (3D, D) -> query/key/value DenseGeneral kernels (D, heads, head_dim).
-QKV_KERNEL = Transform(
-    'qkv_kernel',
-    lambda x, c: tuple(w.T.reshape(w.shape[1], *_heads(c, w.shape[0])) for w in np.split(x, 3, axis=0)),
-    lambda t, c: np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
-QKV_BIAS = Transform(
-    'qkv_bias',
-    lambda x, c: tuple(b.reshape(_heads(c, b.shape[0])) for b in np.split(x, 3)),
-    lambda t, c: np.concatenate([b.reshape(-1) for b in t]))
+def fused_heads(n: int, name: str) -> tuple[Transform, Transform]:
+    """Kernel and bias transforms for a Linear fusing n projections ((n*D, D), e.g. qkv n=3, kv n=2, q n=1)
+    into n DenseGeneral params of shape (D, heads, head_dim) / (heads, head_dim)."""
+    kernel = Transform(
+        f'{name}_kernel',
+        lambda x, c: tuple(w.T.reshape(w.shape[1], *_heads(c, w.shape[0])) for w in np.split(x, n, axis=0)),
+        lambda t, c: np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
+    bias = Transform(
+        f'{name}_bias',
+        lambda x, c: tuple(b.reshape(_heads(c, b.shape[0])) for b in np.split(x, n)),
+        lambda t, c: np.concatenate([b.reshape(-1) for b in t]))
+    return kernel, bias
+
+
+QKV_KERNEL, QKV_BIAS = fused_heads(3, 'qkv')
+KV_KERNEL, KV_BIAS = fused_heads(2, 'kv')
+HEADS_KERNEL, HEADS_BIAS = fused_heads(1, 'heads')
 # Attention output Linear (D, D) -> DenseGeneral kernel (heads, head_dim, D) contracting both head axes.
 OUT_KERNEL = Transform(
     'out_kernel',

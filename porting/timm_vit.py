@@ -5,7 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, apply_rules, invert_rules, linear, norm
+from porting.engine import (CONV, HEADS_BIAS, HEADS_KERNEL, KV_BIAS, KV_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
+                            apply_rules, invert_rules, linear, norm)
 
 BLOCK = (
     *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
@@ -35,6 +36,17 @@ RULES = (
     *BLOCK,
     *norm('norm', 'norm'),
     *norm('fc_norm', 'fc_norm'),
+    # MAP head (global_pool='map', SigLIP)
+    Rule('attn_pool.latent', 'attn_pool/latent'),
+    Rule('attn_pool.q.weight', 'attn_pool/query/kernel', HEADS_KERNEL),
+    Rule('attn_pool.q.bias', 'attn_pool/query/bias', HEADS_BIAS),
+    Rule('attn_pool.kv.weight', ('attn_pool/key/kernel', 'attn_pool/value/kernel'), KV_KERNEL),
+    Rule('attn_pool.kv.bias', ('attn_pool/key/bias', 'attn_pool/value/bias'), KV_BIAS),
+    Rule('attn_pool.proj.weight', 'attn_pool/out/kernel', OUT_KERNEL),
+    Rule('attn_pool.proj.bias', 'attn_pool/out/bias'),
+    *norm('attn_pool.norm', 'attn_pool/norm'),
+    *linear('attn_pool.mlp.fc1', 'attn_pool/mlp/fc1'),
+    *linear('attn_pool.mlp.fc2', 'attn_pool/mlp/fc2'),
     *linear('head', 'head'),
     *linear('head_dist', 'head_dist'),
 )
@@ -71,7 +83,11 @@ def model_config(model) -> dict[str, Any]:
     _require(isinstance(model, TimmViT), f'architecture {type(model).__name__}')
     distilled = getattr(model, 'dist_token', None) is not None
     _require(type(model).__name__ in ('VisionTransformer', 'VisionTransformerDistilled'), type(model).__name__)
-    _require(getattr(model, 'attn_pool', None) is None, f"global_pool={model.global_pool!r} (attention pool)")
+    pool = getattr(model, 'attn_pool', None)
+    _require(pool is None or (type(pool).__name__ == 'AttentionPoolLatent' and pool.latent_len == 1
+                              and pool.pos_embed is None and pool.pool == 'token' and pool.mlp is not None
+                              and isinstance(pool.q_norm, tnn.Identity) and not isinstance(pool.q, tnn.Identity)),
+             f'global_pool={model.global_pool!r} with this attention pool')
     _require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
     _require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
     _require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')

@@ -27,6 +27,7 @@ OPTIONS = {
     'pre_norm_quick_gelu_eps': dict(pre_norm=True, act_layer='quick_gelu', norm_layer=functools.partial(
         LayerNorm, eps=1e-5)),
     'no_final_norm': dict(final_norm=False),
+    'map_head': dict(global_pool='map', class_token=False),
     'mlp_ratio_non_square': dict(mlp_ratio=2.5, img_size=(32, 48)),
 }
 

@@ -116,6 +116,31 @@ class Block(nn.Module):
         return x + drop_path(ls('ls2')(y), deterministic=not train)
 
 
+class AttentionPoolLatent(nn.Module):
+    """Multihead attention pooling (MAP, SigLIP's head): one learned latent query attends over the tokens,
+    then a residual MLP; returns (B, D). Mirrors timm's AttentionPoolLatent with latent_len=1."""
+    num_heads: int
+    mlp_hidden: int
+    qkv_bias: bool = True
+    norm_eps: float = 1e-6
+    act_layer: str = 'gelu'
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, _, dim = x.shape
+        head_dim = dim // self.num_heads
+        latent = self.param('latent', nn.initializers.normal(dim ** -0.5), (1, 1, dim))
+        proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim), use_bias=self.qkv_bias,
+                                 dtype=self.dtype, kernel_init=dense_init)
+        q = proj(name='query')(jnp.broadcast_to(latent, (b, 1, dim)).astype(x.dtype))
+        o = jax.nn.dot_product_attention(q, proj(name='key')(x), proj(name='value')(x))
+        y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o)
+        y = y + Mlp(self.mlp_hidden, self.act_layer, dtype=self.dtype, name='mlp')(
+            layer_norm(self.norm_eps, self.dtype, 'norm')(y))
+        return y[:, 0]
+
+
 def resample_abs_pos_embed(posemb: jax.Array, new_size: Sequence[int], old_size: Optional[Sequence[int]] = None,
                            num_prefix_tokens: int = 1) -> jax.Array:
     """Resize a (1, prefix + H*W, D) position embedding to a new patch grid, prefix tokens untouched.

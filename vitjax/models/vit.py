@@ -12,10 +12,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import Block, dense_init, feature_take_indices, layer_norm, resample_abs_pos_embed
+from vitjax.models.layers import AttentionPoolLatent, Block, dense_init, feature_take_indices, layer_norm, resample_abs_pos_embed
 
 Size = Union[int, Sequence[int]]
-POOLS = ('', 'token', 'avg', 'avgmax', 'max')
+POOLS = ('', 'token', 'avg', 'avgmax', 'max', 'map')
 
 
 def to_2tuple(x: Size) -> tuple[int, int]:
@@ -128,6 +128,8 @@ class VisionTransformer(nn.Module):
         self.norm = layer_norm(self.norm_eps, self.dtype, 'norm') if final else None
         self.fc_norm_layer = (layer_norm(self.norm_eps, self.dtype, 'fc_norm')
                               if self.final_norm and self.use_fc_norm else None)
+        self.attn_pool = (AttentionPoolLatent(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.norm_eps,
+                                              self.act_layer, self.dtype) if self.global_pool == 'map' else None)
         self.head_drop = nn.Dropout(self.drop_rate)
         head = lambda name: nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
                                      name=name)
@@ -180,6 +182,8 @@ class VisionTransformer(nn.Module):
         if not self.global_pool:
             return x
         x = x[:, self.num_prefix_tokens:]
+        if self.attn_pool is not None:
+            return self.attn_pool(x)
         if self.global_pool == 'avg':
             return x.mean(axis=1)
         if self.global_pool == 'max':

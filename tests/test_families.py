@@ -1,0 +1,51 @@
+"""timm families beyond ViT/DeiT through the same config reader, table and CLI: DINOv2, DeiT III, CLIP, SigLIP.
+
+Small depth keeps these quick; widths, patch sizes, token layouts and heads are the real ones."""
+import json
+
+import numpy as np
+import pytest
+
+from conftest import images, max_diff, port, run_timm, timm_model
+from porting import convert, random_init
+
+FAMILIES = {
+    'vit_base_patch14_reg4_dinov2.lvd142m': dict(reg_tokens=4, no_embed_class=True, patch_size=14),
+    'vit_base_patch14_dinov2.lvd142m': dict(reg_tokens=0, no_embed_class=False, patch_size=14),
+    'deit3_base_patch16_224': dict(no_embed_class=True),
+    'vit_base_patch16_clip_224.openai_ft_in12k_in1k': dict(pre_norm=True, norm_eps=1e-5),
+    'vit_base_patch16_clip_quickgelu_224': dict(pre_norm=True, act_layer='quick_gelu'),
+    'vit_base_patch16_siglip_224': dict(global_pool='map', class_token=False),
+}
+
+
+@pytest.mark.parametrize('name', list(FAMILIES))
+def test_family_converts_through_cli(tmp_path, name):
+    ckpt = random_init.save(random_init.create(name, seed=2, depth=2), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--model-arg', 'depth=2',
+                         '--out', str(tmp_path / 'out')]) == 0
+    cfg = json.loads((tmp_path / 'out' / 'config.json').read_text())['model']
+    for k, v in FAMILIES[name].items():
+        assert cfg[k] == v, k
+    assert json.loads((tmp_path / 'out' / 'parity.json').read_text())['passed']
+
+
+def test_dinov2_dynamic_size_odd_input():
+    tm = timm_model('vit_small_patch14_reg4_dinov2', depth=2, dynamic_img_size=True)
+    model, variables = port(tm)
+    assert model.dynamic_img_size and model.img_size == 518 and model.init_values is not None
+    for size in ((98, 154), (70, 70)):
+        x = images(model, batch=1, size=size)
+        assert max_diff(model.apply(variables, x), run_timm(tm, x)) < 1e-4
+        feats = model.apply(variables, x, method=model.forward_features)
+        assert feats.shape == (1, 5 + (size[0] // 14) * (size[1] // 14), 384)
+
+
+def test_siglip_map_head_with_classes():
+    tm = timm_model('vit_base_patch16_siglip_224', depth=1, num_classes=10, embed_dim=192, num_heads=3,
+                    img_size=64)
+    model, variables = port(tm)
+    x = images(model)
+    ref = run_timm(tm, x)
+    assert 'attn_pool' in variables['params'] and ref.shape == (2, 10)
+    assert max_diff(model.apply(variables, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
