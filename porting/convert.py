@@ -1,7 +1,8 @@
-"""Convert a timm ViT to vitjax, verify logit parity, and write a model directory.
+"""Convert a timm (or torchvision) ViT to vitjax, verify logit parity, and write a model directory.
 
     python -m porting.convert --model vit_base_patch16_224.augreg_in21k_ft_in1k --out out/vitb
     python -m porting.convert --model deit_tiny_patch16_224 --checkpoint deit_tiny.safetensors --out out/deit_tiny
+    python -m porting.convert --model vit_b_16 --checkpoint vit_b_16.pth --out out/tv_vitb   # torchvision
 
 Without --checkpoint the weights come from the Hugging Face hub through timm (needs network). The output
 directory is written only if parity passes: params.safetensors, config.json, parity.json.
@@ -37,14 +38,32 @@ def _kv(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def load_timm(name: str, checkpoint: Optional[str], **kwargs):
+def load_timm(name: str, checkpoint: Optional[str], state: Optional[dict] = None, **kwargs):
     """The source timm model, with hub weights or a checkpoint file loaded strictly."""
     import timm
     if checkpoint is None:
         return timm.create_model(name, pretrained=True, **kwargs).eval()
-    state = sources.read_state_dict(checkpoint)
+    state = sources.read_state_dict(checkpoint) if state is None else state
     kwargs.setdefault('num_classes', sources.infer_num_classes(state))
-    model = timm.create_model(name, pretrained=False, **kwargs)
+    return load_strict(timm.create_model(name, pretrained=False, **kwargs), state, name, checkpoint)
+
+
+def load_torchvision(name: str, checkpoint: Optional[str], state: Optional[dict] = None, **kwargs):
+    """A torchvision ViT (vit_b_16, vit_l_16, ...): DEFAULT hub weights, or a checkpoint loaded strictly."""
+    import torchvision
+    if checkpoint is None:
+        return torchvision.models.get_model(name, weights='DEFAULT', **kwargs).eval()
+    state = sources.read_state_dict(checkpoint) if state is None else state
+    if 'heads.head.weight' in state:
+        kwargs.setdefault('num_classes', int(state['heads.head.weight'].shape[0]))
+    return load_strict(torchvision.models.get_model(name, weights=None, **kwargs), state, name, checkpoint)
+
+
+def detect_source(state: dict) -> str:
+    return 'torchvision' if any(k.startswith('encoder.layers.encoder_layer_') for k in state) else 'timm'
+
+
+def load_strict(model, state: dict, name: str, checkpoint: str):
     want = model.state_dict()
     problems = [f'  missing: {k}' for k in want if k not in state]
     problems += [f'  unexpected: {k}' for k in state if k not in want]
@@ -99,10 +118,23 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
     return new, {'params': params}, ref
 
 
+def convert_torchvision(tv_model):
+    """torchvision ViT -> (vitjax model, variables, parity reference)."""
+    from porting import torchvision_vit
+    from vitjax.models import PretrainedCfg, VisionTransformer
+    config = torchvision_vit.model_config(tv_model)
+    params = torchvision_vit.from_torchvision(tv_model.state_dict(), config)
+    img = config['img_size']
+    cfg = PretrainedCfg.from_dict(dict(torchvision_vit.PRETRAINED_CFG, input_size=[3, img, img]))
+    return VisionTransformer(**config, pretrained_cfg=cfg), {'params': params}, torchvision_vit.ParityAdapter(tv_model)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python -m porting.convert', description=__doc__.split('\n')[0])
     ap.add_argument('--model', required=True, help='timm model name, optionally with .tag')
     ap.add_argument('--checkpoint', help='.safetensors (preferred), .pth, .pt or .bin; default: hub weights')
+    ap.add_argument('--source', choices=('auto', 'timm', 'torchvision'), default='auto',
+                    help='the library the weights come from (auto: from the checkpoint keys; timm for hub)')
     ap.add_argument('--out', required=True, help='output model directory')
     ap.add_argument('--img-size', type=_size, help='convert to another input size (N or HxW): position '
                     'embeddings are resampled bicubically on the patch grid')
@@ -117,11 +149,20 @@ def main(argv=None) -> int:
 
     import vitjax
     try:
-        timm_kwargs = dict(args.model_arg)
-        torch_model = load_timm(args.model, args.checkpoint, **timm_kwargs)
-        timm_kwargs.pop('num_classes', None)
-        model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
-                                        **timm_kwargs)
+        kwargs = dict(args.model_arg)
+        state = sources.read_state_dict(args.checkpoint) if args.checkpoint else None
+        source = args.source if args.source != 'auto' else (detect_source(state) if state else 'timm')
+        if source == 'timm':
+            torch_model = load_timm(args.model, args.checkpoint, state, **kwargs)
+            kwargs.pop('num_classes', None)
+            model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
+                                            **kwargs)
+        else:
+            if args.img_size or args.num_classes is not None:
+                raise ValueError('--img-size / --num-classes apply to timm sources; convert as is, then use '
+                                 'vitjax.load(DIR, img_size=..., num_classes=...)')
+            model, variables, ref = convert_torchvision(load_torchvision(args.model, args.checkpoint, state,
+                                                                         **kwargs))
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
                               tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors
@@ -131,7 +172,7 @@ def main(argv=None) -> int:
     if not report['passed']:
         print(f'error: parity failed; nothing written to {args.out}', file=sys.stderr)
         return 1
-    source = {'library': 'timm', 'model': args.model, 'checkpoint': args.checkpoint or 'hub'}
+    source = {'library': source, 'model': args.model, 'checkpoint': args.checkpoint or 'hub'}
     vitjax.save(args.out, model, variables, name=args.model, extra_json={'parity.json': report},
                 meta={'source': source})
     print(f'wrote {args.out}')

@@ -1,0 +1,75 @@
+"""torchvision VisionTransformer (vit_b_16, vit_l_16, ...): the name table, the config reader, a parity adapter."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, apply_rules, linear, norm
+
+LAYER = 'encoder.layers.encoder_layer_{i}'
+RULES = (
+    Rule('class_token', 'cls_token'),
+    Rule('encoder.pos_embedding', 'pos_embed'),
+    Rule('conv_proj.weight', 'patch_embed/proj/kernel', CONV),
+    Rule('conv_proj.bias', 'patch_embed/proj/bias'),
+    *norm(f'{LAYER}.ln_1', 'blocks_{i}/norm1'),
+    Rule(f'{LAYER}.self_attention.in_proj_weight',
+         tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value')), QKV_KERNEL),
+    Rule(f'{LAYER}.self_attention.in_proj_bias',
+         tuple(f'blocks_{{i}}/attn/{n}/bias' for n in ('query', 'key', 'value')), QKV_BIAS),
+    Rule(f'{LAYER}.self_attention.out_proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
+    Rule(f'{LAYER}.self_attention.out_proj.bias', 'blocks_{i}/attn/out/bias'),
+    *norm(f'{LAYER}.ln_2', 'blocks_{i}/norm2'),
+    *linear(f'{LAYER}.mlp.0', 'blocks_{i}/mlp/fc1'),
+    *linear(f'{LAYER}.mlp.3', 'blocks_{i}/mlp/fc2'),
+    *norm('encoder.ln', 'norm'),
+    *linear('heads.head', 'head'),
+)
+
+
+def model_config(model) -> dict[str, Any]:
+    from porting.timm_vit import UnsupportedModel
+    if type(model).__name__ != 'VisionTransformer' or not hasattr(model, 'conv_proj'):
+        raise UnsupportedModel(f'{type(model).__name__} is not a torchvision VisionTransformer')
+    if hasattr(model.heads, 'pre_logits'):
+        raise UnsupportedModel('torchvision representation_size (pre_logits head)')
+    if not hasattr(model.heads, 'head'):
+        raise UnsupportedModel('torchvision model without a classification head')
+    return dict(img_size=model.image_size, patch_size=model.patch_size, num_classes=model.num_classes,
+                global_pool='token', embed_dim=model.hidden_dim, depth=len(model.encoder.layers),
+                num_heads=model.encoder.layers[0].num_heads, mlp_ratio=model.mlp_dim / model.hidden_dim,
+                norm_eps=model.encoder.ln.eps, act_layer='gelu')
+
+
+# torchvision's ImageNet transforms: resize 256, center crop 224, bilinear.
+PRETRAINED_CFG = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], crop_pct=0.875,
+                      interpolation='bilinear', tag='torchvision')
+
+
+def from_torchvision(state_dict, config: dict[str, Any]) -> dict:
+    from porting.timm_vit import to_numpy
+    from vitjax.io import param_shapes, unflatten
+    from vitjax.models import VisionTransformer
+    expected = param_shapes(VisionTransformer(**config))
+    return unflatten(apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config,
+                                 'torchvision -> vitjax'))
+
+
+class ParityAdapter:
+    """timm's forward_features / forward_head on a torchvision ViT, for `porting.parity.check`."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def forward_features(self, x):
+        m = self.model
+        x = m._process_input(x)
+        x = __import__('torch').cat([m.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return m.encoder(x)  # ends with encoder.ln, like timm's final norm
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x[:, 0]
+        return x if pre_logits else self.model.heads(x)
