@@ -129,12 +129,27 @@ def convert_torchvision(tv_model):
     return VisionTransformer(**config, pretrained_cfg=cfg), {'params': params}, torchvision_vit.ParityAdapter(tv_model)
 
 
+def convert_hf(path):
+    """A Hugging Face ViT model directory -> (vitjax model, variables, parity reference)."""
+    from porting import hf_vit
+    from vitjax.models import PretrainedCfg, VisionTransformer
+    if not hf_vit.is_hf_dir(path):
+        raise ValueError(f'{path} is not a Hugging Face model directory (config.json + weights)')
+    hf_model = hf_vit.load(path)
+    config = hf_vit.model_config(hf_model)
+    params = hf_vit.from_hf(hf_vit.read_state(path), config)
+    img = config['img_size']
+    cfg = PretrainedCfg.from_dict(dict(hf_vit.PRETRAINED_CFG, input_size=[3, img, img]))
+    return VisionTransformer(**config, pretrained_cfg=cfg), {'params': params}, hf_vit.ParityAdapter(hf_model)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python -m porting.convert', description=__doc__.split('\n')[0])
     ap.add_argument('--model', required=True, help='timm model name, optionally with .tag')
     ap.add_argument('--checkpoint', help='.safetensors (preferred), .pth, .pt or .bin; default: hub weights')
-    ap.add_argument('--source', choices=('auto', 'timm', 'torchvision'), default='auto',
-                    help='the library the weights come from (auto: from the checkpoint keys; timm for hub)')
+    ap.add_argument('--source', choices=('auto', 'timm', 'torchvision', 'hf'), default='auto',
+                    help='the library the weights come from (auto: an HF model directory is hf, otherwise from '
+                    'the checkpoint keys; timm for hub weights)')
     ap.add_argument('--out', required=True, help='output model directory')
     ap.add_argument('--img-size', type=_size, help='convert to another input size (N or HxW): position '
                     'embeddings are resampled bicubically on the patch grid')
@@ -150,17 +165,22 @@ def main(argv=None) -> int:
     import vitjax
     try:
         kwargs = dict(args.model_arg)
-        state = sources.read_state_dict(args.checkpoint) if args.checkpoint else None
-        source = args.source if args.source != 'auto' else (detect_source(state) if state else 'timm')
-        if source == 'timm':
+        from porting import hf_vit
+        hf = args.source == 'hf' or (args.source == 'auto' and hf_vit.is_hf_dir(args.checkpoint))
+        state = sources.read_state_dict(args.checkpoint) if args.checkpoint and not hf else None
+        source = 'hf' if hf else args.source if args.source != 'auto' else (
+            detect_source(state) if state else 'timm')
+        if source != 'timm' and (args.img_size or args.num_classes is not None):
+            raise ValueError('--img-size / --num-classes apply to timm sources; convert as is, then use '
+                             'vitjax.load(DIR, img_size=..., num_classes=...)')
+        if source == 'hf':
+            model, variables, ref = convert_hf(args.checkpoint)
+        elif source == 'timm':
             torch_model = load_timm(args.model, args.checkpoint, state, **kwargs)
             kwargs.pop('num_classes', None)
             model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
                                             **kwargs)
         else:
-            if args.img_size or args.num_classes is not None:
-                raise ValueError('--img-size / --num-classes apply to timm sources; convert as is, then use '
-                                 'vitjax.load(DIR, img_size=..., num_classes=...)')
             model, variables, ref = convert_torchvision(load_torchvision(args.model, args.checkpoint, state,
                                                                          **kwargs))
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,

@@ -1,0 +1,99 @@
+"""Hugging Face `ViTForImageClassification` / `ViTModel` (the google/vit-base-patch16-224 layout on the hub):
+the name table, the config reader and a parity adapter. Checkpoints are HF model directories."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, apply_rules, linear, norm
+
+LAYER = 'encoder.layer.{i}'
+RULES = (
+    Rule('embeddings.cls_token', 'cls_token'),
+    Rule('embeddings.position_embeddings', 'pos_embed'),
+    Rule('embeddings.patch_embeddings.projection.weight', 'patch_embed/proj/kernel', CONV),
+    Rule('embeddings.patch_embeddings.projection.bias', 'patch_embed/proj/bias'),
+    *norm(f'{LAYER}.layernorm_before', 'blocks_{i}/norm1'),
+    *[r for n in ('query', 'key', 'value') for r in (
+        Rule(f'{LAYER}.attention.attention.{n}.weight', f'blocks_{{i}}/attn/{n}/kernel', HEADS_KERNEL),
+        Rule(f'{LAYER}.attention.attention.{n}.bias', f'blocks_{{i}}/attn/{n}/bias', HEADS_BIAS))],
+    Rule(f'{LAYER}.attention.output.dense.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
+    Rule(f'{LAYER}.attention.output.dense.bias', 'blocks_{i}/attn/out/bias'),
+    *norm(f'{LAYER}.layernorm_after', 'blocks_{i}/norm2'),
+    *linear(f'{LAYER}.intermediate.dense', 'blocks_{i}/mlp/fc1'),
+    *linear(f'{LAYER}.output.dense', 'blocks_{i}/mlp/fc2'),
+    *norm('layernorm', 'norm'),
+    *linear('classifier', 'head'),
+)
+
+
+def is_hf_dir(path) -> bool:
+    return path is not None and (Path(path) / 'config.json').is_file()
+
+
+def load(path):
+    """The HF model in its own class, from a local directory (config.json + weights)."""
+    import json
+    from transformers import ViTForImageClassification, ViTModel
+    arch = (json.loads((Path(path) / 'config.json').read_text()).get('architectures') or ['ViTModel'])[0]
+    if arch == 'ViTForImageClassification':
+        return ViTForImageClassification.from_pretrained(str(path)).eval()
+    pooler = any(k.startswith('pooler.') for k in read_state(path))
+    return ViTModel.from_pretrained(str(path), add_pooling_layer=pooler).eval()
+
+
+def read_state(path) -> dict:
+    """The checkpoint's tensors in the hub layout, without the `vit.` prefix of the classification model."""
+    from safetensors.torch import load_file
+    files = sorted(Path(path).glob('*.safetensors'))
+    if not files:
+        raise ValueError(f'{path} has no .safetensors weights (save with safe_serialization, the default)')
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return {k.removeprefix('vit.'): v for k, v in state.items()}
+
+
+def model_config(model) -> dict[str, Any]:
+    from porting.timm_vit import UnsupportedModel
+    c = model.config
+    if c.hidden_act != 'gelu':
+        raise UnsupportedModel(f'hidden_act={c.hidden_act!r}')
+    if getattr(model, 'pooler', None) is not None:
+        raise UnsupportedModel('the ViTModel pooler (dense + tanh); load with add_pooling_layer=False')
+    head = getattr(model, 'classifier', None)
+    return dict(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.num_channels,
+                num_classes=head.out_features if head is not None and hasattr(head, 'out_features') else 0,
+                global_pool='token', embed_dim=c.hidden_size, depth=c.num_hidden_layers,
+                num_heads=c.num_attention_heads, mlp_ratio=c.intermediate_size / c.hidden_size, qkv_bias=c.qkv_bias,
+                norm_eps=c.layer_norm_eps, act_layer='gelu')
+
+
+PRETRAINED_CFG = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], crop_pct=1.0, interpolation='bilinear', tag='hf')
+
+
+def from_hf(state_dict, config: dict[str, Any]) -> dict:
+    from porting.timm_vit import to_numpy
+    from vitjax.io import param_shapes, unflatten
+    from vitjax.models import VisionTransformer
+    expected = param_shapes(VisionTransformer(**config))
+    return unflatten(apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config,
+                                 'hf -> vitjax'))
+
+
+class ParityAdapter:
+    def __init__(self, model):
+        self.model = model
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def forward_features(self, x):
+        vit = getattr(self.model, 'vit', self.model)
+        return vit(pixel_values=x).last_hidden_state  # after the final layernorm
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = x[:, 0]
+        head = getattr(self.model, 'classifier', None)
+        return x if pre_logits or head is None else head(x)
