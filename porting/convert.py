@@ -1,4 +1,4 @@
-"""Convert a timm (or torchvision) ViT to vitjax, verify logit parity, and write a model directory.
+"""Convert a timm ViT or Swin (or a torchvision / Hugging Face ViT) to vitjax, verify logit parity, and write a model directory.
 
     python -m porting.convert --model vit_base_patch16_224.augreg_in21k_ft_in1k --out out/vitb
     python -m porting.convert --model deit_tiny_patch16_224 --checkpoint deit_tiny.safetensors --out out/deit_tiny
@@ -75,21 +75,33 @@ def load_strict(model, state: dict, name: str, checkpoint: str):
     return model.eval()
 
 
+def timm_family(torch_model):
+    """The porting module (name table + config reader) and vitjax class for a timm model."""
+    from porting import timm_swin
+    from vitjax.models import SwinTransformer, VisionTransformer
+    kind = type(torch_model).__name__
+    if kind in ('VisionTransformer', 'VisionTransformerDistilled'):
+        return timm_vit, VisionTransformer
+    if kind == 'SwinTransformer':
+        return timm_swin, SwinTransformer
+    raise timm_vit.UnsupportedModel(f'timm architecture {kind} (supported: VisionTransformer, SwinTransformer)')
+
+
 def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = None, seed: int = 0,
-            **timm_kwargs):
+            window_size=None, **timm_kwargs):
     """timm model -> (vitjax model, variables, reference torch model with the same size/head changes).
 
     `timm_kwargs` are the extra `timm.create_model` arguments the source was built with.
     """
     import torch
-    from timm.layers import resample_abs_pos_embed
     from vitjax.io import adapt_params
-    from vitjax.models import PretrainedCfg, VisionTransformer
+    from vitjax.models import PretrainedCfg
 
-    config = timm_vit.model_config(torch_model)
+    family, cls = timm_family(torch_model)
+    config = family.model_config(torch_model)
     state = torch_model.state_dict()
-    params = timm_vit.from_timm(state, config)
-    model = VisionTransformer(**config, pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
+    params = family.from_timm(state, config)
+    model = cls(**config, pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
     changes = {}
     if img_size is not None and img_size != model.img_size:
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
@@ -98,21 +110,24 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
                                                                        p.interpolation, p.tag))
     if num_classes is not None and num_classes != model.num_classes:
         changes['num_classes'] = num_classes
+    if window_size is not None:
+        if not hasattr(model, 'stage_window_sizes'):
+            raise ValueError('--window-size applies to Swin models')
+        changes['window_size'] = window_size
     if not changes:
         return model, {'params': params}, torch_model
     new = model.clone(**changes)
     params = adapt_params(params, model, new, jax.random.PRNGKey(seed))
-    # The reference: timm's own model at the new size, position embeddings resampled by timm, the same new head.
+    # The reference: timm's own model at the new size with the weights adapted by timm, and the same new head.
     import timm
-    ref = timm.create_model(name, pretrained=False, **{**timm_kwargs, 'img_size': new.img_size,
-                                                         'num_classes': new.num_classes}).eval()
-    ref_state = dict(state)
-    if 'pos_embed' in ref_state:
-        ref_state['pos_embed'] = resample_abs_pos_embed(
-            state['pos_embed'], new_size=new.grid_size, old_size=model.grid_size,
-            num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens)
-    new_cfg = dict(config, img_size=new.img_size, num_classes=new.num_classes)
-    heads = {k: torch.from_numpy(np.array(v)) for k, v in timm_vit.to_timm(params, new_cfg).items() if k.startswith('head')}
+    new_kwargs = {'img_size': new.img_size, 'num_classes': new.num_classes}
+    if window_size is not None:
+        new_kwargs['window_size'] = window_size
+    ref = timm.create_model(name, pretrained=False, **{**timm_kwargs, **new_kwargs}).eval()
+    ref_state = family.reference_state(state, model, new, ref)
+    new_cfg = dict(config, **new_kwargs)
+    heads = {k: torch.from_numpy(np.array(v)) for k, v in family.to_timm(params, new_cfg).items()
+             if k.startswith('head')}
     ref_state = {k: v for k, v in ref_state.items() if not k.startswith('head')} | heads
     ref.load_state_dict(ref_state, strict=True)
     return new, {'params': params}, ref
@@ -154,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument('--img-size', type=_size, help='convert to another input size (N or HxW): position '
                     'embeddings are resampled bicubically on the patch grid')
     ap.add_argument('--num-classes', type=int, help='re-initialise the head for this many classes')
+    ap.add_argument('--window-size', type=int, help='Swin: another attention window; relative-position-bias '
+                    'tables are resized as timm does')
     ap.add_argument('--model-arg', type=_kv, action='append', default=[], metavar='KEY=VALUE',
                     help='extra timm.create_model argument, e.g. depth=2 (repeatable)')
     ap.add_argument('--tolerance', type=float, default=1e-4,
@@ -170,8 +187,8 @@ def main(argv=None) -> int:
         state = sources.read_state_dict(args.checkpoint) if args.checkpoint and not hf else None
         source = 'hf' if hf else args.source if args.source != 'auto' else (
             detect_source(state) if state else 'timm')
-        if source != 'timm' and (args.img_size or args.num_classes is not None):
-            raise ValueError('--img-size / --num-classes apply to timm sources; convert as is, then use '
+        if source != 'timm' and (args.img_size or args.num_classes is not None or args.window_size):
+            raise ValueError('--img-size / --num-classes / --window-size apply to timm sources; convert as is, then use '
                              'vitjax.load(DIR, img_size=..., num_classes=...)')
         if source == 'hf':
             model, variables, ref = convert_hf(args.checkpoint)
@@ -179,7 +196,7 @@ def main(argv=None) -> int:
             torch_model = load_timm(args.model, args.checkpoint, state, **kwargs)
             kwargs.pop('num_classes', None)
             model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
-                                            **kwargs)
+                                            args.window_size, **kwargs)
         else:
             model, variables, ref = convert_torchvision(load_torchvision(args.model, args.checkpoint, state,
                                                                          **kwargs))

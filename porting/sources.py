@@ -34,5 +34,5 @@ def read_state_dict(path) -> dict:
 
 def infer_num_classes(state: dict) -> int:
     """Class count from the head in a state dict; 0 for a headless checkpoint."""
-    head = state.get('head.weight')
+    head = state.get('head.weight', state.get('head.fc.weight'))  # ViT / Swin (ClassifierHead)
     return int(head.shape[0]) if head is not None else 0

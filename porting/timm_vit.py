@@ -56,12 +56,12 @@ class UnsupportedModel(ValueError):
     pass
 
 
-def _require(ok: bool, what: str) -> None:
+def require(ok: bool, what: str) -> None:
     if not ok:
         raise UnsupportedModel(f'timm model uses {what}, which vitjax does not support yet')
 
 
-def _activation(mod) -> str:
+def activation(mod) -> str:
     import torch.nn as tnn
     name = type(mod).__name__
     if isinstance(mod, tnn.GELU):
@@ -80,27 +80,27 @@ def model_config(model) -> dict[str, Any]:
     import torch.nn as tnn
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
-    _require(isinstance(model, TimmViT), f'architecture {type(model).__name__}')
+    require(isinstance(model, TimmViT), f'architecture {type(model).__name__}')
     distilled = getattr(model, 'dist_token', None) is not None
-    _require(type(model).__name__ in ('VisionTransformer', 'VisionTransformerDistilled'), type(model).__name__)
+    require(type(model).__name__ in ('VisionTransformer', 'VisionTransformerDistilled'), type(model).__name__)
     pool = getattr(model, 'attn_pool', None)
-    _require(pool is None or (type(pool).__name__ == 'AttentionPoolLatent' and pool.latent_len == 1
+    require(pool is None or (type(pool).__name__ == 'AttentionPoolLatent' and pool.latent_len == 1
                               and pool.pos_embed is None and pool.pool == 'token' and pool.mlp is not None
                               and isinstance(pool.q_norm, tnn.Identity) and not isinstance(pool.q, tnn.Identity)),
              f'global_pool={model.global_pool!r} with this attention pool')
-    _require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
-    _require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
-    _require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
-    _require(isinstance(model.patch_embed.norm, tnn.Identity), 'a norm in the patch embedding')
+    require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
+    require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
+    require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
+    require(isinstance(model.patch_embed.norm, tnn.Identity), 'a norm in the patch embedding')
     blk = model.blocks[0]
-    _require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
-    _require(isinstance(blk.attn.norm, tnn.Identity) if hasattr(blk.attn, 'norm') else True, 'scale_attn_norm')
-    _require(isinstance(blk.mlp.norm, tnn.Identity), 'scale_mlp_norm')
-    _require(blk.attn.proj.bias is not None, 'proj_bias=False')
+    require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
+    require(isinstance(blk.attn.norm, tnn.Identity) if hasattr(blk.attn, 'norm') else True, 'scale_attn_norm')
+    require(isinstance(blk.mlp.norm, tnn.Identity), 'scale_mlp_norm')
+    require(blk.attn.proj.bias is not None, 'proj_bias=False')
     norms = [m for m in model.modules() if isinstance(m, tnn.LayerNorm)]
-    _require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
+    require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
     eps = {m.eps for m in norms}
-    _require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
+    require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
     ls = getattr(blk, 'ls1', None)
     has_ls = ls is not None and not isinstance(ls, tnn.Identity)
     img = tuple(model.patch_embed.img_size)
@@ -117,7 +117,7 @@ def model_config(model) -> dict[str, Any]:
         mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
         qkv_bias=blk.attn.qkv.bias is not None,
         qk_norm=not isinstance(blk.attn.q_norm, tnn.Identity),
-        init_values=float(ls.gamma.detach().reshape(-1)[0]) if has_ls else None,
+        init_values=_init_values(ls) if has_ls else None,
         class_token=model.cls_token is not None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
         no_embed_class=bool(model.no_embed_class),
@@ -128,8 +128,13 @@ def model_config(model) -> dict[str, Any]:
         dynamic_img_size=bool(model.dynamic_img_size),
         distilled=distilled,
         norm_eps=eps.pop() if eps else 1e-6,
-        act_layer=_activation(blk.mlp.act),
+        act_layer=activation(blk.mlp.act),
     )
+
+
+def _init_values(ls) -> float:
+    v = getattr(ls, 'init_values', None)  # timm's LayerScale keeps it; the gamma has trained away from it
+    return float(v) if v is not None else float(ls.gamma.detach().reshape(-1)[0])
 
 
 def pretrained_cfg(model) -> dict[str, Any]:
@@ -152,6 +157,17 @@ def to_timm(params, config: dict[str, Any]) -> dict:
     """The inverse of `from_timm`: Flax params -> timm state dict (numpy), bit-exact."""
     from vitjax.io import flatten
     return invert_rules(flatten(params), RULES, config, 'vitjax -> timm')
+
+
+def reference_state(state: dict, src, dst, ref) -> dict:
+    """The source state dict as timm itself adapts it to `dst`'s grid (for the parity reference)."""
+    from timm.layers import resample_abs_pos_embed
+    state = dict(state)
+    if 'pos_embed' in state:
+        state['pos_embed'] = resample_abs_pos_embed(
+            state['pos_embed'], new_size=dst.grid_size, old_size=src.grid_size,
+            num_prefix_tokens=0 if src.no_embed_class else src.num_prefix_tokens)
+    return state
 
 
 def to_numpy(value):

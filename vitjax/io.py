@@ -17,8 +17,9 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
-from vitjax.models import PretrainedCfg, VisionTransformer, model_config
+from vitjax.models import ARCHITECTURES, Model, PretrainedCfg, architecture_of, model_config
 from vitjax.models.layers import resample_abs_pos_embed
+from vitjax.models.swin import resize_rel_pos_bias_table
 
 FORMAT, VERSION = 'vitjax', 1
 PARAMS_FILE, CONFIG_FILE = 'params.safetensors', 'config.json'
@@ -32,7 +33,7 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep='/')
 
 
-def param_shapes(model: VisionTransformer) -> dict[str, tuple[int, ...]]:
+def param_shapes(model: Model) -> dict[str, tuple[int, ...]]:
     from vitjax.registry import img_size_of
     h, w = img_size_of(model)
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, h, w, model.in_chans),
@@ -57,19 +58,26 @@ def check_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], 
         raise ValueError('\n'.join(lines))
 
 
-def model_from_config(cfg: Mapping[str, Any], **overrides: Any) -> VisionTransformer:
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg['model'].items()}
+def _tuples(v: Any) -> Any:
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+
+
+def model_from_config(cfg: Mapping[str, Any], **overrides: Any) -> Model:
+    arch = cfg.get('architecture', 'vit')
+    if arch not in ARCHITECTURES:
+        raise ValueError(f'unknown architecture {arch!r} (known: {sorted(ARCHITECTURES)})')
+    kwargs = {k: _tuples(v) for k, v in cfg['model'].items()}
     kwargs.update(overrides)
-    return VisionTransformer(**kwargs, pretrained_cfg=PretrainedCfg.from_dict(cfg.get('pretrained_cfg', {})))
+    return ARCHITECTURES[arch](**kwargs, pretrained_cfg=PretrainedCfg.from_dict(cfg.get('pretrained_cfg', {})))
 
 
-def save(path: Union[str, os.PathLike], model: VisionTransformer, variables: Mapping, *,
+def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
          name: str = '', extra_json: Optional[Mapping[str, Any]] = None, meta: Optional[Mapping] = None) -> Path:
     """Write a model directory atomically. `extra_json` maps file names to JSON objects written beside it."""
     path = Path(path)
     flat = flatten(variables['params'])
     check_params(flat, param_shapes(model), 'params to save')
-    config = {'format': FORMAT, 'version': VERSION, 'architecture': 'vit', 'model_name': name,
+    config = {'format': FORMAT, 'version': VERSION, 'architecture': architecture_of(model), 'model_name': name,
               'model': model_config(model), 'pretrained_cfg': _cfg_dict(model.pretrained_cfg), **(meta or {})}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.tmp-', dir=path.parent))
@@ -111,7 +119,7 @@ def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
 
 def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
          rng: Optional[jax.Array] = None, expect_name: Optional[str] = None,
-         **overrides: Any) -> tuple[VisionTransformer, dict]:
+         **overrides: Any) -> tuple[Model, dict]:
     """Load `(model, variables)` from a model directory, optionally with another head size or image size."""
     from vitjax.registry import split_tag
     path = Path(path)
@@ -142,7 +150,16 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     return new_model, {'params': adapt_params(params, model, new_model, rng)}
 
 
-def adapt_params(params: Mapping, src: VisionTransformer, dst: VisionTransformer, rng: jax.Array) -> dict:
+def _window_of(model, key: str) -> tuple[int, int]:
+    """The (possibly clipped) window of the Swin block that owns `key` (layers_i/blocks_j/...)."""
+    from vitjax.models.swin import stage_resolutions, window_and_shift
+    stage = int(key.split('/')[0].split('_')[1])
+    res = stage_resolutions(model.grid_size, len(model.depths))[stage]
+    win = model.stage_window_sizes[stage]
+    return window_and_shift(res, win, (0, 0), model.always_partition)[0]
+
+
+def adapt_params(params: Mapping, src: Model, dst: Model, rng: jax.Array) -> dict:
     """Carry params from `src` to `dst`: same shapes copied, position embeddings resampled to the new grid,
     a head of another class count freshly initialised. Any other mismatch is an error."""
     from vitjax.registry import img_size_of, init_variables
@@ -156,6 +173,9 @@ def adapt_params(params: Mapping, src: VisionTransformer, dst: VisionTransformer
         elif key == 'pos_embed' and value is not None:
             out[key] = np.asarray(resample_abs_pos_embed(
                 value, dst.grid_size, src.grid_size, 0 if src.no_embed_class else src.num_prefix_tokens))
+        elif key.endswith('relative_position_bias_table') and value is not None:
+            # a new window size (Swin): timm's resize on the relative-offset grid, per head
+            out[key] = resize_rel_pos_bias_table(value, _window_of(dst, key), _window_of(src, key))
         elif key.split('/')[0] in ('head', 'head_dist'):
             fresh = flatten(init_variables(dst, rng)['params']) if fresh is None else fresh
             out[key] = fresh[key]

@@ -1,0 +1,100 @@
+"""timm SwinTransformer family: the name table and the config reader."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import CONV, LINEAR, Rule, apply_rules, invert_rules, linear, norm
+from porting.timm_vit import UnsupportedModel, activation, require, to_numpy
+
+BLOCK = (
+    *norm('layers.{i}.blocks.{j}.norm1', 'layers_{i}/blocks_{j}/norm1'),
+    Rule('layers.{i}.blocks.{j}.attn.relative_position_bias_table',
+         'layers_{i}/blocks_{j}/attn/relative_position_bias_table'),
+    *linear('layers.{i}.blocks.{j}.attn.qkv', 'layers_{i}/blocks_{j}/attn/qkv'),
+    *linear('layers.{i}.blocks.{j}.attn.proj', 'layers_{i}/blocks_{j}/attn/proj'),
+    *norm('layers.{i}.blocks.{j}.norm2', 'layers_{i}/blocks_{j}/norm2'),
+    *linear('layers.{i}.blocks.{j}.mlp.fc1', 'layers_{i}/blocks_{j}/mlp/fc1'),
+    *linear('layers.{i}.blocks.{j}.mlp.fc2', 'layers_{i}/blocks_{j}/mlp/fc2'),
+)
+
+RULES = (
+    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
+    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
+    *norm('patch_embed.norm', 'patch_embed/norm'),
+    *norm('layers.{i}.downsample.norm', 'layers_{i}/downsample/norm'),
+    Rule('layers.{i}.downsample.reduction.weight', 'layers_{i}/downsample/reduction/kernel', LINEAR),
+    *BLOCK,
+    *norm('norm', 'norm'),
+    *linear('head.fc', 'head'),
+)
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read SwinTransformer kwargs off an instantiated timm Swin (any name composed of supported options)."""
+    import torch.nn as tnn
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    require(type(model) is TimmSwin, f'architecture {type(model).__name__}')
+    norms = [m for m in model.modules() if isinstance(m, tnn.LayerNorm)]
+    eps = {m.eps for m in norms}
+    require(len(eps) == 1, f'mixed LayerNorm eps {eps}')
+    require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
+    stages = list(model.layers)
+    blocks = [b for s in stages for b in s.blocks]
+    require(all(type(b).__name__ == 'SwinTransformerBlock' for b in blocks), 'a non-standard Swin block')
+    require(len({activation(b.mlp.act) for b in blocks}) == 1, 'mixed activations')
+    require(len({b.mlp.fc1.out_features / b.mlp.fc1.in_features for b in blocks}) == 1, 'per-stage mlp ratios')
+    require(len({b.attn.qkv.bias is not None for b in blocks}) == 1, 'per-block qkv bias')
+    dims = [s.blocks[0].dim if len(s.blocks) else s.dim for s in stages]
+    require(all(d == model.embed_dim * 2 ** i for i, d in enumerate(dims)), f'stage widths {dims}')
+    head_dims = {b.attn.qkv.out_features // 3 // b.attn.num_heads for b in blocks}
+    default_hd = all(b.attn.qkv.out_features // 3 == b.dim for b in blocks)
+    windows = [tuple(w) for w in model._ref_window_sizes]
+    img = tuple(model.patch_embed.img_size)
+    patch = tuple(model.patch_embed.patch_size)
+    b0 = blocks[0]
+    return dict(
+        img_size=img[0] if img[0] == img[1] else img,
+        patch_size=patch[0] if patch[0] == patch[1] else patch,
+        in_chans=model.in_chans,
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=model.embed_dim,
+        depths=[len(s.blocks) for s in stages],
+        num_heads=[s.blocks[0].attn.num_heads for s in stages],
+        head_dim=None if default_hd else head_dims.pop(),
+        window_size=(windows[0][0] if len(set(windows)) == 1 and windows[0][0] == windows[0][1]
+                     else list(windows[0]) if len(set(windows)) == 1 else [list(w) for w in windows]),
+        always_partition=bool(b0.always_partition),
+        dynamic_img_size=bool(model.dynamic_img_size),
+        mlp_ratio=b0.mlp.fc1.out_features / b0.dim,
+        qkv_bias=b0.attn.qkv.bias is not None,
+        norm_eps=eps.pop(),
+        act_layer=activation(b0.mlp.act),
+    )
+
+
+def from_timm(state_dict, config: dict[str, Any]) -> dict:
+    """Pure conversion: timm Swin state dict + vitjax config -> Flax params (strict). Non-persistent buffers
+    (relative_position_index, attn_mask) are recomputed by the Flax module and may be absent or present."""
+    from vitjax.io import param_shapes, unflatten
+    from vitjax.models import SwinTransformer
+
+    state = {k: to_numpy(v) for k, v in state_dict.items()
+             if not k.endswith(('relative_position_index', 'attn_mask'))}
+    expected = param_shapes(SwinTransformer(**config))
+    return unflatten(apply_rules(state, RULES, expected, config, 'timm swin -> vitjax'))
+
+
+def to_timm(params, config: dict[str, Any]) -> dict:
+    from vitjax.io import flatten
+    return invert_rules(flatten(params), RULES, config, 'vitjax -> timm swin')
+
+
+def reference_state(state: dict, src, dst, ref) -> dict:
+    """The source state dict as timm itself adapts it to `ref` (relative-position tables resized per window)."""
+    from timm.models.swin_transformer import checkpoint_filter_fn
+    return checkpoint_filter_fn(dict(state), ref)
+
+
+__all__ = ['RULES', 'model_config', 'from_timm', 'to_timm', 'UnsupportedModel']

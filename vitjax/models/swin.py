@@ -1,0 +1,373 @@
+"""Swin Transformer (Liu et al. 2021) as one configurable Flax module, mirroring timm's `SwinTransformer`.
+
+Parameter names follow timm (patch_embed, layers_i/downsample, layers_i/blocks_j/attn/qkv, norm, head/fc) so the
+porting table is one line per tensor. Input is NHWC and stays NHWC through the stages, as in timm. Windows,
+shifts and attention masks are static: they are computed in numpy from the shapes at trace time.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax.models.layers import Mlp, dense_init, feature_take_indices, layer_norm
+from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
+
+SWIN_POOLS = ('', 'avg', 'max', 'avgmax')
+
+
+def stage_resolutions(grid: tuple[int, int], num_stages: int) -> list[tuple[int, int]]:
+    """Feature-map size inside each stage: stage 0 runs on the patch grid, each later stage halves it (ceil)."""
+    out, (h, w) = [], grid
+    for i in range(num_stages):
+        if i > 0:
+            h, w = (h + 1) // 2, (w + 1) // 2
+        out.append((h, w))
+    return out
+
+
+def window_and_shift(resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
+                     always_partition: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+    """timm's rule: a window larger than the feature map shrinks to it, and then nothing is shifted."""
+    if always_partition:
+        return window, shift
+    win = tuple(r if r <= w else w for r, w in zip(resolution, window))
+    return win, tuple(0 if r <= w else s for r, w, s in zip(resolution, win, shift))
+
+
+def relative_position_index(win_h: int, win_w: int) -> np.ndarray:
+    coords = np.stack(np.meshgrid(np.arange(win_h), np.arange(win_w), indexing='ij')).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    return (rel[..., 0] + win_h - 1) * (2 * win_w - 1) + (rel[..., 1] + win_w - 1)
+
+
+def window_partition(x: jax.Array, win: tuple[int, int], xp=jnp) -> jax.Array:
+    """(B, H, W, C) -> (B * num_windows, Wh * Ww, C); `xp=np` for the static masks built at trace time."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // win[0], win[0], w // win[1], win[1], c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, win[0] * win[1], c)
+
+
+def window_reverse(windows: jax.Array, win: tuple[int, int], h: int, w: int) -> jax.Array:
+    c = windows.shape[-1]
+    x = windows.reshape(-1, h // win[0], w // win[1], win[0], win[1], c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+def shifted_window_mask(h: int, w: int, win: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
+    """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought from different
+    regions of the (padded) map, 0 elsewhere (timm's constant, not -inf)."""
+    img = np.zeros((1, h, w, 1), np.float32)
+    cnt = 0
+    for hs in ((0, -win[0]), (-win[0], -shift[0]), (-shift[0], None)):
+        for ws in ((0, -win[1]), (-win[1], -shift[1]), (-shift[1], None)):
+            img[:, hs[0]:hs[1], ws[0]:ws[1], :] = cnt
+            cnt += 1
+    regions = window_partition(img, win, np)[..., 0]  # (nW, N)
+    diff = regions[:, None, :] - regions[:, :, None]
+    return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
+
+
+def resize_rel_pos_bias_table(table: np.ndarray, new_window: Sequence[int],
+                              old_window: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Resize a ((2Wh-1)(2Ww-1), heads) relative-position-bias table to another window, as timm does when
+    loading Swin weights at a new window size: BEiT's geometric-progression source coordinates, then linear
+    interpolation on that uneven grid (timm's RegularGridInterpolator, its default without scipy)."""
+    table = np.asarray(table)
+    dst = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
+    if old_window is None:
+        side = int(round(table.shape[0] ** 0.5))
+        src = (side, side) if side * side == table.shape[0] else dst
+    else:
+        src = (2 * old_window[0] - 1, 2 * old_window[1] - 1)
+    if src[0] * src[1] != table.shape[0]:
+        raise ValueError(f'relative position table has {table.shape[0]} rows, not {src[0]}x{src[1]}')
+    if src == dst:
+        return table
+
+    def source_coords(s: int, d: int) -> np.ndarray:
+        lo, hi = 1.01, 1.5
+        while hi - lo > 1e-6:  # ratio q whose progression 1 + q + ... reaches d // 2 at s // 2 terms
+            q = (lo + hi) / 2.0
+            if (1.0 - q ** (s // 2)) / (1.0 - q) > d // 2:
+                hi = q
+            else:
+                lo = q
+        dis, cur = [], 1.0
+        for i in range(s // 2):
+            dis.append(cur)
+            cur += q ** (i + 1)
+        return np.asarray([-v for v in reversed(dis)] + [0.0] + dis, np.float32)
+
+    ys, xs = source_coords(src[0], dst[0]), source_coords(src[1], dst[1])
+    ty, tx = dst[0] // 2, dst[1] // 2
+    dy, dx = np.meshgrid(np.arange(-ty, ty + 0.1, 1.0, dtype=np.float32),
+                         np.arange(-tx, tx + 0.1, 1.0, dtype=np.float32), indexing='ij')
+
+    def bracket(p: np.ndarray, x: np.ndarray):
+        right = np.minimum(np.searchsorted(p, x, side='left'), len(p) - 1)
+        left = np.clip(right - 1, 0, len(p) - 1)
+        d_left, d_right = np.maximum(x - p[left], 0.0), np.maximum(p[right] - x, 0.0)
+        both = (d_left == 0) & (d_right == 0)
+        d_left, d_right = np.where(both, 1.0, d_left), np.where(both, 1.0, d_right)
+        return (left, right), (d_left, d_right)
+
+    (yl, yr), (dyl, dyr) = bracket(ys, dy)
+    (xl, xr), (dxl, dxr) = bracket(xs, dx)
+    grid = table.astype(np.float32).T.reshape(-1, *src)  # (heads, sy, sx)
+    out = (grid[:, yl, xl] * dyr * dxr + grid[:, yl, xr] * dyr * dxl
+           + grid[:, yr, xl] * dyl * dxr + grid[:, yr, xr] * dyl * dxl) / ((dyl + dyr) * (dxl + dxr))
+    return out.reshape(out.shape[0], -1).T.astype(table.dtype)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with a learned relative position bias (fused qkv, as timm)."""
+    num_heads: int
+    window_size: tuple[int, int]
+    head_dim: Optional[int] = None
+    qkv_bias: bool = True
+    attn_drop: float = 0.
+    proj_drop: float = 0.
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[np.ndarray] = None, train: bool = False) -> jax.Array:
+        bw, n, dim = x.shape
+        hd = self.head_dim or dim // self.num_heads
+        wh, ww = self.window_size
+        table = self.param('relative_position_bias_table', nn.initializers.truncated_normal(0.02),
+                           ((2 * wh - 1) * (2 * ww - 1), self.num_heads))
+        bias = table[relative_position_index(wh, ww).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+        qkv = nn.Dense(3 * self.num_heads * hd, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
+                       name='qkv')(x)
+        q, k, v = qkv.reshape(bw, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)  # each (B*nW, h, N, hd)
+        attn = (q * hd ** -0.5) @ k.swapaxes(-2, -1) + bias.astype(q.dtype)
+        if mask is not None:
+            nw = mask.shape[0]
+            attn = attn.reshape(-1, nw, self.num_heads, n, n) + jnp.asarray(mask, attn.dtype)[None, :, None]
+            attn = attn.reshape(-1, self.num_heads, n, n)
+        attn = nn.Dropout(self.attn_drop)(jax.nn.softmax(attn, axis=-1), deterministic=not train)
+        x = (attn @ v).transpose(0, 2, 1, 3).reshape(bw, n, -1)
+        x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name='proj')(x)
+        return nn.Dropout(self.proj_drop)(x, deterministic=not train)
+
+
+class SwinBlock(nn.Module):
+    """(Shifted-)window attention block on a (B, H, W, C) map."""
+    num_heads: int
+    window_size: tuple[int, int]
+    shift_size: tuple[int, int]
+    head_dim: Optional[int] = None
+    mlp_ratio: float = 4.
+    qkv_bias: bool = True
+    proj_drop: float = 0.
+    attn_drop: float = 0.
+    drop_path: float = 0.
+    norm_eps: float = 1e-5
+    act_layer: str = 'gelu'
+    dtype: Any = jnp.float32
+
+    def _attn(self, x: jax.Array, train: bool) -> jax.Array:
+        b, h, w, c = x.shape
+        win, shift = self.window_size, self.shift_size
+        if any(shift):
+            x = jnp.roll(x, (-shift[0], -shift[1]), axis=(1, 2))
+        pad_h, pad_w = (-h) % win[0], (-w) % win[1]
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+        hp, wp = h + pad_h, w + pad_w
+        mask = shifted_window_mask(hp, wp, win, shift) if any(shift) else None
+        y = WindowAttention(self.num_heads, win, self.head_dim, self.qkv_bias, self.attn_drop, self.proj_drop,
+                            self.dtype, name='attn')(window_partition(x, win), mask, train)
+        x = window_reverse(y, win, hp, wp)[:, :h, :w]
+        return jnp.roll(x, shift, axis=(1, 2)) if any(shift) else x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        drop_path = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3))
+        x = x + drop_path(self._attn(layer_norm(self.norm_eps, self.dtype, 'norm1')(x), train),
+                          deterministic=not train)
+        y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
+        y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
+        return x + drop_path(y, deterministic=not train)
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhood -> channels in timm's order (x0, x1, x2, x3 = (0,0), (1,0), (0,1), (1,1)), norm, linear."""
+    out_dim: int
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, c = x.shape
+        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+        h, w = x.shape[1:3]
+        x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        x = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+        return nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name='reduction')(x)
+
+
+class SwinStage(nn.Module):
+    out_dim: int
+    depth: int
+    downsample: bool
+    num_heads: int
+    window_size: tuple[int, int]
+    resolution: tuple[int, int]  # the stage's feature map (after downsampling) at the model's img_size
+    head_dim: Optional[int] = None
+    always_partition: bool = False
+    mlp_ratio: float = 4.
+    qkv_bias: bool = True
+    proj_drop: float = 0.
+    attn_drop: float = 0.
+    drop_path: Sequence[float] = ()
+    norm_eps: float = 1e-5
+    act_layer: str = 'gelu'
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if self.downsample:
+            x = PatchMerging(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
+        half = tuple(w // 2 for w in self.window_size)
+        for j in range(self.depth):
+            win, shift = window_and_shift(self.resolution, self.window_size, (0, 0) if j % 2 == 0 else half,
+                                          self.always_partition)
+            x = SwinBlock(self.num_heads, win, shift, self.head_dim, self.mlp_ratio, self.qkv_bias, self.proj_drop,
+                          self.attn_drop, self.drop_path[j] if self.drop_path else 0., self.norm_eps,
+                          self.act_layer, self.dtype, name=f'blocks_{j}')(x, train)
+        return x
+
+
+class PatchEmbedNorm(nn.Module):
+    patch_size: tuple[int, int]
+    embed_dim: int
+    norm_eps: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(self.embed_dim, self.patch_size, strides=self.patch_size, padding='VALID', dtype=self.dtype,
+                    name='proj')(x)
+        return layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+
+
+class SwinTransformer(nn.Module):
+    """timm's SwinTransformer: patch embed + norm, four stages of (shifted) window attention with patch
+    merging between them, final norm, pooled head. `window_size` is one (h, w) for all stages or one per stage."""
+    img_size: Size = 224
+    patch_size: Size = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    global_pool: str = 'avg'
+    embed_dim: int = 96
+    depths: Sequence[int] = (2, 2, 6, 2)
+    num_heads: Sequence[int] = (3, 6, 12, 24)
+    head_dim: Optional[int] = None
+    window_size: Union[int, Sequence[int], Sequence[Sequence[int]]] = 7
+    always_partition: bool = False
+    dynamic_img_size: bool = False  # any input size; windows and shifts still follow img_size, as in timm
+    mlp_ratio: float = 4.
+    qkv_bias: bool = True
+    drop_rate: float = 0.
+    proj_drop_rate: float = 0.
+    attn_drop_rate: float = 0.
+    drop_path_rate: float = 0.
+    norm_eps: float = 1e-5
+    act_layer: str = 'gelu'
+    dtype: Any = jnp.float32
+    pretrained_cfg: PretrainedCfg = PretrainedCfg()
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        (h, w), (ph, pw) = to_2tuple(self.img_size), to_2tuple(self.patch_size)
+        return h // ph, w // pw
+
+    @property
+    def num_features(self) -> int:
+        return int(self.embed_dim * 2 ** (len(self.depths) - 1))
+
+    @property
+    def stage_window_sizes(self) -> list[tuple[int, int]]:
+        ws, n = self.window_size, len(self.depths)
+        if isinstance(ws, int):
+            return [(ws, ws)] * n
+        if len(ws) == 2 and isinstance(ws[0], int):
+            return [tuple(ws)] * n
+        if len(ws) != n:
+            raise ValueError(f'window_size needs one entry per stage ({n}), got {ws}')
+        return [to_2tuple(w) for w in ws]
+
+    def setup(self):
+        if self.global_pool not in SWIN_POOLS:
+            raise ValueError(f'global_pool={self.global_pool!r} is not one of {SWIN_POOLS}')
+        if len(self.num_heads) != len(self.depths):
+            raise ValueError(f'num_heads {self.num_heads} and depths {self.depths} differ in length')
+        dims = [int(self.embed_dim * 2 ** i) for i in range(len(self.depths))]
+        self.patch_embed = PatchEmbedNorm(to_2tuple(self.patch_size), dims[0], self.norm_eps, self.dtype)
+        rates = np.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
+        starts = np.cumsum([0, *self.depths]).tolist()
+        self.layers = [
+            SwinStage(dims[i], d, i > 0, self.num_heads[i], self.stage_window_sizes[i], res, self.head_dim,
+                      self.always_partition, self.mlp_ratio, self.qkv_bias, self.proj_drop_rate,
+                      self.attn_drop_rate, tuple(rates[starts[i]:starts[i + 1]]), self.norm_eps, self.act_layer,
+                      self.dtype, name=f'layers_{i}')
+            for i, (d, res) in enumerate(zip(self.depths, stage_resolutions(self.grid_size, len(self.depths))))]
+        self.norm = layer_norm(self.norm_eps, self.dtype, 'norm')
+        self.head_drop = nn.Dropout(self.drop_rate)
+        self.head = (nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')
+                     if self.num_classes > 0 else None)
+
+    def _embed(self, x: jax.Array) -> jax.Array:
+        if x.ndim != 4 or x.shape[-1] != self.in_chans:
+            raise ValueError(f'expected NHWC images with {self.in_chans} channels, got shape {x.shape}')
+        (h, w), (ph, pw) = x.shape[1:3], to_2tuple(self.patch_size)
+        if not self.dynamic_img_size and (h, w) != to_2tuple(self.img_size):
+            raise ValueError(f'input size {(h, w)} does not match img_size {to_2tuple(self.img_size)}; '
+                             'build the model with that img_size or dynamic_img_size=True')
+        if h % ph or w % pw:
+            raise ValueError(f'input size {(h, w)} is not divisible by patch size {(ph, pw)}')
+        return self.patch_embed(x)
+
+    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """The last stage's map after the final norm: (B, H/32, W/32, num_features), NHWC as in timm."""
+        x = self._embed(x)
+        for stage in self.layers:
+            x = stage(x, train)
+        return self.norm(x)
+
+    def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
+        if self.global_pool == 'avg':
+            x = x.mean(axis=(1, 2))
+        elif self.global_pool == 'max':
+            x = x.max(axis=(1, 2))
+        elif self.global_pool == 'avgmax':
+            x = 0.5 * (x.mean(axis=(1, 2)) + x.max(axis=(1, 2)))
+        x = self.head_drop(x, deterministic=not train)
+        return x if pre_logits or self.head is None else self.head(x)
+
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        return self.forward_head(self.forward_features(x, train), train=train)
+
+    def forward_intermediates(self, x: jax.Array, indices: Union[None, int, Sequence[int]] = None,
+                              norm: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
+                              stop_early: bool = False):
+        """Stage outputs as timm returns them: (final_features, [maps]) or only the maps. Maps are
+        (B, C, H, W) for NCHW (timm's only format) or (B, H, W, C) for NHWC; `norm` normalises the last stage."""
+        if output_fmt not in ('NCHW', 'NHWC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        n = len(self.layers)
+        take = feature_take_indices(n, indices)
+        x = self._embed(x)
+        feats, last = [], -1
+        for i, stage in enumerate(self.layers[:max(take) + 1] if stop_early else self.layers):
+            x, last = stage(x), i
+            if i in take:
+                y = self.norm(x) if norm and i == n - 1 else x
+                feats.append(y.transpose(0, 3, 1, 2) if output_fmt == 'NCHW' else y)
+        if intermediates_only:
+            return feats
+        return (self.norm(x) if last == n - 1 else x), feats
