@@ -76,14 +76,13 @@ def load_strict(model, state: dict, name: str, checkpoint: str):
 
 
 def timm_family(torch_model):
-    """The porting module (name table + config reader) and vitjax class for a timm model."""
+    """The porting module (name table, config reader, `ARCH`) for a timm model."""
     from porting import timm_swin
-    from vitjax.models import SwinTransformer, VisionTransformer
     kind = type(torch_model).__name__
     if kind in ('VisionTransformer', 'VisionTransformerDistilled'):
-        return timm_vit, VisionTransformer
+        return timm_vit
     if kind == 'SwinTransformer':
-        return timm_swin, SwinTransformer
+        return timm_swin
     raise timm_vit.UnsupportedModel(f'timm architecture {kind} (supported: VisionTransformer, SwinTransformer)')
 
 
@@ -94,14 +93,16 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
     `timm_kwargs` are the extra `timm.create_model` arguments the source was built with.
     """
     import torch
-    from vitjax.io import adapt_params
-    from vitjax.models import PretrainedCfg
+    from vitjax.io import adapt_params, as_tuples
+    from vitjax.models import ARCHITECTURES, PretrainedCfg
 
-    family, cls = timm_family(torch_model)
+    family = timm_family(torch_model)
+    cls = ARCHITECTURES[family.ARCH]
     config = family.model_config(torch_model)
     state = torch_model.state_dict()
     params = family.from_timm(state, config)
-    model = cls(**config, pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
+    model = cls(**as_tuples(config),
+                pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
     changes = {}
     if img_size is not None and img_size != model.img_size:
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size

@@ -9,6 +9,7 @@ Flax model; timm -> vitjax -> timm is bit-exact.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -16,25 +17,36 @@ from pathlib import Path
 
 import numpy as np
 
-from porting import parity, timm_vit
+from porting import parity, timm_swin, timm_vit
 
-# VisionTransformer fields that timm.create_model takes under the same name.
-TIMM_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
-               'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
-               'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size')
+# Module fields that timm.create_model takes under the same name, per architecture.
+TIMM_KWARGS = {
+    'vit': ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
+            'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
+            'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size'),
+    'swin': ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depths', 'num_heads',
+             'head_dim', 'window_size', 'always_partition', 'dynamic_img_size', 'mlp_ratio', 'qkv_bias'),
+}
+FAMILY = {'vit': timm_vit, 'swin': timm_swin}
 
 
-def timm_model_for(name: str, config: dict):
+def timm_model_for(name: str, config: dict, arch: str = 'vit'):
     """The timm model with this config: the name gives the class (distilled or not), the kwargs the rest."""
     import functools
     import timm
     from timm.layers import LayerNorm
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in TIMM_KWARGS}
+    from vitjax.io import as_tuples
+    kwargs = as_tuples({k: v for k, v in config.items() if k in TIMM_KWARGS[arch]})
     kwargs['norm_layer'] = functools.partial(LayerNorm, eps=config['norm_eps'])
-    kwargs['act_layer'] = {'gelu': 'gelu', 'gelu_tanh': 'gelu_tanh', 'quick_gelu': 'quick_gelu'}[config['act_layer']]
+    if arch == 'vit':
+        kwargs['act_layer'] = config['act_layer']
+    elif config['act_layer'] != 'gelu':  # timm's Swin has no act_layer argument
+        raise ValueError(f"timm {name} has exact GELU only, this model uses {config['act_layer']}")
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    got = timm_vit.model_config(model)
-    mismatched = {k: (v, config.get(k)) for k, v in got.items() if k != 'init_values' and config.get(k) != v}
+    got = FAMILY[arch].model_config(model)
+    plain = lambda v: json.loads(json.dumps(v))  # tuples and lists compare equal
+    mismatched = {k: (v, config.get(k)) for k, v in got.items()
+                  if k != 'init_values' and plain(config.get(k)) != plain(v)}
     if mismatched:
         raise ValueError(f'timm {name} cannot express this config: {mismatched} (timm value, vitjax value)')
     return model
@@ -45,15 +57,18 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     from safetensors.torch import save_file
     import vitjax
     from vitjax.io import read_config
-    from vitjax.models import model_config
+    from vitjax.models import architecture_of, model_config
 
     model, variables = vitjax.load(model_dir)
+    arch = architecture_of(model)
     name = name or read_config(model_dir).get('model_name') or ''
     if not name:
         raise ValueError(f'{model_dir} records no timm model name; pass --timm-name')
-    config = dict(model_config(model), fc_norm=bool(model.use_fc_norm and model.final_norm))  # resolved
-    state = {k: torch.from_numpy(np.array(v)) for k, v in timm_vit.to_timm(variables['params'], config).items()}
-    torch_model = timm_model_for(name.partition('.')[0], config)
+    config = model_config(model)
+    if arch == 'vit':
+        config['fc_norm'] = bool(model.use_fc_norm and model.final_norm)  # timm takes the resolved flag
+    state = {k: torch.from_numpy(np.array(v)) for k, v in FAMILY[arch].to_timm(variables['params'], config).items()}
+    torch_model = timm_model_for(name.partition('.')[0], config, arch)
     torch_model.load_state_dict(state, strict=True)
     report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
     if not report['passed']:

@@ -6,6 +6,8 @@ from typing import Any
 from porting.engine import CONV, LINEAR, Rule, apply_rules, invert_rules, linear, norm
 from porting.timm_vit import UnsupportedModel, activation, require, to_numpy
 
+ARCH = 'swin'
+
 BLOCK = (
     *norm('layers.{i}.blocks.{j}.norm1', 'layers_{i}/blocks_{j}/norm1'),
     Rule('layers.{i}.blocks.{j}.attn.relative_position_bias_table',
@@ -97,4 +99,4 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     return checkpoint_filter_fn(dict(state), ref)
 
 
-__all__ = ['RULES', 'model_config', 'from_timm', 'to_timm', 'UnsupportedModel']
+__all__ = ['ARCH', 'RULES', 'model_config', 'from_timm', 'to_timm', 'UnsupportedModel']

@@ -52,6 +52,9 @@ RULES = (
 )
 
 
+ARCH = 'vit'  # the vitjax architecture this table fills
+
+
 class UnsupportedModel(ValueError):
     pass
 

@@ -7,13 +7,17 @@ import timm
 
 import vitjax
 from porting import timm_vit
+from porting.convert import timm_family
 from vitjax.models import model_config
 from vitjax.registry import build_model
 
 TAGGED = ['vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224.augreg2_in21k_ft_in1k',
           'vit_base_patch16_224.mae', 'vit_base_patch16_224.orig_in21k', 'vit_base_patch16_384.augreg_in21k_ft_in1k',
           'vit_small_patch16_224.augreg_in21k_ft_in1k', 'deit_base_patch16_384.fb_in1k',
-          'deit_tiny_distilled_patch16_224.fb_in1k']
+          'deit_tiny_distilled_patch16_224.fb_in1k', 'vit_base_patch16_clip_224.openai',
+          'vit_base_patch16_clip_224.openai_ft_in12k_in1k', 'vit_base_patch14_reg4_dinov2.lvd142m',
+          'deit3_small_patch16_224.fb_in22k_ft_in1k', 'swin_base_patch4_window7_224.ms_in22k',
+          'swin_base_patch4_window12_384.ms_in22k_ft_in1k', 'vit_base_patch16_siglip_224.webli']
 
 
 def _timm(name):
@@ -24,8 +28,10 @@ def _timm(name):
 def test_decoded_config_equals_timm(name):
     tm = _timm(name)
     ours = build_model(name)
-    expected = timm_vit.model_config(tm)
-    decoded = dict(model_config(ours), fc_norm=ours.use_fc_norm)  # timm's reading is the resolved flag
+    expected = timm_family(tm).model_config(tm)
+    decoded = model_config(ours)
+    if 'fc_norm' in decoded:
+        decoded['fc_norm'] = ours.use_fc_norm  # timm's reading is the resolved flag
     assert {k: v for k, v in decoded.items() if k in expected} == expected
     cfg = timm_vit.pretrained_cfg(tm)
     p = ours.pretrained_cfg

@@ -58,15 +58,18 @@ def check_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], 
         raise ValueError('\n'.join(lines))
 
 
-def _tuples(v: Any) -> Any:
-    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
+def as_tuples(v: Any) -> Any:
+    """JSON lists back to tuples (nested, dict values too): module attributes stay hashable."""
+    if isinstance(v, dict):
+        return {k: as_tuples(x) for k, x in v.items()}
+    return tuple(as_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 def model_from_config(cfg: Mapping[str, Any], **overrides: Any) -> Model:
     arch = cfg.get('architecture', 'vit')
     if arch not in ARCHITECTURES:
         raise ValueError(f'unknown architecture {arch!r} (known: {sorted(ARCHITECTURES)})')
-    kwargs = {k: _tuples(v) for k, v in cfg['model'].items()}
+    kwargs = as_tuples(dict(cfg['model']))
     kwargs.update(overrides)
     return ARCHITECTURES[arch](**kwargs, pretrained_cfg=PretrainedCfg.from_dict(cfg.get('pretrained_cfg', {})))
 

@@ -1,4 +1,4 @@
-"""timm model names -> VisionTransformer configs, decoded from the name's parts (no table of full names).
+"""timm model names -> VisionTransformer / SwinTransformer configs, decoded from the name's parts (no name table).
 
 `vit_base_patch16_384.augreg_in21k_ft_in1k` reads as: family `vit`, size `base`, patch 16, input 384, and
 the weights' tag, which decides the class count and preprocessing the weights expect.
@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from vitjax.models import PretrainedCfg, VisionTransformer
+from vitjax.models import ARCHITECTURES, Model, PretrainedCfg
 
 # Width / depth / heads for timm's size words.
 SIZES: dict[str, dict[str, Any]] = {
@@ -23,9 +23,29 @@ SIZES: dict[str, dict[str, Any]] = {
     'large': dict(embed_dim=1024, depth=24, num_heads=16),
     'huge': dict(embed_dim=1280, depth=32, num_heads=16),
 }
-FAMILIES = ('vit', 'deit')
+SWIN_SIZES: dict[str, dict[str, Any]] = {
+    'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
+    'small': dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
+    'base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
+    'large': dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
+}
+FAMILIES = ('vit', 'deit', 'deit3', 'swin')
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+CLIP_EMBED = {'base': 512, 'large': 768, 'huge': 1024}  # the image-text projection, timm's head for CLIP towers
+
+# Name parts that switch on a model option (timm's variant words).
+VARIANTS: dict[str, dict[str, Any]] = {
+    'dinov2': dict(init_values=1e-5),
+    'clip': dict(pre_norm=True, norm_eps=1e-5),
+    'quickgelu': dict(act_layer='quick_gelu'),
+    'siglip': dict(class_token=False, global_pool='map'),
+    'distilled': dict(distilled=True),
+}
+# The weights an untagged name means (timm's default tag), where the tag changes the head or preprocessing.
+DEFAULT_TAGS = {'dinov2': 'lvd142m', 'clip': 'laion2b_ft_in12k_in1k', 'quickgelu': 'metaclip_2pt5b',
+                'siglip': 'v2_webli', 'deit3': 'fb_in1k', 'swin': 'ms_in1k'}
 
 # The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
 # and converts with logit parity (README table).
@@ -35,7 +55,13 @@ _ARCHS = tuple(
         ('small', 32, 384), ('base', 8, 224), ('base', 16, 224), ('base', 16, 384), ('base', 32, 224),
         ('base', 32, 384), ('large', 16, 224), ('large', 16, 384), ('large', 32, 384)]]
     + [f'deit_{s}_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_patch16_384']
-    + [f'deit_{s}_distilled_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_distilled_patch16_384'])
+    + [f'deit_{s}_distilled_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_distilled_patch16_384']
+    + [f'deit3_{s}_patch16_{r}' for s, r in [('small', 224), ('base', 224), ('base', 384), ('large', 224)]]
+    + [f'vit_{s}_patch14_{reg}dinov2' for s in ('small', 'base', 'large') for reg in ('', 'reg4_')]
+    + ['vit_base_patch16_clip_224', 'vit_base_patch16_clip_384',
+       'vit_base_patch16_clip_quickgelu_224', 'vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_384']
+    + [f'swin_{s}_patch4_window7_224' for s in ('tiny', 'small', 'base', 'large')]
+    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'])
 
 
 def list_models(pattern: str = '*') -> list[str]:
@@ -54,56 +80,85 @@ def _unknown(name: str, why: str) -> ValueError:
     return ValueError(f'unknown model {name!r} ({why}){hint}')
 
 
-def _pretrained_cfg(family: str, img: int, tag: str) -> tuple[PretrainedCfg, Optional[int]]:
+def _pretrained_cfg(family: str, variants: list[str], size: str, img: int, tag: str
+                    ) -> tuple[PretrainedCfg, Optional[int]]:
     """Preprocessing and class count implied by the weights' tag (timm's pretrained_cfg for that tag)."""
-    if family == 'deit' or tag.startswith(('mae', 'fb_', 'dino')):
+    kind = next((v for v in ('quickgelu', 'clip', 'siglip', 'dinov2') if v in variants), family)
+    tag = tag or DEFAULT_TAGS.get(kind, '')
+    if kind in ('clip', 'quickgelu'):
+        mean, std = CLIP_MEAN, CLIP_STD
+    elif kind == 'siglip' or (family == 'vit' and kind == 'vit' and not tag.startswith(('mae', 'fb_', 'dino'))):
+        mean, std = INCEPTION_MEAN, INCEPTION_STD  # the original JAX ViT, AugReg and SigLIP use [-1, 1]
+    else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
-    else:  # the original JAX ViT weights and AugReg normalise to [-1, 1]
-        mean, std = INCEPTION_MEAN, INCEPTION_STD
-    crop_pct = 1.0 if img >= 384 else 0.9
+    crop_pct = 1.0 if img >= 384 or kind == 'dinov2' or tag.startswith('metaclip') else 0.9
+    if kind in ('clip', 'quickgelu') and tag.endswith('ft_in12k_in1k'):
+        crop_pct = 0.95 if img < 384 else 1.0
+    if family == 'deit3' and 'in22k' in tag:
+        crop_pct = 1.0
+    if kind == 'siglip':
+        crop_pct = 0.9  # timm's SigLIP configs keep 0.9 at every size
     num_classes: Optional[int] = None
-    if tag == 'mae' or tag.endswith('orig_in21k'):
+    if tag == 'mae' or tag.endswith('orig_in21k') or kind in ('dinov2', 'siglip'):
         num_classes = 0  # headless feature extractors
-    elif tag.endswith('_in21k'):
-        num_classes = 21843
     elif tag.endswith('in1k'):
         num_classes = 1000
+    elif family == 'swin' and tag.endswith('in22k'):
+        num_classes = 21841
+    elif tag.endswith('_in21k'):
+        num_classes = 21843
+    elif tag.endswith('in12k'):
+        num_classes = 11821
+    elif kind in ('clip', 'quickgelu'):
+        num_classes = CLIP_EMBED[size]
     return PretrainedCfg((3, img, img), mean, std, crop_pct, tag=tag), num_classes
 
 
-def model_args(name: str) -> tuple[dict[str, Any], PretrainedCfg]:
-    """Decode a timm name (optionally `.tag`) into VisionTransformer kwargs and its PretrainedCfg."""
+def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
+    """Decode a timm name (optionally `.tag`) into (architecture, module kwargs, PretrainedCfg)."""
     arch, tag = split_tag(name)
     parts = arch.split('_')
     family = parts.pop(0) if parts else ''
     if family not in FAMILIES:
         raise _unknown(name, f'family {family!r} is not one of {FAMILIES}')
-    if not parts or parts[0] not in SIZES:
-        raise _unknown(name, f'size must be one of {tuple(SIZES)}')
-    kwargs: dict[str, Any] = dict(SIZES[parts.pop(0)])
-    img = 224
+    sizes = SWIN_SIZES if family == 'swin' else SIZES
+    if not parts or parts[0] not in sizes:
+        raise _unknown(name, f'size must be one of {tuple(sizes)}')
+    size = parts.pop(0)
+    kwargs: dict[str, Any] = dict(sizes[size])
+    if family == 'deit3':
+        kwargs.update(no_embed_class=True, init_values=1e-6)
+    img, variants = None, []
     for part in parts:
         if m := re.fullmatch(r'patch(\d+)', part):
             kwargs['patch_size'] = int(m[1])
+        elif m := re.fullmatch(r'window(\d+)', part):
+            if family != 'swin':
+                raise _unknown(name, f'{part!r} is a Swin option')
+            kwargs['window_size'] = int(m[1])
+        elif m := re.fullmatch(r'reg(\d+)', part):
+            kwargs.update(reg_tokens=int(m[1]), no_embed_class=True)
         elif re.fullmatch(r'\d+', part):
             img = int(part)
-        elif part == 'distilled' and family == 'deit':
-            kwargs['distilled'] = True
+        elif part in VARIANTS and family in ('vit', 'deit') and (part != 'distilled' or family == 'deit'):
+            kwargs.update(VARIANTS[part])
+            variants.append(part)
         else:
             raise _unknown(name, f'unsupported name part {part!r}')
     if 'patch_size' not in kwargs:
         raise _unknown(name, 'no patch size (e.g. patch16)')
+    img = img or (518 if 'dinov2' in variants else 224)
     kwargs['img_size'] = img
-    cfg, num_classes = _pretrained_cfg(family, img, tag)
+    cfg, num_classes = _pretrained_cfg(family, variants, size, img, tag)
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    return kwargs, cfg
+    return ('swin' if family == 'swin' else 'vit'), kwargs, cfg
 
 
 def build_model(name: str, num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
-                **overrides: Any) -> VisionTransformer:
+                **overrides: Any) -> Model:
     """The module for a timm name with overrides applied (no parameters)."""
-    kwargs, cfg = model_args(name)
+    arch, kwargs, cfg = model_args(name)
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     if img_size is not None:
@@ -111,12 +166,12 @@ def build_model(name: str, num_classes: Optional[int] = None, img_size: Union[No
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         cfg = PretrainedCfg((3, h, w), cfg.mean, cfg.std, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.tag)
     kwargs.update(overrides)
-    return VisionTransformer(**kwargs, pretrained_cfg=cfg)
+    return ARCHITECTURES[arch](**kwargs, pretrained_cfg=cfg)
 
 
 def create_model(name: str, pretrained: Optional[str] = None, num_classes: Optional[int] = None,
                  img_size: Union[None, int, tuple] = None, rng: Optional[jax.Array] = None,
-                 **overrides: Any) -> tuple[VisionTransformer, dict]:
+                 **overrides: Any) -> tuple[Model, dict]:
     """timm's `create_model`, returning `(model, variables)`.
 
     With `pretrained=DIR` (a directory written by `porting.convert` or `train.py`), the weights are loaded
@@ -133,11 +188,11 @@ def create_model(name: str, pretrained: Optional[str] = None, num_classes: Optio
     return model, init_variables(model, rng)
 
 
-def init_variables(model: VisionTransformer, rng: jax.Array) -> dict:
+def init_variables(model: Model, rng: jax.Array) -> dict:
     h, w = img_size_of(model)
     return jax.jit(model.init)({'params': rng}, jnp.zeros((1, h, w, model.in_chans), jnp.float32))
 
 
-def img_size_of(model: VisionTransformer) -> tuple[int, int]:
+def img_size_of(model: Model) -> tuple[int, int]:
     s = model.img_size
     return (s, s) if isinstance(s, int) else tuple(s)
