@@ -14,6 +14,7 @@ FAMILIES = {
     'vit_base_patch14_dinov2.lvd142m': dict(reg_tokens=0, no_embed_class=False, patch_size=14),
     'deit3_base_patch16_224': dict(no_embed_class=True),
     'vit_base_patch16_clip_224.openai_ft_in12k_in1k': dict(pre_norm=True, norm_eps=1e-5),
+    'vit_base_patch16_clip_224.laion2b_ft_in12k_in1k': dict(pre_norm=True, norm_eps=1e-5, act_layer='gelu'),
     'vit_base_patch16_clip_quickgelu_224': dict(pre_norm=True, act_layer='quick_gelu'),
     'vit_base_patch16_siglip_224': dict(global_pool='map', class_token=False),
 }
@@ -49,3 +50,21 @@ def test_siglip_map_head_with_classes():
     ref = run_timm(tm, x)
     assert 'attn_pool' in variables['params'] and ref.shape == (2, 10)
     assert max_diff(model.apply(variables, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['vit_base_patch14_reg4_dinov2.lvd142m', 'deit3_base_patch16_224',
+                                  'vit_base_patch16_clip_224.openai_ft_in12k_in1k', 'vit_base_patch16_siglip_224'])
+def test_family_full_size_through_cli(tmp_path, name):
+    """Full depth and width (DINOv2 at 518), registry-decoded config equal to the converted one."""
+    import vitjax
+    from vitjax.models import model_config
+    from vitjax.registry import build_model
+    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out')]) == 0
+    assert json.loads((tmp_path / 'out' / 'parity.json').read_text())['passed']
+    model, _ = vitjax.load(tmp_path / 'out')
+    decoded = build_model(name)  # the registry name means these weights (fc_norm: resolved vs default None)
+    assert model.use_fc_norm == decoded.use_fc_norm
+    assert {**model_config(model), 'fc_norm': None} == {**model_config(decoded), 'fc_norm': None}
+    assert model.pretrained_cfg == decoded.pretrained_cfg
