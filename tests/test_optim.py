@@ -153,6 +153,17 @@ def test_weight_decay_mask():
     assert no_decay['blocks_0/norm1/scale'] and no_decay['blocks_0/mlp/fc1/bias']
 
 
+def test_weight_decay_mask_swin():
+    """timm's Swin `no_weight_decay`: the relative-position-bias tables, besides biases and norms."""
+    tm = timm_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2))
+    _, variables = port(tm)
+    no_decay = flatten(path_mask(variables['params'], default_config().no_decay))
+    decayed = {k for k, v in no_decay.items() if not v}
+    timm_decayed = {n for n, p in tm.named_parameters() if p.ndim > 1 and n not in tm.no_weight_decay()}
+    assert len(decayed) == len(timm_decayed) and all(k.endswith('kernel') for k in decayed)
+    assert no_decay['layers_1/blocks_1/attn/relative_position_bias_table']
+
+
 def test_accumulation_equals_full_batch():
     """k micro-batches average to the full-batch gradient. Plain SGD(lr=1) makes the update the gradient itself
     (Adam would normalise rounding noise in near-zero gradients into lr-sized differences)."""

@@ -130,3 +130,15 @@ def test_fine_tune_ported_weights_head_only(tmp_path, data_dir):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert b['head/kernel'].shape == (192, 10) and np.abs(b['head/kernel']).max() > 0  # zero-init, then trained
     assert json.loads((tmp_path / 'ft' / 'model' / 'config.json').read_text())['model_name'] == 'deit_tiny_patch16_224'
+
+
+def test_swin_preset_learns(tmp_path, data_dir):
+    """configs/digits_swin.py: the same job with a SwinTransformer (shifted windows, patch merging)."""
+    proc = run_train(tmp_path / 'swin', '--config', 'configs/digits_swin.py', '--config.total_steps=60',
+                     '--config.warmup_steps=10', '--config.log_every=10', '--config.eval_every=30',
+                     '--config.checkpoint_every=30', '--config.batch_size=64', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, evals = records(tmp_path / 'swin', 'train'), records(tmp_path / 'swin', 'eval')
+    assert train[-1]['loss'] < 0.75 * train[0]['loss'] and evals[-1]['accuracy'] > 0.5  # chance is 0.1
+    model, _ = vitjax.load(tmp_path / 'swin' / 'model')
+    assert type(model).__name__ == 'SwinTransformer' and model.depths == (2, 2)

@@ -1,7 +1,7 @@
 """vitjax: Vision Transformers in JAX/Flax with verified weight import from PyTorch (timm)."""
 from vitjax.io import load, save
-from vitjax.models import PretrainedCfg, VisionTransformer
+from vitjax.models import PretrainedCfg, SwinTransformer, VisionTransformer
 from vitjax.registry import create_model, list_models
 
-__all__ = ['create_model', 'list_models', 'load', 'save', 'VisionTransformer', 'PretrainedCfg']
+__all__ = ['create_model', 'list_models', 'load', 'save', 'VisionTransformer', 'SwinTransformer', 'PretrainedCfg']
 __version__ = '0.1.0'
