@@ -69,6 +69,9 @@ def load_strict(model, state: dict, name: str, checkpoint: str):
     problems += [f'  unexpected: {k}' for k in state if k not in want]
     problems += [f'  wrong shape: {k}: {tuple(v.shape)} != {tuple(want[k].shape)}'
                  for k, v in state.items() if k in want and v.shape != want[k].shape]
+    # torch would silently cast integer or bool tensors into float parameters
+    problems += [f'  wrong dtype: {k}: {v.dtype} (expected {want[k].dtype})'
+                 for k, v in state.items() if k in want and v.is_floating_point() != want[k].is_floating_point()]
     if problems:
         raise ConversionError(f'{checkpoint} is not a {name} state dict:\n' + '\n'.join(problems))
     model.load_state_dict(state, strict=True)

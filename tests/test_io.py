@@ -71,6 +71,16 @@ def test_corrupt_or_missing_files_are_named(tmp_path, saved):
     (broken / 'config.json').write_text((path / 'config.json').read_text())
     data = (path / 'params.safetensors').read_bytes()
     (broken / 'params.safetensors').write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match='params.safetensors does not match the checksum'):
+        vitjax.load(broken)
+    flipped = bytearray(data)
+    flipped[-100] ^= 0x01  # one bit of one weight: safetensors itself cannot tell
+    (broken / 'params.safetensors').write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match='params.safetensors does not match the checksum'):
+        vitjax.load(broken)
+    no_sum = {k: v for k, v in json.loads((path / 'config.json').read_text()).items() if k != 'params_sha256'}
+    (broken / 'config.json').write_text(json.dumps(no_sum))  # e.g. written by an older version
+    (broken / 'params.safetensors').write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match='cannot read .*params.safetensors'):
         vitjax.load(broken)
     cfg = json.loads((path / 'config.json').read_text())

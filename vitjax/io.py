@@ -5,6 +5,7 @@ so a failed write never leaves a half-written model behind.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -87,6 +88,7 @@ def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / PARAMS_FILE),
                   metadata={'format': FORMAT})
+        config['params_sha256'] = sha256(tmp / PARAMS_FILE)  # safetensors has no checksum of its own
         for fname, obj in {CONFIG_FILE: config, **(extra_json or {})}.items():
             (tmp / fname).write_text(json.dumps(obj, indent=2) + '\n')
         if path.exists():  # replace an older directory only once the new one is complete
@@ -100,6 +102,14 @@ def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def sha256(path: Union[str, os.PathLike]) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _cfg_dict(cfg: PretrainedCfg) -> dict[str, Any]:
@@ -131,6 +141,10 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     if expect_name and stored and split_tag(expect_name)[0] != split_tag(stored)[0]:
         raise ValueError(f'{path} holds {stored!r}, not {expect_name!r}')
     model = model_from_config(cfg)
+    expected_sha = cfg.get('params_sha256')
+    if expected_sha and (path / PARAMS_FILE).is_file() and sha256(path / PARAMS_FILE) != expected_sha:
+        raise ValueError(f'{path / PARAMS_FILE} does not match the checksum in {path / CONFIG_FILE}: the file '
+                         'is corrupt or was changed after it was written')
     try:
         flat = load_file(str(path / PARAMS_FILE))
     except Exception as e:  # safetensors raises several types for truncated or corrupt files
