@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -53,6 +54,8 @@ def validate(c) -> None:
         errors.append(f"dtype must be 'float32' or 'bfloat16' (got {c.dtype!r})")
     if not 0 <= c.label_smoothing < 1:
         errors.append('label_smoothing must be in [0, 1)')
+    if c.nan_policy not in ('stop', 'skip'):
+        errors.append(f"nan_policy must be 'stop' or 'skip' (got {c.nan_policy!r})")
     if errors:
         raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
 
@@ -88,7 +91,50 @@ def evaluate(p_eval_step, state, dataset) -> dict[str, float]:
             'count': totals['count']}
 
 
+def faults() -> dict[str, set[int]]:
+    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20' poisons the
+    batches of steps 5 and 6 with NaN and SIGKILLs the process while the step-20 checkpoint is being written."""
+    out: dict[str, set[int]] = {'nan_at': set(), 'kill_in_save': set()}
+    for item in filter(None, os.environ.get('VITJAX_FAULT', '').split(';')):
+        key, _, steps = item.partition('=')
+        if key not in out:
+            raise ValueError(f'VITJAX_FAULT: unknown fault {key!r} (known: {sorted(out)})')
+        out[key] = {int(v) for v in steps.split(',')}
+    return out
+
+
+class Interrupt:
+    """SIGTERM / SIGINT only set a flag: the loop finishes its step, checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def check_free_space(directory: str, needed: int) -> None:
+    import shutil
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(f'{directory} has {free / 2**20:.0f} MiB free; checkpoints and the final model need about '
+                      f'{needed / 2**20:.0f} MiB')
+
+
 def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
+    interrupt = Interrupt()
+    try:
+        return _train(c, workdir, resume, stop_after, interrupt)
+    finally:
+        interrupt.restore()
+
+
+def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -114,6 +160,10 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
 
     tx = optim.create_optimizer(c, variables['params'], total_steps)
     state = train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(c.seed + 1))
+    # params + two Adam moments per checkpoint kept (plus one being written), and the final model
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    check_free_space(workdir, state_bytes * (c.keep_checkpoints + 1) + state_bytes // 3)
+    fault = faults()
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
     start = 0
     if resume:
@@ -141,32 +191,55 @@ def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
     bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', dynamic_ncols=True,
                disable=not sys.stderr.isatty() and os.environ.get('VITJAX_PROGRESS') != '1')
     t_window = time.time()
+    def check_finite():
+        """nan_policy='stop': end the run at the first non-finite step, before anything more is written."""
+        first = int(jax.device_get(state.first_nonfinite[0]))
+        if first >= 0 and c.nan_policy == 'stop':
+            raise FloatingPointError(
+                f'non-finite loss or gradients at step {first}; the update was not applied and training stopped '
+                f"(nan_policy='stop'); the last good checkpoint is step {ckpt.latest_step()} in {workdir}/"
+                "checkpoints. nan_policy='skip' skips such steps instead.")
+
     for step in range(start + 1, total_steps + 1):
-        state, metrics = p_train_step(state, next(batches))
+        batch = next(batches)
+        if step in fault['nan_at']:
+            batch = dict(batch, image=batch['image'] * np.float32('nan'))
+        state, metrics = p_train_step(state, batch)
         window.append(metrics)  # device arrays: no host sync until the log step
         seen += c.batch_size
         bar.update(1)
         if step % c.log_every == 0 or step == total_steps:
-            m = {k: float(np.mean([jax.device_get(w[k][0]) for w in window])) for k in window[0]}
-            if not math.isfinite(m['loss']):
-                raise FloatingPointError(f'loss is {m["loss"]} at step {step}; the last good checkpoint is kept')
+            check_finite()
+            host = [{k: float(jax.device_get(w[k][0])) for k in w} for w in window]
+            good = [h for h in host if h['finite']]  # means over the applied steps only (JSON has no NaN)
+            m = {k: float(np.mean([h[k] for h in good])) for k in ('loss', 'accuracy', 'grad_norm') if good}
+            m.update(lr=host[-1]['lr'], skipped_steps=int(jax.device_get(state.nonfinite_steps[0])))
+            if len(good) < len(host):
+                bar.write(f'step {step}: {len(host) - len(good)} update(s) skipped in this window for non-finite '
+                          f"loss or gradients (nan_policy='skip'); {m['skipped_steps']} so far")
             img_s = len(window) * c.batch_size / (time.time() - t_window)
             writer.write(step, 'train', **m, img_per_s=img_s)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", lr=f"{m['lr']:.2e}", img_s=f'{img_s:.0f}')
+            bar.set_postfix(loss=f"{m.get('loss', float('nan')):.4f}", lr=f"{m['lr']:.2e}",
+                            img_s=f'{img_s:.0f}')
             window, t_window = [], time.time()
         if step % c.eval_every == 0 or step == total_steps:
             e = evaluate(p_eval_step, state, eval_ds(c.eval_split))
             writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
             bar.write(f"step {step}/{total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
                       f"({int(e['count'])} examples)")
-        stopping = stop_after and step - start >= stop_after and step < total_steps
+        stopping = (stop_after and step - start >= stop_after or interrupt.signal) and step < total_steps
         if step % c.checkpoint_every == 0 or step == total_steps or stopping:
+            check_finite()
             ckpt.save(step, jax.device_get(jax_utils.unreplicate(state)), {'step': step, 'config': c.name})
+            if step in fault['kill_in_save']:
+                os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
         if stopping:
             bar.close()
             ckpt.close()
             writer.close()
-            print(f'stopped after step {step} of {total_steps}; continue with --resume --workdir {workdir}')
+            why = f'received {interrupt.signal}' if interrupt.signal else f'--stop_after {stop_after}'
+            print(f'{why}: stopped after step {step} of {total_steps} with a checkpoint; continue with '
+                  f'--resume --workdir {workdir}', flush=True)
             return {}
     bar.close()
     wall = time.time() - t0
@@ -223,7 +296,7 @@ def main(argv) -> int:
         jax.distributed.initialize()
     try:
         train(c, workdir, FLAGS.resume, FLAGS.stop_after)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0

@@ -16,8 +16,9 @@ QUICK = ['--config.model_overrides.depth=1', '--config.total_steps=60', '--confi
 
 
 def run_train(workdir, *args, data_dir):
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}', f'--config.data_dir={data_dir}',
-                           *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    # --config FILE (if any) must come before every --config.field override
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}', *args, f'--config.data_dir={data_dir}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
     return proc
 
 

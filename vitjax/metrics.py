@@ -13,8 +13,8 @@ class MetricWriter:
     def __init__(self, workdir: str, resume_step: Optional[int] = None):
         self.path = os.path.join(workdir, 'metrics.jsonl')
         if resume_step is not None and os.path.exists(self.path):
-            with open(self.path) as f:
-                keep = [line for line in f if json.loads(line)['step'] <= resume_step]
+            with open(self.path) as f:  # a run killed mid-write may have left a partial last line
+                keep = [line for line in f if _step(line) is not None and _step(line) <= resume_step]
             with open(self.path, 'w') as f:
                 f.writelines(keep)
         elif os.path.exists(self.path):
@@ -33,6 +33,13 @@ class MetricWriter:
     def close(self) -> None:
         self._file.close()
         self._tb.close()
+
+
+def _step(line: str) -> Optional[int]:
+    try:
+        return int(json.loads(line)['step'])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:

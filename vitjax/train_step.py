@@ -25,12 +25,15 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: jax.Array
+    nonfinite_steps: jax.Array  # updates skipped because the loss or a gradient was NaN/Inf
+    first_nonfinite: jax.Array  # the first such step (1-based), -1 while there is none
 
 
 def create_train_state(model, variables: dict, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
     del model  # the module stays static; only arrays live in the state
     params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=rng,
+                      nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
@@ -70,9 +73,17 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # A NaN/Inf loss or gradient never reaches the params or the Adam moments: the step is skipped (the same
+    # decision on every device, as loss and grads are already averaged). The host decides whether to go on.
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
     metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
-               'lr': lr_fn(state.step)}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+               'lr': lr_fn(state.step), 'finite': finite.astype(jnp.float32)}
+    first = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1, state.first_nonfinite)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32),
+                         first_nonfinite=first), metrics
 
 
 def eval_step(params: Any, batch: dict, *, model, num_classes: int, axis_name: Optional[str] = None) -> dict:
