@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+from vitjax.data import folder
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
@@ -45,24 +46,6 @@ def _builder(dataset: str, data_dir: Optional[str]):
     return builder
 
 
-def _folder_files(root: str) -> tuple[list[str], list[int], tuple[str, ...]]:
-    classes = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
-    if not classes:
-        raise ValueError(f'{root} has no class subfolders')
-    files, labels = [], []
-    for label, name in enumerate(classes):
-        for dirpath, _, names in sorted(os.walk(os.path.join(root, name))):
-            for f in sorted(names):
-                if f.lower().endswith(IMAGE_EXTENSIONS):
-                    files.append(os.path.join(dirpath, f))
-                    labels.append(label)
-    if not files:
-        raise ValueError(f'{root} holds no images ({", ".join(IMAGE_EXTENSIONS)})')
-    # One fixed shuffle so that slices like train[:80%] / train[80%:90%] are random but reproducible.
-    order = np.random.default_rng(0).permutation(len(files))
-    return [files[i] for i in order], [labels[i] for i in order], classes
-
-
 def _slice_bounds(split: str, n: int) -> tuple[int, int]:
     """tfds split syntax over a list: `name`, `name[a:b]` with a/b absolute or percent."""
     m = re.fullmatch(r'\w+(?:\[(-?\d+%?)?:(-?\d+%?)?\])?', split.strip())
@@ -78,14 +61,16 @@ def _slice_bounds(split: str, n: int) -> tuple[int, int]:
 
 
 def _folder_split(root, split, process_index, process_count):
-    files, labels, classes = _folder_files(root)
+    files, labels, classes, _, _ = folder.scan(os.path.abspath(root))
     lo, hi = _slice_bounds(split, len(files))
     files, labels = files[lo:hi], labels[lo:hi]
     return files[process_index::process_count], labels[process_index::process_count], classes, hi - lo
 
 
 def _decode_file(path, label):
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    # PIL, not tf.io.decode_image: any mode to RGB (CMYK, 16-bit, palette, alpha), EXIF rotation, huge files
+    image = tf.numpy_function(lambda p: folder.load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+    image.set_shape((None, None, 3))
     return {'image': image, 'label': label}
 
 
