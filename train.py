@@ -70,6 +70,10 @@ def build_model(c, num_classes: int):
                           dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
     rng = jax.random.PRNGKey(c.seed)
     if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
+        stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
+        if stored != num_classes:
+            print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
+                  'training a new zero-initialised head (the backbone is loaded as is)')
         return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
                            **regularisation)
     overrides = dict(c.model_overrides, **regularisation)

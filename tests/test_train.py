@@ -89,6 +89,9 @@ def test_resume_reproduces_uninterrupted_run(quick_run, tmp_path, data_dir):
 
 @pytest.mark.parametrize('args, message', [
     (['--config.warmup_steps=100', '--config.total_steps=50'], 'warmup_steps (100) must be < total_steps (50)'),
+    (['--config.nan_policy=ignore'], "nan_policy must be 'stop' or 'skip'"),
+    (['--config.batch_size=-8'], 'batch_size must be > 0 (got -8)'),
+    (['--config.weight_decay=-0.1'], 'weight_decay must be >= 0'),
     (['--config.accum_steps=3'], 'accum_steps (3) must divide batch_size (64)'),
     (['--config.lr=-1'], 'lr must be > 0'),
     (['--config.decay=step'], "decay must be 'cosine', 'linear' or 'constant'"),
@@ -98,6 +101,25 @@ def test_bad_config_rejected_before_compiling(tmp_path, data_dir, args, message)
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / 'bad' / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--config.model=vit_bse_patch16_224'], "unknown model 'vit_bse_patch16_224'"),
+    (['--config.dataset=cifar01'], "unknown dataset 'cifar01': not a tfds name nor a folder; did you mean"),
+])
+def test_unknown_names_suggest_close_matches(tmp_path, data_dir, args, message):
+    proc = run_train(tmp_path / 'bad', *QUICK, *args, data_dir=data_dir)
+    assert proc.returncode == 1 and message in proc.stderr
+    if 'model' in args[0]:
+        assert 'did you mean vit_base_patch16_224' in proc.stderr
+
+
+def test_batch_not_divisible_by_devices(tmp_path, data_dir):
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "r"}', *QUICK,
+                           '--config.batch_size=6', f'--config.data_dir={data_dir}'], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600, env=env)
+    assert proc.returncode == 1 and 'batch_size 6 does not split into 4 devices' in proc.stderr
 
 
 def test_existing_run_needs_resume(quick_run, data_dir):
@@ -117,6 +139,7 @@ def test_fine_tune_ported_weights_head_only(tmp_path, data_dir):
                      '--config.trainable=^head', '--config.total_steps=10', '--config.warmup_steps=2',
                      '--config.eval_every=10', '--config.log_every=5', '--config.batch_size=32', data_dir=data_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'has a 1000-class head, the dataset has 10 classes: training a new zero-initialised head' in proc.stdout
     src_model, src = vitjax.load(tmp_path / 'deit')
     model, out = vitjax.load(tmp_path / 'ft' / 'model')
     assert (model.num_classes, model.img_size, src_model.num_classes) == (10, 32, 1000)
