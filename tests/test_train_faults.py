@@ -1,6 +1,5 @@
 """Training faults: NaN/Inf, SIGTERM/SIGINT, kill -9 during a checkpoint write, unwritable or full disks.
 Each test injects the fault into a real `python train.py` run and shows that nothing is lost."""
-import importlib.util
 import json
 import os
 import signal
@@ -143,9 +142,7 @@ def test_unwritable_workdir(tmp_path, data_dir):
 
 
 def test_disk_full_detected_before_training(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location('train_script', os.path.join(ROOT, 'train.py'))
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    from vitjax import trainer as script
     import shutil
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(OSError, match='has 1 MiB free; checkpoints and the final model need about 20 MiB'):

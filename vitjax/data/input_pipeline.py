@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vitjax.data import folder
+from vitjax import images
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -61,7 +61,7 @@ def _slice_bounds(split: str, n: int) -> tuple[int, int]:
 
 
 def _folder_split(root, split, process_index, process_count):
-    files, labels, classes, _, _ = folder.scan(os.path.abspath(root))
+    files, labels, classes, _, _ = images.scan(os.path.abspath(root))
     lo, hi = _slice_bounds(split, len(files))
     files, labels = files[lo:hi], labels[lo:hi]
     return files[process_index::process_count], labels[process_index::process_count], classes, hi - lo
@@ -69,7 +69,7 @@ def _folder_split(root, split, process_index, process_count):
 
 def _decode_file(path, label):
     # PIL, not tf.io.decode_image: any mode to RGB (CMYK, 16-bit, palette, alpha), EXIF rotation, huge files
-    image = tf.numpy_function(lambda p: folder.load_rgb(p.decode()), [path], tf.uint8, stateful=False)
+    image = tf.numpy_function(lambda p: images.load_rgb(p.decode()), [path], tf.uint8, stateful=False)
     image.set_shape((None, None, 3))
     return {'image': image, 'label': label}
 

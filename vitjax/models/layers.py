@@ -53,9 +53,13 @@ class Attention(nn.Module):
         if self.qk_norm:
             q = layer_norm(self.norm_eps, self.dtype, 'q_norm')(q)
             k = layer_norm(self.norm_eps, self.dtype, 'k_norm')(k)
-        if train and self.attn_drop > 0.:
+        # The explicit form when the weights are needed: attention dropout, or `mutable=['intermediates']`
+        # (attention maps: each block sows its (B, heads, N, N) softmax as 'attn').
+        if (train and self.attn_drop > 0.) or self.is_mutable_collection('intermediates'):
             logits = jnp.einsum('bqhd,bkhd->bhqk', q * head_dim ** -0.5, k)
-            weights = nn.Dropout(self.attn_drop)(jax.nn.softmax(logits, axis=-1), deterministic=False)
+            weights = jax.nn.softmax(logits, axis=-1)
+            self.sow('intermediates', 'attn', weights)
+            weights = nn.Dropout(self.attn_drop)(weights, deterministic=not train)
             o = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
         else:
             o = jax.nn.dot_product_attention(q, k, v)

@@ -2,7 +2,7 @@
 
     python train.py --config configs/digits_swin.py
 """
-from configs import default
+from vitjax.configs import default
 
 
 def get_config():

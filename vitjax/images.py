@@ -1,4 +1,4 @@
-"""A folder of images, one subfolder per class: a checked index and a decoder that yields RGB for any image
+"""Image files: a checked index of a folder with one subfolder per class, and a decoder that yields RGB for any image
 PIL opens (grayscale, RGBA, palette, CMYK, 16-bit, EXIF-rotated), skipping files that cannot be decoded."""
 from __future__ import annotations
 

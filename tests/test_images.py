@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vitjax import data
-from vitjax.data import folder
+from vitjax import images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -48,19 +48,19 @@ def messy(tmp_path):
 
 
 def test_modes_convert_to_rgb(messy):
-    gray = folder.load_rgb(str(messy / 'a' / 'gray.png'))
+    gray = images.load_rgb(str(messy / 'a' / 'gray.png'))
     assert gray.shape == (30, 20, 3) and (gray == 128).all()
-    assert (folder.load_rgb(str(messy / 'a' / 'rgba.png')) == 255).all()  # transparent -> white, not black
-    cmyk = folder.load_rgb(str(messy / 'a' / 'cmyk.jpg'))
+    assert (images.load_rgb(str(messy / 'a' / 'rgba.png')) == 255).all()  # transparent -> white, not black
+    cmyk = images.load_rgb(str(messy / 'a' / 'cmyk.jpg'))
     assert cmyk.shape == (18, 18, 3) and cmyk[..., 0].mean() > 200 and cmyk[..., 1:].mean() < 60  # red
-    assert (folder.load_rgb(str(messy / 'b' / 'deep16.png')) == 255).all()  # scaled, not clipped garbage
-    assert folder.load_rgb(str(messy / 'a' / 'palette.gif')).shape == (16, 16, 3)
-    huge = folder.load_rgb(str(messy / 'b' / 'huge_wide.jpg'))
-    assert max(huge.shape[:2]) <= folder.MAX_SIDE and huge[..., 1].mean() > 200
+    assert (images.load_rgb(str(messy / 'b' / 'deep16.png')) == 255).all()  # scaled, not clipped garbage
+    assert images.load_rgb(str(messy / 'a' / 'palette.gif')).shape == (16, 16, 3)
+    huge = images.load_rgb(str(messy / 'b' / 'huge_wide.jpg'))
+    assert max(huge.shape[:2]) <= images.MAX_SIDE and huge[..., 1].mean() > 200
 
 
 def test_corrupt_files_skipped_and_reported(messy, capsys):
-    index = folder.scan(str(messy))
+    index = images.scan(str(messy))
     assert index.classes == ('a', 'b', 'empty') and index.empty_classes == ('empty',)
     assert len(index.files) == 7
     assert sorted(os.path.basename(p) for p, _ in index.skipped) == ['empty_file.jpg', 'flipped.png', 'garbage.png',
@@ -84,9 +84,9 @@ def test_no_readable_images_is_an_error(tmp_path):
     (tmp_path / 'x').mkdir()
     (tmp_path / 'x' / 'bad.jpg').write_bytes(b'nope')
     with pytest.raises(ValueError, match='holds no readable images'):
-        folder.scan(str(tmp_path))
+        images.scan(str(tmp_path))
     with pytest.raises(ValueError, match='no class subfolders'):
-        folder.scan(str(tmp_path / 'x'))
+        images.scan(str(tmp_path / 'x'))
 
 
 def test_train_py_on_the_messy_folder(messy, tmp_path):

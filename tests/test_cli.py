@@ -1,0 +1,137 @@
+"""The `vitjax` console script (installed by pyproject [project.scripts]): every command's output format, on
+a converted model and on a model trained by `vitjax train`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from porting import random_init
+
+ROOT = Path(__file__).resolve().parent.parent
+VITJAX = str(Path(sys.executable).parent / 'vitjax')
+
+
+def cli(*args, env=None):
+    return subprocess.run([VITJAX, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=900,
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1', **(env or {})})
+
+
+@pytest.fixture(scope='module')
+def converted(tmp_path_factory):
+    d = tmp_path_factory.mktemp('conv')
+    ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', seed=5, depth=2), d / 'deit.safetensors')
+    proc = cli('convert', '--model', 'deit_tiny_patch16_224', '--checkpoint', ckpt, '--model-arg', 'depth=2',
+               '--out', d / 'model')
+    assert proc.returncode == 0 and 'parity PASSED' in proc.stdout, proc.stderr[-2000:]
+    return d / 'model'
+
+
+@pytest.fixture(scope='module')
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp('photos')
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(320, 240), (200, 260), (64, 64)]):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(d / f'p{i}.jpg')
+    return d
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp('trained')
+    proc = cli('train', f'--workdir={d / "run"}', '--config.total_steps=40', '--config.warmup_steps=5',
+               '--config.log_every=10', '--config.eval_every=40', '--config.model_overrides.depth=1',
+               '--config.batch_size=64', f'--config.data_dir={d / "tfds"}')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digits = d / 'digits'
+    digits.mkdir()
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    for i in range(4):
+        Image.fromarray((x[i].reshape(8, 8) * 255 / 16).astype(np.uint8)).save(digits / f'{y[i]}_{i}.png')
+    return d, d / 'run' / 'model', digits
+
+
+def test_predict_json_on_converted_model(converted, photos):
+    proc = cli('predict', '--model', converted, photos / 'p0.jpg', photos, '--top', '3', '--json')
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert [Path(r['file']).name for r in out] == ['p0.jpg', 'p0.jpg', 'p1.jpg', 'p2.jpg']
+    for r in out:
+        probs = [t['probability'] for t in r['top']]
+        assert len(r['top']) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert all(set(t) == {'index', 'label', 'probability'} and 0 <= t['index'] < 1000 for t in r['top'])
+    assert out[0]['top'] == out[1]['top']
+    text = cli('predict', '--model', converted, photos / 'p2.jpg', '--top', '2')
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith('p2.jpg') and len(lines) == 3 and '%' in lines[1] and '(' in lines[1]
+
+
+def test_predict_uses_trained_class_names(trained):
+    _, model_dir, digits = trained
+    out = json.loads(cli('predict', '--model', model_dir, digits, '--json').stdout)
+    assert len(out) == 4 and all(t['label'] in [str(i) for i in range(10)] for r in out for t in r['top'])
+
+
+@pytest.mark.parametrize('kind, key, shape', [('pooled', 'pooled', (3, 192)), ('cls', 'cls', (3, 192)),
+                                              ('tokens', 'tokens', (3, 197, 192)), ('map', 'map', (3, 14, 14, 192)),
+                                              ('intermediates', 'block_1', (3, 14, 14, 192))])
+def test_features(converted, photos, tmp_path, kind, key, shape):
+    proc = cli('features', '--model', converted, photos, '--kind', kind, '--out', tmp_path / 'f.npz')
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report['files'] == 3 and report[key] == list(shape)
+    f = np.load(tmp_path / 'f.npz')
+    assert f[key].shape == shape and [Path(p).name for p in f['files']] == ['p0.jpg', 'p1.jpg', 'p2.jpg']
+
+
+def test_attention_png(converted, photos, tmp_path):
+    proc = cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / 'a.png')
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)['grid'] == [14, 14]
+    with Image.open(tmp_path / 'a.png') as im:
+        assert im.format == 'PNG' and im.size[0] > 2 * im.size[1]  # input + two maps side by side
+
+
+def test_evaluate_equals_training_eval(trained):
+    d, model_dir, _ = trained
+    proc = cli('evaluate', '--model', model_dir, '--dataset', 'vitjax_digits', '--split', 'test',
+               '--data-dir', d / 'tfds')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert set(result) == {'model', 'dataset', 'split', 'top1', 'top5', 'loss', 'count'}
+    summary = json.loads((d / 'run' / 'summary.json').read_text())
+    assert result['count'] == 360 and result['top1'] == pytest.approx(summary['test_accuracy'], abs=1e-9)
+    assert result['loss'] == pytest.approx(summary['test_loss'], rel=1e-5) and result['top5'] >= result['top1']
+
+
+def test_export_through_cli(converted, tmp_path):
+    proc = cli('export', '--model', converted, '--out', tmp_path / 'back.safetensors')
+    assert proc.returncode == 0 and (tmp_path / 'back.safetensors').exists(), proc.stderr
+
+
+def test_names_resolve_through_the_cache(converted, photos, tmp_path):
+    cache = tmp_path / 'cache'
+    shutil.copytree(converted, cache / 'deit_tiny_patch16_224')
+    ok = cli('predict', '--model', 'deit_tiny_patch16_224', photos / 'p0.jpg', '--json', env={'VITJAX_CACHE': cache})
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)[0]['top']) == 5
+    typo = cli('predict', '--model', 'deit_tiyn_patch16_224', photos / 'p0.jpg', env={'VITJAX_CACHE': cache})
+    assert typo.returncode == 1 and 'did you mean deit_tiny_patch16_224' in typo.stderr
+    offline = cli('predict', '--model', 'deit_small_patch16_224', photos / 'p0.jpg', env={'VITJAX_CACHE': cache})
+    assert offline.returncode == 1 and 'could not convert deit_small_patch16_224 from the hub' in offline.stderr
+    assert not (cache / 'deit_small_patch16_224').exists()
+
+
+def test_bad_inputs(converted, tmp_path):
+    (tmp_path / 'notes.jpg').write_text('not an image')
+    for args, msg in [((tmp_path / 'missing.jpg',), 'no such file or folder'),
+                      ((tmp_path / 'notes.jpg',), 'cannot identify image file')]:
+        proc = cli('predict', '--model', converted, *args)
+        assert proc.returncode == 1 and msg in proc.stderr
+    proc = cli('attention', '--model', tmp_path, tmp_path / 'notes.jpg', '--out', tmp_path / 'a.png')
+    assert proc.returncode == 1 and 'not a vitjax model directory' in proc.stderr

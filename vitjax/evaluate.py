@@ -1,0 +1,49 @@
+"""Evaluation with the training job's exactly-once eval: padded last batch, masked sums, psum over devices."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, Optional, Sequence
+
+import jax
+import numpy as np
+
+
+def run_eval(p_eval_step, replicated_params: Any, dataset: Iterable[dict]) -> dict[str, float]:
+    """Loss, top-1, top-5 over every example of `dataset` exactly once (pmapped eval_step sums)."""
+    from vitjax.train_step import shard
+    totals = None
+    for batch in dataset:
+        sums = p_eval_step(replicated_params, shard(batch))
+        sums = jax.tree.map(lambda x: np.asarray(x[0], np.float64), sums)  # psum'ed: identical on every device
+        totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if totals is None or totals['count'] == 0:
+        raise ValueError('the evaluation split is empty')
+    n = totals['count']
+    return {'loss': totals['loss_sum'] / n, 'accuracy': totals['correct'] / n, 'top5': totals['correct_top5'] / n,
+            'count': totals['count']}
+
+
+def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size: int = 64,
+             data_dir: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
+    """`vitjax evaluate`: a model on a tfds dataset or an image folder, preprocessed as its config says."""
+    from flax import jax_utils
+
+    from vitjax import data
+    from vitjax.train_step import eval_step
+    info = data.get_dataset_info(dataset, split, data_dir)
+    if info.num_classes != model.num_classes:
+        raise ValueError(f'{dataset} has {info.num_classes} classes, the model {model.num_classes}')
+    if class_names and tuple(class_names) != tuple(info.class_names):
+        raise ValueError(f'{dataset} classes {list(info.class_names)[:5]}... differ from the ones the model was '
+                         f'trained on {list(class_names)[:5]}...')
+    cfg = model.pretrained_cfg
+    devices = jax.local_device_count() * jax.process_count()
+    batch = -(-batch_size // devices) * devices
+    ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=cfg.input_size[1],
+                                  mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                                  data_dir=data_dir)
+    p_eval = jax.pmap(functools.partial(eval_step, model=model, num_classes=model.num_classes, axis_name='batch'),
+                      axis_name='batch')
+    r = run_eval(p_eval, jax_utils.replicate(variables['params']), ds)
+    return {'dataset': dataset, 'split': split, 'top1': r['accuracy'], 'top5': r['top5'], 'loss': r['loss'],
+            'count': int(r['count'])}

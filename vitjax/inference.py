@@ -1,0 +1,223 @@
+"""Inference on image files: timm's eval preprocessing, top-k predictions with class names, features, and
+attention maps (rollout and last-layer CLS attention). No torch and no TensorFlow: PIL + numpy + jax.
+
+    model, variables = vitjax.load('out/deit_tiny')
+    preds = predict(model, variables, ['cat.jpg'], top=5, class_names=class_names_for(model, 'out/deit_tiny'))
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vitjax.models import SwinTransformer, VisionTransformer
+from vitjax.registry import img_size_of
+
+ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
+FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
+_INFO = Path(__file__).parent / 'data' / 'imagenet'
+# Class lists by head size (WordNet synsets; names from timm's ImageNet metadata, Apache-2.0).
+_SUBSETS = {1000: 'imagenet_synsets.txt.gz', 11821: 'imagenet12k_synsets.txt.gz',
+            21843: 'imagenet21k_goog_synsets.txt.gz', 21841: 'imagenet22k_synsets.txt.gz'}
+_RESAMPLE = {'bicubic': 3, 'bilinear': 2, 'nearest': 0, 'lanczos': 1, 'box': 4, 'hamming': 5}  # PIL codes
+
+
+def _read_lines(name: str) -> list[str]:
+    with gzip.open(_INFO / name, 'rt') as f:
+        return [line.rstrip('\n') for line in f]
+
+
+def imagenet_class_names(num_classes: int) -> Optional[list[str]]:
+    """Human-readable names for an ImageNet-1k/12k/21k/22k head, or None for other sizes."""
+    if num_classes not in _SUBSETS:
+        return None
+    lemmas = dict(line.split('\t', 1) for line in _read_lines('imagenet_synset_to_lemma.txt.gz'))
+    return [lemmas.get(s, s) for s in _read_lines(_SUBSETS[num_classes])]
+
+
+def class_names_for(model, model_dir: Optional[Union[str, os.PathLike]] = None) -> list[str]:
+    """The names `train.py` saved with a fine-tuned model, else ImageNet names by head size, else indices."""
+    if model_dir is not None:
+        from vitjax.io import read_config
+        names = read_config(model_dir).get('class_names')
+        if names and len(names) == model.num_classes:
+            return list(names)
+    return imagenet_class_names(model.num_classes) or [f'class_{i}' for i in range(model.num_classes)]
+
+
+# -- preprocessing (timm's eval transform: resize by crop_pct, center crop, normalise) ---------------------
+def open_image(image: ImageLike):
+    from PIL import Image
+    if isinstance(image, Image.Image):
+        return image.convert('RGB')
+    from vitjax.images import load_rgb
+    return Image.fromarray(load_rgb(str(image)))
+
+
+def input_size(model) -> tuple[int, int]:
+    return tuple(model.pretrained_cfg.input_size[1:]) if getattr(model, 'dynamic_img_size', False) else \
+        img_size_of(model)
+
+
+def preprocess(images: Sequence[ImageLike], model) -> np.ndarray:
+    """(B, H, W, 3) float32, exactly as timm's `create_transform(**resolve_data_config(model))` makes it."""
+    cfg = model.pretrained_cfg
+    h, w = input_size(model)
+    scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
+    resample = _RESAMPLE.get(cfg.interpolation, 3)
+    mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+    out = []
+    for image in images:
+        im = open_image(image)
+        if cfg.crop_mode == 'squash' or scale[0] != scale[1]:
+            im = im.resize((scale[1], scale[0]), resample)
+        else:  # the shorter side to `scale`, aspect kept (torchvision's Resize(int) arithmetic)
+            iw, ih = im.size
+            s = scale[0]
+            size = (s, int(s * ih / iw)) if iw <= ih else (int(s * iw / ih), s)
+            im = im.resize(size, resample)
+        iw, ih = im.size
+        if iw < w or ih < h:  # CenterCrop pads images smaller than the crop
+            from PIL import Image
+            canvas = Image.new('RGB', (max(iw, w), max(ih, h)))
+            canvas.paste(im, ((max(iw, w) - iw) // 2, (max(ih, h) - ih) // 2))
+            im, (iw, ih) = canvas, canvas.size
+        top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+        im = im.crop((left, top, left + w, top + h))
+        out.append((np.asarray(im, np.float32) / 255.0 - mean) / std)
+    return np.stack(out).astype(np.float32)
+
+
+def _batched(fn, x: np.ndarray, batch: int = 32):
+    outs = [fn(x[i:i + batch]) for i in range(0, len(x), batch)]
+    return jax.tree.map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *outs)
+
+
+# -- predictions -------------------------------------------------------------------------------------------
+def predict(model, variables, images: Sequence[ImageLike], top: int = 5,
+            class_names: Optional[Sequence[str]] = None) -> list[list[dict[str, Any]]]:
+    """Top-k `{'index', 'label', 'probability'}` per image, most probable first."""
+    if model.num_classes <= 0:
+        raise ValueError('this model has no classifier head (num_classes=0); use features instead')
+    names = list(class_names) if class_names is not None else class_names_for(model)
+    logits = _batched(jax.jit(lambda x: model.apply(variables, x)), preprocess(images, model))
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
+    k = min(top, probs.shape[-1])
+    result = []
+    for p in probs:
+        idx = np.argsort(-p, kind='stable')[:k]
+        result.append([{'index': int(i), 'label': names[i], 'probability': float(p[i])} for i in idx])
+    return result
+
+
+# -- features ----------------------------------------------------------------------------------------------
+def features(model, variables, x: np.ndarray, kind: str = 'pooled') -> dict[str, np.ndarray]:
+    """Features of preprocessed images, by kind:
+    pooled  (B, D)        what the head sees (pre-logits)
+    cls     (B, D)        the class token after the final norm (ViT with a class token)
+    tokens  (B, N, D)     every token after the final norm (Swin: the last map flattened)
+    map     (B, h, w, D)  the patch tokens as a grid (ViT-B/16 at 224: 14x14x768; Swin: the last stage map)
+    intermediates         every block's (ViT) or stage's (Swin) output, NHWC, as `block_i` / `stage_i`
+    """
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f'kind must be one of {FEATURE_KINDS}, got {kind!r}')
+    swin = isinstance(model, SwinTransformer)
+    if kind == 'cls' and (swin or not model.class_token):
+        raise ValueError(f'{type(model).__name__} has no class token; use pooled or map')
+
+    def run(x):
+        if kind == 'intermediates':
+            maps = model.apply(variables, x, output_fmt='NHWC', intermediates_only=True,
+                               method=model.forward_intermediates)
+            return {f"{'stage' if swin else 'block'}_{i}": m for i, m in enumerate(maps)}
+        f = model.apply(variables, x, method=model.forward_features)
+        if kind == 'pooled':
+            return {kind: model.apply(variables, f, pre_logits=True, method=model.forward_head)}
+        if swin:
+            return {kind: f.reshape(f.shape[0], -1, f.shape[-1]) if kind == 'tokens' else f}
+        if kind == 'cls':
+            return {kind: f[:, 0]}
+        if kind == 'tokens':
+            return {kind: f}
+        b, h, w = x.shape[:3]
+        p = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
+        return {kind: f[:, model.num_prefix_tokens:].reshape(b, h // p, w // p, -1)}
+
+    return _batched(jax.jit(run), x)
+
+
+# -- attention ---------------------------------------------------------------------------------------------
+def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -> dict[str, np.ndarray]:
+    """Attention of a ViT over the patch grid, (B, gh, gw) each, normalised to [0, 1] per image:
+    `rollout` (Abnar & Zuidema 2020: per layer, heads fused, 0.5 A + 0.5 I, rows renormalised, multiplied
+    through the layers) and `last_layer` (the last block's attention). The query is the class token, or the
+    mean over patch queries for models without one; prefix tokens (class, registers, distillation) are never
+    shown as patches."""
+    if not isinstance(model, VisionTransformer):
+        raise ValueError('attention maps are for ViT-family models (Swin attends within windows)')
+    if head_fusion not in ('mean', 'max', 'min'):
+        raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
+    npt = model.num_prefix_tokens
+
+    def run(x):
+        _, state = model.apply(variables, x, mutable=['intermediates'])
+        inter = state['intermediates']
+        layers = [inter[f'blocks_{i}']['attn']['attn'][0] for i in range(model.depth)]  # (B, heads, N, N)
+        fused = [getattr(jnp, head_fusion)(a.astype(jnp.float32), axis=1) for a in layers]
+        n = fused[0].shape[-1]
+        rollout = jnp.broadcast_to(jnp.eye(n), fused[0].shape)
+        for a in fused:
+            a = 0.5 * a + 0.5 * jnp.eye(n)
+            rollout = (a / a.sum(-1, keepdims=True)) @ rollout
+
+        def query(m):  # (B, N, N) -> (B, patches)
+            rows = m[:, 0] if model.class_token else m[:, npt:].mean(axis=1)
+            return rows[:, npt:]
+
+        return {'rollout': query(rollout), 'last_layer': query(fused[-1])}
+
+    out = _batched(jax.jit(run), x)
+    b, h, w = x.shape[:3]
+    p = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
+    grid = (h // p, w // p)
+    normed = {}
+    for k, v in out.items():
+        v = v.reshape(b, *grid)
+        lo, hi = v.min(axis=(1, 2), keepdims=True), v.max(axis=(1, 2), keepdims=True)
+        normed[k] = (v - lo) / np.maximum(hi - lo, 1e-12)
+    return normed
+
+
+def render_attention(image: np.ndarray, maps: dict[str, np.ndarray], out: Union[str, os.PathLike],
+                     title: str = '') -> str:
+    """The (preprocessed, denormalised) image and each map overlaid on it, side by side, as a PNG."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    h, w = image.shape[:2]
+    fig, axes = plt.subplots(1, 1 + len(maps), figsize=(3.2 * (1 + len(maps)), 3.4))
+    axes[0].imshow(image)
+    axes[0].set_title(title or 'input')
+    for ax, (name, m) in zip(axes[1:], maps.items()):
+        up = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR))
+        ax.imshow(image)
+        ax.imshow(up, cmap='jet', alpha=0.5)
+        ax.set_title(name.replace('_', ' '))
+    for ax in axes:
+        ax.axis('off')
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return str(out)
+
+
+def denormalize(x: np.ndarray, model) -> np.ndarray:
+    cfg = model.pretrained_cfg
+    return np.clip(x * np.asarray(cfg.std) + np.asarray(cfg.mean), 0, 1)

@@ -1,0 +1,310 @@
+"""The training job behind `python train.py` and `vitjax train`: AdamW, warmup + decay, clipping, jax.pmap
+data parallel, tfds input. Presets live in vitjax/configs/ (the repository's configs/ points there).
+
+    python train.py                                                   # digits default, offline, minutes on CPU
+    python train.py --config configs/cifar10_deit_tiny.py --config.init=out/deit_tiny
+    python train.py --config configs/default.py --config.lr=1e-3 --workdir runs/mine
+    python train.py --workdir runs/mine --resume                      # continue from the latest checkpoint
+
+Writes into --workdir: config.json, metrics.jsonl, tensorboard/, checkpoints/, curves.png, summary.json and
+model/ (the final params in the format `vitjax.load` reads).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
+flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir')
+flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
+                     'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
+config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+                                'training config file', lock_config=True)
+FLAGS = flags.FLAGS
+
+
+def validate(c) -> None:
+    """Reject inconsistent settings before anything compiles."""
+    errors = []
+    for key in ('lr', 'batch_size', 'accum_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
+        if c[key] <= 0:
+            errors.append(f'{key} must be > 0 (got {c[key]})')
+    for key in ('weight_decay', 'clip_norm', 'label_smoothing', 'warmup_steps', 'end_lr', 'total_steps',
+                'num_epochs', 'drop_rate', 'drop_path_rate'):
+        if c[key] < 0:
+            errors.append(f'{key} must be >= 0 (got {c[key]})')
+    if c.total_steps == 0 and c.num_epochs <= 0:
+        errors.append('set total_steps or num_epochs')
+    if c.total_steps and c.warmup_steps >= c.total_steps:
+        errors.append(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({c.total_steps})')
+    if c.batch_size % c.accum_steps:
+        errors.append(f'accum_steps ({c.accum_steps}) must divide batch_size ({c.batch_size})')
+    if c.decay not in ('cosine', 'linear', 'constant'):
+        errors.append(f"decay must be 'cosine', 'linear' or 'constant' (got {c.decay!r})")
+    if c.crop not in ('random_resized_crop', 'resize'):
+        errors.append(f"crop must be 'random_resized_crop' or 'resize' (got {c.crop!r})")
+    if c.dtype not in ('float32', 'bfloat16'):
+        errors.append(f"dtype must be 'float32' or 'bfloat16' (got {c.dtype!r})")
+    if not 0 <= c.label_smoothing < 1:
+        errors.append('label_smoothing must be in [0, 1)')
+    if c.nan_policy not in ('stop', 'skip'):
+        errors.append(f"nan_policy must be 'stop' or 'skip' (got {c.nan_policy!r})")
+    if errors:
+        raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
+
+
+def build_model(c, num_classes: int):
+    """The model and its initial variables: from `c.init` (a vitjax directory) or fresh from the registry."""
+    import jax
+    import jax.numpy as jnp
+    import vitjax
+
+    regularisation = dict(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
+                          dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+    rng = jax.random.PRNGKey(c.seed)
+    if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
+        stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
+        if stored != num_classes:
+            print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
+                  'training a new zero-initialised head (the backbone is loaded as is)')
+        return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
+                           **regularisation)
+    overrides = dict(c.model_overrides, **regularisation)
+    img_size = c.image_size or overrides.pop('img_size', None)
+    return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
+
+
+def evaluate(p_eval_step, state, dataset) -> dict[str, float]:
+    from vitjax.evaluate import run_eval
+    return run_eval(p_eval_step, state.params, dataset)
+
+
+def faults() -> dict[str, set[int]]:
+    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20' poisons the
+    batches of steps 5 and 6 with NaN and SIGKILLs the process while the step-20 checkpoint is being written."""
+    out: dict[str, set[int]] = {'nan_at': set(), 'kill_in_save': set()}
+    for item in filter(None, os.environ.get('VITJAX_FAULT', '').split(';')):
+        key, _, steps = item.partition('=')
+        if key not in out:
+            raise ValueError(f'VITJAX_FAULT: unknown fault {key!r} (known: {sorted(out)})')
+        out[key] = {int(v) for v in steps.split(',')}
+    return out
+
+
+class Interrupt:
+    """SIGTERM / SIGINT only set a flag: the loop finishes its step, checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.signal = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum).name
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def check_free_space(directory: str, needed: int) -> None:
+    import shutil
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise OSError(f'{directory} has {free / 2**20:.0f} MiB free; checkpoints and the final model need about '
+                      f'{needed / 2**20:.0f} MiB')
+
+
+def train(c, workdir: str, resume: bool, stop_after: int = 0) -> dict:
+    interrupt = Interrupt()
+    try:
+        return _train(c, workdir, resume, stop_after, interrupt)
+    finally:
+        interrupt.restore()
+
+
+def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import jax_utils
+    from tqdm import tqdm
+
+    import vitjax
+    from vitjax import data, optim, train_step
+    from vitjax.checkpoint import Checkpointer
+    from vitjax.metrics import MetricWriter, plot_curves
+
+    devices = jax.local_device_count()
+    if c.batch_size % (devices * jax.process_count() * c.accum_steps):
+        raise ValueError(f'batch_size {c.batch_size} does not split into {devices * jax.process_count()} devices '
+                         f'x {c.accum_steps} micro-batches')
+    info = data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
+    model, variables = build_model(c, info.num_classes)
+    cfg = model.pretrained_cfg
+    image_size = cfg.input_size[1]
+    total_steps = c.total_steps or math.ceil(c.num_epochs * info.num_examples * jax.process_count() / c.batch_size)
+    if c.warmup_steps >= total_steps:
+        raise ValueError(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({total_steps})')
+
+    tx = optim.create_optimizer(c, variables['params'], total_steps)
+    state = train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(c.seed + 1))
+    # params + two Adam moments per checkpoint kept (plus one being written), and the final model
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    check_free_space(workdir, state_bytes * (c.keep_checkpoints + 1) + state_bytes // 3)
+    fault = faults()
+    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
+    start = 0
+    if resume:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f'--resume: no checkpoint in {workdir}/checkpoints')
+        state, meta = ckpt.restore(state)
+        start = int(meta['step'])
+        print(f'resumed from step {start} of {total_steps}')
+    writer = MetricWriter(workdir, resume_step=start if resume else None)
+
+    data_kw = dict(global_batch_size=c.batch_size, image_size=image_size, mean=cfg.mean, std=cfg.std,
+                   interpolation=cfg.interpolation, data_dir=c.data_dir)
+    train_ds = data.create_train_dataset(c.dataset, c.train_split, seed=c.seed, crop=c.crop, flip=c.flip,
+                                         scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
+                                         start_step=start, **data_kw)
+    eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
+                                                     **data_kw)
+    p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx, total_steps,
+                                                               variables['params'])
+    state = jax_utils.replicate(state)
+    batches = jax_utils.prefetch_to_device(map(train_step.shard, train_ds), 2)  # host->device copy overlaps
+
+    t0 = time.time()
+    window, seen = [], 0
+    bar = tqdm(total=total_steps, initial=start, desc='train', unit='step', dynamic_ncols=True,
+               disable=not sys.stderr.isatty() and os.environ.get('VITJAX_PROGRESS') != '1')
+    t_window = time.time()
+    def check_finite():
+        """nan_policy='stop': end the run at the first non-finite step, before anything more is written."""
+        first = int(jax.device_get(state.first_nonfinite[0]))
+        if first >= 0 and c.nan_policy == 'stop':
+            raise FloatingPointError(
+                f'non-finite loss or gradients at step {first}; the update was not applied and training stopped '
+                f"(nan_policy='stop'); the last good checkpoint is step {ckpt.latest_step()} in {workdir}/"
+                "checkpoints. nan_policy='skip' skips such steps instead.")
+
+    for step in range(start + 1, total_steps + 1):
+        batch = next(batches)
+        if step in fault['nan_at']:
+            batch = dict(batch, image=batch['image'] * np.float32('nan'))
+        state, metrics = p_train_step(state, batch)
+        window.append(metrics)  # device arrays: no host sync until the log step
+        seen += c.batch_size
+        bar.update(1)
+        if step % c.log_every == 0 or step == total_steps:
+            check_finite()
+            host = [{k: float(jax.device_get(w[k][0])) for k in w} for w in window]
+            good = [h for h in host if h['finite']]  # means over the applied steps only (JSON has no NaN)
+            m = {k: float(np.mean([h[k] for h in good])) for k in ('loss', 'accuracy', 'grad_norm') if good}
+            m.update(lr=host[-1]['lr'], skipped_steps=int(jax.device_get(state.nonfinite_steps[0])))
+            if len(good) < len(host):
+                bar.write(f'step {step}: {len(host) - len(good)} update(s) skipped in this window for non-finite '
+                          f"loss or gradients (nan_policy='skip'); {m['skipped_steps']} so far")
+            img_s = len(window) * c.batch_size / (time.time() - t_window)
+            writer.write(step, 'train', **m, img_per_s=img_s)
+            bar.set_postfix(loss=f"{m.get('loss', float('nan')):.4f}", lr=f"{m['lr']:.2e}",
+                            img_s=f'{img_s:.0f}')
+            window, t_window = [], time.time()
+        if step % c.eval_every == 0 or step == total_steps:
+            e = evaluate(p_eval_step, state, eval_ds(c.eval_split))
+            writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
+            bar.write(f"step {step}/{total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
+                      f"({int(e['count'])} examples)")
+        stopping = (stop_after and step - start >= stop_after or interrupt.signal) and step < total_steps
+        if step % c.checkpoint_every == 0 or step == total_steps or stopping:
+            check_finite()
+            ckpt.save(step, jax.device_get(jax_utils.unreplicate(state)), {'step': step, 'config': c.name})
+            if step in fault['kill_in_save']:
+                os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
+        if stopping:
+            bar.close()
+            ckpt.close()
+            writer.close()
+            why = f'received {interrupt.signal}' if interrupt.signal else f'--stop_after {stop_after}'
+            print(f'{why}: stopped after step {step} of {total_steps} with a checkpoint; continue with '
+                  f'--resume --workdir {workdir}', flush=True)
+            return {}
+    bar.close()
+    wall = time.time() - t0
+
+    test = evaluate(p_eval_step, state, eval_ds(c.test_split))
+    ckpt.close()
+    writer.close()
+    params = jax.device_get(jax_utils.unreplicate(state).params)
+    # The saved preprocessing is the one this run evaluated with, so `vitjax evaluate` / `predict` agree with it.
+    eval_cfg = dataclasses.replace(cfg, crop_pct=c.eval_crop_pct or cfg.crop_pct)
+    vitjax.save(os.path.join(workdir, 'model'), model.clone(dtype=jnp.float32, drop_rate=0., drop_path_rate=0.,
+                                                            pretrained_cfg=eval_cfg),
+                {'params': params}, name=vitjax.io.read_config(c.init)['model_name'] if c.init else c.model,
+                meta={'class_names': list(info.class_names)})
+    summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],
+               'test_examples': int(test['count']), 'steps': total_steps,
+               'examples_seen': (total_steps - start) * c.batch_size, 'wall_s': round(wall, 2),
+               'img_per_s': round((total_steps - start) * c.batch_size / wall, 1), 'devices': jax.device_count()}
+    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
+        json.dump(summary, f, indent=2)
+    curves = plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
+    print(f"test accuracy {summary['test_accuracy']:.4f}  loss {summary['test_loss']:.4f}  "
+          f"({summary['test_examples']} examples, {summary['steps']} steps, {summary['wall_s']:.0f} s, "
+          f"{summary['img_per_s']:.0f} img/s on {summary['devices']} device(s))")
+    print(f'curves: {curves}\nsummary: {workdir}/summary.json\nmodel: {workdir}/model')
+    return summary
+
+
+def main(argv) -> int:
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    logging.set_verbosity(logging.WARNING)
+    c = FLAGS.config
+    try:
+        validate(c)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if FLAGS.resume and not FLAGS.workdir:
+        print('error: --resume needs --workdir (the run to continue)', file=sys.stderr)
+        return 2
+    ckpt_dir = os.path.join(workdir, 'checkpoints')
+    if not FLAGS.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+        print(f'error: {workdir} already holds checkpoints; pass --resume or another --workdir', file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(c.to_json(indent=2))
+    except OSError as e:
+        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+        return 2
+    if c.distributed:
+        import jax
+        jax.distributed.initialize()
+    try:
+        train(c, workdir, FLAGS.resume, FLAGS.stop_after)
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(argv=None) -> None:
+    """Entry point with an explicit argument list (`vitjax train ...`); exits with main's status."""
+    app.run(main, argv=argv)
+
+
+if __name__ == '__main__':
+    app.run(main)
