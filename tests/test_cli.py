@@ -135,3 +135,17 @@ def test_bad_inputs(converted, tmp_path):
         assert proc.returncode == 1 and msg in proc.stderr
     proc = cli('attention', '--model', tmp_path, tmp_path / 'notes.jpg', '--out', tmp_path / 'a.png')
     assert proc.returncode == 1 and 'not a vitjax model directory' in proc.stderr
+
+
+def test_wheel_carries_the_cli_configs_and_class_names(tmp_path):
+    """What a non-editable `pip install` gets: the console script, the presets and the ImageNet names."""
+    import zipfile
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', tmp_path,
+                    ROOT], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob('vitjax-*.whl')
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {'vitjax/cli.py', 'vitjax/trainer.py', 'vitjax/configs/default.py', 'vitjax/configs/digits_swin.py',
+            'vitjax/data/imagenet/imagenet_synsets.txt.gz', 'vitjax/data/imagenet/imagenet_synset_to_lemma.txt.gz',
+            'porting/convert.py'} <= names
+    entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
+    assert 'vitjax = vitjax.cli:main' in entry

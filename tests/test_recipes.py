@@ -81,3 +81,18 @@ def test_headless_features(tmp_path):
     assert np.load(tmp_path / 'out/dino_pooled.npz')['pooled'].shape == (1, 384)
     assert np.load(tmp_path / 'out/dino_map.npz')['map'].shape == (1, 16, 16, 384)
     assert (tmp_path / 'out/dino_attention.png').stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_readme_figures_script(tmp_path):
+    """`python docs/figures.py MODEL OUT` on a (briefly) trained digits model."""
+    env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
+    train = subprocess.run(['vitjax', 'train', f'--workdir={tmp_path / "run"}', '--config.total_steps=20',
+                            '--config.warmup_steps=5', '--config.model_overrides.depth=1', '--config.eval_every=20',
+                            f'--config.data_dir={tmp_path / "tfds"}'], env=env, capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr[-3000:]
+    proc = subprocess.run([sys.executable, 'docs/figures.py', tmp_path / 'run' / 'model', tmp_path / 'figs'], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all((tmp_path / 'figs' / f).stat().st_size > 5_000 for f in ('digits_predictions.png',
+                                                                        'digits_attention.png'))
