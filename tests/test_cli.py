@@ -110,6 +110,28 @@ def test_evaluate_equals_training_eval(trained):
     assert result['loss'] == pytest.approx(summary['test_loss'], rel=1e-5) and result['top5'] >= result['top1']
 
 
+def test_features_and_attention_on_trained_model(trained, tmp_path):
+    _, model_dir, digits = trained
+    proc = cli('features', '--model', model_dir, digits, '--kind', 'map', '--out', tmp_path / 'f.npz')
+    assert proc.returncode == 0 and json.loads(proc.stdout)['map'] == [4, 4, 4, 96], proc.stderr[-2000:]
+    proc = cli('attention', '--model', model_dir, digits / '0_0.png', '--out', tmp_path / 'a.png')
+    assert proc.returncode == 0 and json.loads(proc.stdout)['grid'] == [4, 4], proc.stderr[-2000:]
+
+
+def test_evaluate_converted_model_with_new_head(trained, tmp_path):
+    d, _, _ = trained
+    ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', depth=1), tmp_path / 'deit.safetensors')
+    assert cli('convert', '--model', 'deit_tiny_patch16_224', '--checkpoint', ckpt, '--model-arg', 'depth=1',
+               '--num-classes', '10', '--img-size', '32', '--out', tmp_path / 'm').returncode == 0
+    proc = cli('evaluate', '--model', tmp_path / 'm', '--dataset', 'vitjax_digits', '--data-dir', d / 'tfds')
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout)
+    assert result['count'] == 360 and 0 <= result['top1'] <= result['top5'] <= 1
+    wrong = cli('evaluate', '--model', tmp_path / 'm', '--dataset', 'vitjax_digits', '--split', 'bogus[',
+                '--data-dir', d / 'tfds')
+    assert wrong.returncode == 1 and 'error:' in wrong.stderr
+
+
 def test_export_through_cli(converted, tmp_path):
     proc = cli('export', '--model', converted, '--out', tmp_path / 'back.safetensors')
     assert proc.returncode == 0 and (tmp_path / 'back.safetensors').exists(), proc.stderr
