@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install test test-fast convert train parity-table clean
+.PHONY: install test test-fast convert train parity-table bench bench-full clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ convert: install
 
 train: install
 	$(PY) train.py
+
+# Side-by-side vitjax vs timm on this machine -> benchmarks/results/<host>-<date>.json and BENCHMARKS.md
+bench: install
+	$(PY) -m benchmarks.bench
+
+bench-full: install
+	$(PY) -m benchmarks.bench --full
 
 parity-table: install
 	$(PY) -m porting.registry_parity --readme README.md

@@ -1,0 +1,334 @@
+"""Side-by-side benchmarks on this machine: vitjax against timm, interleaved A/B in one process.
+
+    python -m benchmarks.bench            # quick (make bench): < 10 min on 2 CPU cores
+    python -m benchmarks.bench --full     # make bench-full: larger batches, torch.compile, ViT-L conversion
+
+Writes benchmarks/results/<host>-<date>.json and regenerates BENCHMARKS.md from it. Timings are medians over
+repeats after warm-up; compilation is timed separately. Only ratios from the same run are compared.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ('name', 'model', 'batch', 'dtype', 'device', 'vitjax_img_s', 'baseline', 'baseline_img_s', 'ratio',
+          'flops_per_img', 'achieved_gflops', 'peak_gflops', 'mfu')
+QUICK = {'vit_tiny_patch16_224': (32, 16), 'vit_small_patch16_224': (32, 16), 'vit_base_patch16_224': (8, 4)}
+FULL = {'vit_tiny_patch16_224': (64, 32), 'vit_small_patch16_224': (32, 32), 'vit_base_patch16_224': (16, 8)}
+
+
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call, A/B/A/B... so that machine noise hits every contender alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def record(**kw) -> dict[str, Any]:
+    r = {k: kw.pop(k, None) for k in FIELDS}
+    if r['vitjax_img_s'] and r['baseline_img_s']:
+        r['ratio'] = round(r['vitjax_img_s'] / r['baseline_img_s'], 3)
+    if r['flops_per_img'] and r['vitjax_img_s']:
+        r['achieved_gflops'] = round(r['flops_per_img'] * r['vitjax_img_s'] / 1e9, 2)
+        if r['peak_gflops']:
+            r['mfu'] = round(r['achieved_gflops'] / r['peak_gflops'], 3)
+    return {**r, **kw}
+
+
+def device_name() -> str:
+    import jax
+    d = jax.devices()[0]
+    return f'{d.platform}:{getattr(d, "device_kind", "")}'.rstrip(':') + (
+        f' ({os.cpu_count()} cores)' if d.platform == 'cpu' else '')
+
+
+def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of an f32 n×n matmul under XLA on the default device: the roofline for MFU."""
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    t = interleaved({'gemm': lambda: f(a).block_until_ready()}, repeats)['gemm']
+    return 2 * n ** 3 / t / 1e9
+
+
+def flops_of(fn, *args) -> float:
+    cost = jax_cost(fn, *args)
+    return float(cost.get('flops', 0.0))
+
+
+def jax_cost(fn, *args) -> dict:
+    import jax
+    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+    return cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
+
+
+def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, peak: float, compile_torch: bool
+                ) -> list[dict]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import timm
+    import torch
+    from flax import jax_utils
+
+    import vitjax
+    from porting import timm_vit
+    from vitjax import optim, train_step
+    from vitjax.config import default_config
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
+    cfg = timm_vit.model_config(tm)
+    model = vitjax.VisionTransformer(**cfg)
+    params = timm_vit.from_timm(tm.state_dict(), cfg)
+    variables = {'params': params}
+    out, dev = [], device_name()
+
+    # -- inference ------------------------------------------------------------------------------------
+    x = np.random.default_rng(0).standard_normal((infer_batch, 224, 224, 3)).astype(np.float32)
+    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+    fwd = jax.jit(lambda v, x: model.apply(v, x))
+    t0 = time.perf_counter()
+    fwd(variables, x).block_until_ready()
+    compile_s = time.perf_counter() - t0
+    contenders = {'vitjax': lambda: fwd(variables, x).block_until_ready()}
+
+    def eager():
+        with torch.no_grad():
+            tm(xt)
+    contenders['timm_eager'] = eager
+    compiled_s = None
+    if compile_torch:
+        try:
+            ctm = torch.compile(tm)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                ctm(xt)
+            compiled_s = time.perf_counter() - t0
+
+            def compiled():
+                with torch.no_grad():
+                    ctm(xt)
+            contenders['timm_compile'] = compiled
+        except Exception as e:  # torch.compile needs a C++ toolchain; report, do not fail
+            print(f'  torch.compile unavailable: {type(e).__name__}: {e}'.splitlines()[0])
+    t = interleaved(contenders, repeats)
+    flops = flops_of(lambda v, x: model.apply(v, x), variables, x[:1])
+    for base in [k for k in t if k != 'vitjax']:
+        out.append(record(name='inference', model=name, batch=infer_batch, dtype='float32', device=dev,
+                          vitjax_img_s=round(infer_batch / t['vitjax'], 2), baseline=base,
+                          baseline_img_s=round(infer_batch / t[base], 2), flops_per_img=flops, peak_gflops=peak,
+                          compile_s=round(compile_s, 1), baseline_compile_s=compiled_s and round(compiled_s, 1)))
+
+    # -- training step: train.py's own pmapped step (donated state) vs timm + AdamW + clip_grad_norm_ ------
+    c = default_config()
+    c.warmup_steps, c.lr = 1, 1e-4
+    steps = 10 ** 6
+    tx = optim.create_optimizer(c, params, steps)
+    state = jax_utils.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
+    p_train, _ = train_step.make_pmapped_steps(model, c, 1000, tx, steps, params)
+    xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
+    yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
+    batch = train_step.shard({'image': xb, 'label': yb})
+    holder = {'state': state}
+
+    def jax_step():
+        holder['state'], m = p_train(holder['state'], batch)
+        jax.block_until_ready(m['loss'])
+    t0 = time.perf_counter()
+    jax_step()
+    train_compile_s = time.perf_counter() - t0
+    tt = timm.create_model(name, pretrained=False, num_classes=1000).train()
+    opt = torch.optim.AdamW(tt.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+    xtb, ytb = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()), torch.from_numpy(yb.astype(np.int64))
+
+    def torch_step():
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(tt(xtb), ytb)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tt.parameters(), 1.0)
+        opt.step()
+    t = interleaved({'vitjax': jax_step, 'timm_eager': torch_step}, repeats)
+
+    def step_fn(p, x, y):
+        def loss(p):
+            logits = model.apply({'params': p}, x, train=True)
+            return optim.cross_entropy(logits, y, 1000).mean()
+        g = jax.grad(loss)(p)
+        return tx.update(g, tx.init(p), p)
+    train_flops = flops_of(step_fn, params, xb[:1], yb[:1])
+    out.append(record(name='train_step', model=name, batch=train_batch, dtype='float32', device=dev,
+                      vitjax_img_s=round(train_batch / t['vitjax'], 2), baseline='timm_eager',
+                      baseline_img_s=round(train_batch / t['timm_eager'], 2), flops_per_img=train_flops,
+                      peak_gflops=peak, compile_s=round(train_compile_s, 1), path='train.py pmap step, donated'))
+    return out
+
+
+def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
+    """tf.data img/s for the digits default and a mock 224² dataset, next to the train step's img/s."""
+    import tensorflow_datasets as tfds
+
+    from vitjax import data
+    out = []
+    norm = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [('input_digits', 'vitjax_digits', 16, 128, None),
+                 ('input_mock_224', 'cifar10', 224, 64, tfds.testing.mock_data(num_examples=512))]
+        for name, ds_name, size, batch, ctx in cases:
+            if ctx is not None:
+                ctx.__enter__()
+            try:
+                it = data.create_train_dataset(ds_name, 'train', global_batch_size=batch, image_size=size,
+                                               data_dir=tmp, **norm)
+                next(it)
+                n = 3 * repeats
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    next(it)
+                img_s = n * batch / (time.perf_counter() - t0)
+            finally:
+                if ctx is not None:
+                    ctx.__exit__(None, None, None)
+            out.append(record(name=name, model='-', batch=batch, dtype='float32', device='host', vitjax_img_s=round(
+                img_s, 1), baseline='train_step vit_small' if steps_img_s else None, baseline_img_s=steps_img_s,
+                image_size=size))
+    return out
+
+
+def bench_conversion(names: list[str]) -> list[dict]:
+    """Wall time and peak RSS of `porting.convert` (conversion + parity check) in a fresh process."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            ckpt = Path(tmp) / f'{name}.safetensors'
+            subprocess.run([sys.executable, '-m', 'porting.random_init', '--model', name, '--out', str(ckpt)],
+                           check=True, capture_output=True, cwd=ROOT)
+            code = ('import resource, subprocess, sys, time; t = time.perf_counter(); '
+                    f'p = subprocess.run([sys.executable, "-m", "porting.convert", "--model", "{name}", "--checkpoint", '
+                    f'"{ckpt}", "--out", "{tmp}/{name}"], capture_output=True); '
+                    'print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)')
+            rc, wall, rss_kb = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                              cwd=ROOT, check=True).stdout.split()
+            weights = ckpt.stat().st_size
+            out.append(record(name='convert_verify', model=name, batch=2, dtype='float32', device=device_name(),
+                              wall_s=round(float(wall), 1), peak_rss_mb=round(int(rss_kb) / 1024, 1),
+                              weights_mb=round(weights / 2 ** 20, 1),
+                              rss_over_weights=round(int(rss_kb) * 1024 / weights, 2), passed=rc == '0'))
+    return out
+
+
+PMAP_CODE = '''
+import os, sys, time, statistics
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%d"
+sys.path.insert(0, %r)
+import jax, numpy as np
+from flax import jax_utils
+import vitjax
+from vitjax import optim, train_step
+from vitjax.config import default_config
+c = default_config(); c.warmup_steps = 1
+model, v = vitjax.create_model("vit_tiny_patch16_224", img_size=64, depth=4)
+tx = optim.create_optimizer(c, v["params"], 1000)
+state = jax_utils.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
+p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"])
+b = train_step.shard({"image": np.zeros((32, 64, 64, 3), np.float32), "label": np.zeros(32, np.int32)})
+state, m = p(state, b); jax.block_until_ready(m["loss"])
+ts = []
+for _ in range(%d):
+    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
+print(32 / statistics.median(ts))
+'''
+
+
+def bench_pmap(repeats: int) -> list[dict]:
+    """The same global batch over 1, 2, 4 simulated CPU devices: pmap's overhead, not real scaling."""
+    out, base = [], None
+    for n in (1, 2, 4):
+        img_s = float(subprocess.run([sys.executable, '-c', PMAP_CODE % (n, str(ROOT), max(repeats, 3))],
+                                     capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()[-1])
+        base = base or img_s
+        out.append(record(name=f'pmap_{n}_devices', model='vit_tiny_patch16_224@64 depth 4', batch=32,
+                          dtype='float32', device=f'cpu x{n} (simulated)', vitjax_img_s=round(img_s, 1),
+                          baseline='pmap_1_devices', baseline_img_s=round(base, 1)))
+    return out
+
+
+def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, sections: set[str],
+        batch: Optional[int] = None) -> dict:
+    import torch  # noqa: F401  (torch before tensorflow: the other order crashes torchvision)
+    import jax
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    sizes = FULL if full else QUICK
+    models = models or list(sizes)
+    peak = gemm_peak()
+    print(f'GEMM peak: {peak:.1f} GFLOP/s (f32, XLA, {device_name()})', flush=True)
+    records = []
+    if 'models' in sections:
+        for m in models:
+            ib, tb = (batch, batch) if batch else sizes.get(m, (8, 4))
+            print(f'{m}: inference batch {ib}, train batch {tb}', flush=True)
+            records += bench_model(m, ib, tb, repeats, peak, compile_torch=full)
+            for r in records[-2:]:
+                print(f"  {r['name']}: vitjax {r['vitjax_img_s']} img/s, {r['baseline']} {r['baseline_img_s']} img/s, "
+                      f"ratio {r['ratio']}, MFU {r['mfu']}", flush=True)
+    if 'input' in sections:
+        step = next((r['vitjax_img_s'] for r in records if r['name'] == 'train_step' and 'small' in r['model']),
+                    None)
+        records += bench_input(step, repeats)
+    if 'convert' in sections:
+        records += bench_conversion(['vit_base_patch16_224'] + (['vit_large_patch16_224'] if full else []))
+    if 'pmap' in sections:
+        records += bench_pmap(repeats)
+    result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
+              'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
+              'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
+              'gpu': 'none: this machine has no GPU' if jax.devices()[0].platform == 'cpu' else device_name(),
+              'records': records}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result['host']}-{result['date'][:10]}.json"
+    path.write_text(json.dumps(result, indent=2) + '\n')
+    print(f'wrote {path}')
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog='python -m benchmarks.bench', description=__doc__.split('\n')[0])
+    ap.add_argument('--full', action='store_true')
+    ap.add_argument('--models', nargs='*')
+    ap.add_argument('--repeats', type=int, default=3)
+    ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
+    ap.add_argument('--sections', default='models,input,convert,pmap')
+    ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
+    ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
+    args = ap.parse_args(argv)
+    result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(args.sections.split(',')),
+                 args.batch)
+    if args.markdown:
+        from benchmarks.report import write_markdown
+        write_markdown(result, Path(args.markdown))
+        print(f'wrote {args.markdown}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

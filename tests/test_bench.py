@@ -1,0 +1,36 @@
+"""The benchmark harness runs (tiny model, one repeat) and writes records with every field; no timing is
+asserted here (speed is measured in `make bench`, never in tests)."""
+import json
+
+import pytest
+
+from benchmarks import bench
+from benchmarks.report import write_markdown
+
+
+@pytest.mark.slow
+def test_harness_writes_records_and_markdown(tmp_path):
+    assert bench.main(['--models', 'vit_tiny_patch16_224', '--batch', '2', '--repeats', '1', '--sections', 'models',
+                       '--out-dir', str(tmp_path), '--markdown', str(tmp_path / 'BENCHMARKS.md')]) == 0
+    (path,) = tmp_path.glob('*.json')
+    result = json.loads(path.read_text())
+    assert {'host', 'date', 'peak_gflops', 'gpu', 'records'} <= set(result)
+    names = [(r['name'], r['baseline']) for r in result['records']]
+    assert names == [('inference', 'timm_eager'), ('train_step', 'timm_eager')]
+    for r in result['records']:
+        assert set(bench.FIELDS) <= set(r)
+        assert r['vitjax_img_s'] > 0 and r['baseline_img_s'] > 0 and r['flops_per_img'] > 1e9 and r['mfu'] > 0
+        assert r['ratio'] == pytest.approx(r['vitjax_img_s'] / r['baseline_img_s'], rel=1e-2)
+    md = (tmp_path / 'BENCHMARKS.md').read_text()
+    assert '| inference | vit_tiny_patch16_224 | 2 |' in md and '## Targets' in md
+
+
+def test_report_checks_targets(tmp_path):
+    rec = dict(name='train_step', model='vit_small_patch16_224', batch=32, baseline='timm_eager', ratio=1.1,
+               mfu=0.5, achieved_gflops=35.0, peak_gflops=70.0, vitjax_img_s=1.0, baseline_img_s=0.9)
+    result = {'mode': 'quick', 'host': 'h', 'date': 'd', 'platform': 'p', 'python': '3', 'jax': 'j', 'torch': 't',
+              'peak_gflops': 70.0, 'gpu': 'none: no GPU', 'records': [rec]}
+    write_markdown(result, tmp_path / 'B.md')
+    md = (tmp_path / 'B.md').read_text()
+    assert 'CPU training step >= 1.2x timm eager (ViT-S/16) | 1.10x at batch 32 | not met: 1.09x short' in md
+    assert 'training >= 60% of the measured GEMM peak | 50% (35.0 of 70.0 GFLOP/s) | not met' in md
