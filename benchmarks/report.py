@@ -81,6 +81,9 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += ['', '## Targets', '', '| target | measured | verdict |', '|---|---|---|']
     lines += [f'| {t} | {m} | {v} |' for t, m, v in targets(result)]
     lines += ['', 'Raw records: `benchmarks/results/`.', '']
+    notes = Path(__file__).with_name('notes.md')  # hand-written analysis of the gaps, kept across runs
+    if notes.exists():
+        lines += [notes.read_text()]
     path.write_text('\n'.join(lines))
 
 
