@@ -89,9 +89,10 @@ def evaluate(p_eval_step, state, dataset) -> dict[str, float]:
 
 
 def faults() -> dict[str, set[int]]:
-    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20' poisons the
-    batches of steps 5 and 6 with NaN and SIGKILLs the process while the step-20 checkpoint is being written."""
-    out: dict[str, set[int]] = {'nan_at': set(), 'kill_in_save': set()}
+    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20;sigterm_at=25'
+    poisons the batches of steps 5 and 6 with NaN, SIGKILLs the process while the step-20 checkpoint is being
+    written, and sends it a SIGTERM during step 25 (at a known step, unlike a signal from outside)."""
+    out: dict[str, set[int]] = {'nan_at': set(), 'kill_in_save': set(), 'sigterm_at': set()}
     for item in filter(None, os.environ.get('VITJAX_FAULT', '').split(';')):
         key, _, steps = item.partition('=')
         if key not in out:
@@ -202,6 +203,8 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
         if step in fault['nan_at']:
             batch = dict(batch, image=batch['image'] * np.float32('nan'))
         state, metrics = p_train_step(state, batch)
+        if step in fault['sigterm_at']:
+            os.kill(os.getpid(), signal.SIGTERM)
         window.append(metrics)  # device arrays: no host sync until the log step
         seen += c.batch_size
         bar.update(1)
