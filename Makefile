@@ -7,11 +7,16 @@ STAMP := .venv/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# torch's Linux wheel is a CUDA build (~5.5 GB with its nvidia-* libraries, ~8 GB for the whole venv);
+	@# say so up front instead of failing half-way with ENOSPC.
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4/1048576)}'); \
+	  if [ "$$free" -lt 8 ]; then echo "make install: needs ~8 GB free here for .venv, $$free GB free" >&2; exit 1; fi
 	python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
+	# no pip cache: on a machine without the local wheel mirror the downloads would double the disk used
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip
 	# torch first: its pinned wheels come from the local wheel cache on these machines
-	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-cache-dir "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
 test: install
