@@ -15,11 +15,14 @@ QUICK = ['--config.model_overrides.depth=1', '--config.total_steps=60', '--confi
          '--config.log_every=10', '--config.eval_every=20', '--config.checkpoint_every=20', '--config.batch_size=64']
 
 
-def run_train(workdir, *args, data_dir):
-    # --config FILE (if any) must come before every --config.field override
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={workdir}', *args, f'--config.data_dir={data_dir}'],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    return proc
+def run_train(workdir, *args, data_dir, fault='', wait=True):
+    """train.py in a subprocess (`fault`: the VITJAX_FAULT hook; wait=False: the Popen). --config FILE, if any,
+    must come before every --config.field override."""
+    env = dict(os.environ, VITJAX_FAULT=fault)
+    cmd = [sys.executable, 'train.py', f'--workdir={workdir}', *args, f'--config.data_dir={data_dir}']
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope='module')

@@ -2,8 +2,6 @@
 Each test injects the fault into a real `python train.py` run and shows that nothing is lost."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -11,20 +9,13 @@ import pytest
 
 import vitjax
 from test_train import QUICK, ROOT, records
+from test_train import run_train as train
 
 STRIP = ('step', 'loss', 'accuracy', 'lr', 'grad_norm')
 
 
 def strip(rs):
     return [{k: r[k] for k in STRIP if k in r} for r in rs]
-
-
-def train(workdir, *args, data_dir, fault='', wait=True):
-    env = dict(os.environ, VITJAX_FAULT=fault)
-    cmd = [sys.executable, 'train.py', f'--workdir={workdir}', *args, f'--config.data_dir={data_dir}']
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope='module')

@@ -216,6 +216,19 @@ class AttentionPoolLatent(nn.Module):
         return y[:, 0]
 
 
+def check_images(x: jax.Array, in_chans: int, img_size: tuple[int, int], patch_size: tuple[int, int],
+                 dynamic_img_size: bool) -> None:
+    """The input contract shared by every model: NHWC, the model's size (unless dynamic), whole patches."""
+    if x.ndim != 4 or x.shape[-1] != in_chans:
+        raise ValueError(f'expected NHWC images with {in_chans} channels, got shape {x.shape}')
+    (h, w), (ph, pw) = x.shape[1:3], patch_size
+    if not dynamic_img_size and (h, w) != tuple(img_size):
+        raise ValueError(f'input size {(h, w)} does not match img_size {tuple(img_size)}; '
+                         'build the model with that img_size or dynamic_img_size=True')
+    if h % ph or w % pw:
+        raise ValueError(f'input size {(h, w)} is not divisible by patch size {(ph, pw)}')
+
+
 def resample_abs_pos_embed(posemb: jax.Array, new_size: Sequence[int], old_size: Optional[Sequence[int]] = None,
                            num_prefix_tokens: int = 1) -> jax.Array:
     """Resize a (1, prefix + H*W, D) position embedding to a new patch grid, prefix tokens untouched.

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.layers import Mlp, dense_init, feature_take_indices, layer_norm
+from vitjax.models.layers import Mlp, check_images, dense_init, feature_take_indices, layer_norm
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 
 SWIN_POOLS = ('', 'avg', 'max', 'avgmax')
@@ -322,14 +322,7 @@ class SwinTransformer(nn.Module):
                      if self.num_classes > 0 else None)
 
     def _embed(self, x: jax.Array) -> jax.Array:
-        if x.ndim != 4 or x.shape[-1] != self.in_chans:
-            raise ValueError(f'expected NHWC images with {self.in_chans} channels, got shape {x.shape}')
-        (h, w), (ph, pw) = x.shape[1:3], to_2tuple(self.patch_size)
-        if not self.dynamic_img_size and (h, w) != to_2tuple(self.img_size):
-            raise ValueError(f'input size {(h, w)} does not match img_size {to_2tuple(self.img_size)}; '
-                             'build the model with that img_size or dynamic_img_size=True')
-        if h % ph or w % pw:
-            raise ValueError(f'input size {(h, w)} is not divisible by patch size {(ph, pw)}')
+        check_images(x, self.in_chans, to_2tuple(self.img_size), to_2tuple(self.patch_size), self.dynamic_img_size)
         return self.patch_embed(x)
 
     def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:

@@ -12,7 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.layers import AttentionPoolLatent, Block, dense_init, feature_take_indices, layer_norm, resample_abs_pos_embed
+from vitjax.models.layers import (AttentionPoolLatent, Block, check_images, feature_take_indices, layer_norm,
+                                  resample_abs_pos_embed)
 
 Size = Union[int, Sequence[int]]
 POOLS = ('', 'token', 'avg', 'avgmax', 'max', 'map')
@@ -138,14 +139,7 @@ class VisionTransformer(nn.Module):
 
     # -- embedding -------------------------------------------------------------------------------------
     def _embed(self, x: jax.Array, train: bool) -> jax.Array:
-        if x.ndim != 4 or x.shape[-1] != self.in_chans:
-            raise ValueError(f'expected NHWC images with {self.in_chans} channels, got shape {x.shape}')
-        (ph, pw), (h, w) = to_2tuple(self.patch_size), x.shape[1:3]
-        if not self.dynamic_img_size and (h, w) != to_2tuple(self.img_size):
-            raise ValueError(f'input size {(h, w)} does not match img_size {to_2tuple(self.img_size)}; '
-                             'build the model with that img_size or dynamic_img_size=True')
-        if h % ph or w % pw:
-            raise ValueError(f'input size {(h, w)} is not divisible by patch size {(ph, pw)}')
+        check_images(x, self.in_chans, to_2tuple(self.img_size), to_2tuple(self.patch_size), self.dynamic_img_size)
         x = self.patch_embed(x)
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
