@@ -103,7 +103,8 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
     cls = ARCHITECTURES[family.ARCH]
     config = family.model_config(torch_model)
     state = torch_model.state_dict()
-    params = family.from_timm(state, config)
+    # Device arrays now, one tensor at a time, so the numpy copies are freed before the parity run needs them.
+    params = jax.tree.map(jax.device_put, family.from_timm(state, config))
     model = cls(**as_tuples(config),
                 pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
     changes = {}

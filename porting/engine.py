@@ -124,7 +124,9 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: Sequence[Rule], expected
     wrong = [f'{k}: {tuple(out[k].shape)} != {tuple(expected[k])}'
              for k in out if k in expected and tuple(out[k].shape) != tuple(expected[k])]
     _raise(what, unused, missing, wrong)
-    return {k: np.ascontiguousarray(v) for k, v in out.items()}
+    # Exactly one copy per tensor, here: the source may be views of torch storage (an optimizer step on the
+    # source model must not change our params), and transposed kernels become contiguous in the same pass.
+    return {k: np.array(v, order='C', copy=True) for k, v in out.items()}
 
 
 def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx,

@@ -178,5 +178,5 @@ def to_numpy(value):
         value = value.detach().cpu()
         if value.is_floating_point() and value.dtype != value.new_zeros(()).float().dtype:
             value = value.float()
-        return value.numpy().copy()  # never alias torch storage: an optimizer step would change our params
+        return value.numpy()  # a view: apply_rules makes the one copy
     return np.asarray(value)
