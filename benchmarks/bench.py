@@ -1,4 +1,4 @@
-"""Side-by-side benchmarks on this machine: vitjax against timm, interleaved A/B in one process.
+"""Side-by-side benchmarks on this machine: vitjax against timm, interleaved A/B (each side in its own process).
 
     python -m benchmarks.bench            # quick (make bench): < 10 min on 2 CPU cores
     python -m benchmarks.bench --full     # make bench-full: larger batches, torch.compile, ViT-L conversion
@@ -82,105 +82,161 @@ def jax_cost(fn, *args) -> dict:
     return cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
 
 
-def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, peak: float, compile_torch: bool
-                ) -> list[dict]:
+class Contender:
+    """One side of an A/B pair in its own process, driven one call at a time over a pipe.
+
+    Separate processes keep the two frameworks' allocators and thread pools apart (in one process, a JAX step
+    right after a PyTorch step ran up to 1.7x slower, from page faults on memory torch had just used), while
+    the parent still interleaves the calls so that machine noise hits both alike.
+    """
+
+    def __init__(self, setup: Callable, *args):
+        import multiprocessing
+        ctx = multiprocessing.get_context('spawn')
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, setup, args), daemon=True)
+        self.proc.start()
+        self.info = self._reply()
+
+    def _reply(self):
+        r = self.conn.recv()
+        if isinstance(r, str) and r.startswith('error:'):
+            raise RuntimeError(f'benchmark worker failed:\n{r[6:]}')
+        return r
+
+    def __call__(self, what: str) -> None:
+        self.conn.send(what)
+        self._reply()
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=60)
+
+
+def _serve(conn, setup: Callable, args) -> None:
+    import traceback
+    try:
+        calls, info = setup(*args)
+        conn.send(info)
+        while (what := conn.recv()) is not None:
+            calls[what]()
+            conn.send(True)
+    except Exception:
+        conn.send('error:' + traceback.format_exc())
+
+
+def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, dict]:
+    """vitjax's inference and train.py's own pmapped, donated train step; no torch in this process."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
-    import timm
-    import torch
     from flax import jax_utils
 
     import vitjax
-    from porting import timm_vit
     from vitjax import optim, train_step
     from vitjax.config import default_config
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
-    cfg = timm_vit.model_config(tm)
-    model = vitjax.VisionTransformer(**cfg)
-    params = timm_vit.from_timm(tm.state_dict(), cfg)
-    variables = {'params': params}
-    out, dev = [], device_name()
-
-    # -- inference ------------------------------------------------------------------------------------
+    jax.config.update('jax_default_matmul_precision', 'highest')
+    model, variables = vitjax.create_model(name, num_classes=1000)
+    params = variables['params']
     x = np.random.default_rng(0).standard_normal((infer_batch, 224, 224, 3)).astype(np.float32)
-    xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
     fwd = jax.jit(lambda v, x: model.apply(v, x))
     t0 = time.perf_counter()
     fwd(variables, x).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    contenders = {'vitjax': lambda: fwd(variables, x).block_until_ready()}
+    info = {'compile_s': time.perf_counter() - t0,
+            'flops': flops_of(lambda v, x: model.apply(v, x), variables, x[:1])}
+
+    c = default_config()
+    c.warmup_steps, c.lr = 1, 1e-4
+    tx = optim.create_optimizer(c, params, 10 ** 6)
+    p_train, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 10 ** 6, params)
+    xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
+    yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
+    batch = train_step.shard({'image': xb, 'label': yb})
+    holder = {'state': jax_utils.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))}
+
+    def train():
+        holder['state'], m = p_train(holder['state'], batch)
+        jax.block_until_ready(m['loss'])
+    t0 = time.perf_counter()
+    train()
+    info['train_compile_s'] = time.perf_counter() - t0
+
+    def step_fn(p, x, y):
+        def loss(p):
+            return optim.cross_entropy(model.apply({'params': p}, x, train=True), y, 1000).mean()
+        return tx.update(jax.grad(loss)(p), tx.init(p), p)
+    info['train_flops'] = flops_of(step_fn, params, xb[:1], yb[:1])
+    info['device'] = device_name()
+    return {'infer': lambda: fwd(variables, x).block_until_ready(), 'train': train}, info
+
+
+def _timm_side(name: str, infer_batch: int, train_batch: int, compile_torch: bool) -> tuple[dict, dict]:
+    """timm eager (and torch.compile where it works) inference; timm + AdamW + clip_grad_norm_ train step."""
+    import numpy as np
+    import timm
+    import torch
+    torch.set_num_threads(os.cpu_count() or 1)
+    tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
+    x = np.random.default_rng(0).standard_normal((infer_batch, 3, 224, 224)).astype(np.float32)
+    xt = torch.from_numpy(x)
 
     def eager():
         with torch.no_grad():
             tm(xt)
-    contenders['timm_eager'] = eager
-    compiled_s = None
+    calls, info = {'timm_eager': eager}, {'compile_s': None}
     if compile_torch:
         try:
             ctm = torch.compile(tm)
             t0 = time.perf_counter()
             with torch.no_grad():
                 ctm(xt)
-            compiled_s = time.perf_counter() - t0
+            info['compile_s'] = time.perf_counter() - t0
 
             def compiled():
                 with torch.no_grad():
                     ctm(xt)
-            contenders['timm_compile'] = compiled
+            calls['timm_compile'] = compiled
         except Exception as e:  # torch.compile needs a C++ toolchain; report, do not fail
-            print(f'  torch.compile unavailable: {type(e).__name__}: {e}'.splitlines()[0])
-    t = interleaved(contenders, repeats)
-    flops = flops_of(lambda v, x: model.apply(v, x), variables, x[:1])
-    for base in [k for k in t if k != 'vitjax']:
-        out.append(record(name='inference', model=name, batch=infer_batch, dtype='float32', device=dev,
-                          vitjax_img_s=round(infer_batch / t['vitjax'], 2), baseline=base,
-                          baseline_img_s=round(infer_batch / t[base], 2), flops_per_img=flops, peak_gflops=peak,
-                          compile_s=round(compile_s, 1), baseline_compile_s=compiled_s and round(compiled_s, 1)))
-
-    # -- training step: train.py's own pmapped step (donated state) vs timm + AdamW + clip_grad_norm_ ------
-    c = default_config()
-    c.warmup_steps, c.lr = 1, 1e-4
-    steps = 10 ** 6
-    tx = optim.create_optimizer(c, params, steps)
-    state = jax_utils.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
-    p_train, _ = train_step.make_pmapped_steps(model, c, 1000, tx, steps, params)
-    xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
-    yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
-    batch = train_step.shard({'image': xb, 'label': yb})
-    holder = {'state': state}
-
-    def jax_step():
-        holder['state'], m = p_train(holder['state'], batch)
-        jax.block_until_ready(m['loss'])
-    t0 = time.perf_counter()
-    jax_step()
-    train_compile_s = time.perf_counter() - t0
+            print(f'  torch.compile unavailable: {type(e).__name__}: {e}'.splitlines()[0], flush=True)
     tt = timm.create_model(name, pretrained=False, num_classes=1000).train()
     opt = torch.optim.AdamW(tt.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
-    xtb, ytb = torch.from_numpy(xb.transpose(0, 3, 1, 2).copy()), torch.from_numpy(yb.astype(np.int64))
+    rng = np.random.default_rng(1)
+    xtb = torch.from_numpy(rng.standard_normal((train_batch, 3, 224, 224)).astype(np.float32))
+    ytb = torch.from_numpy(np.random.default_rng(2).integers(0, 1000, train_batch))
 
-    def torch_step():
+    def train():
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(tt(xtb), ytb)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tt.parameters(), 1.0)
         opt.step()
-    t = interleaved({'vitjax': jax_step, 'timm_eager': torch_step}, repeats)
+    calls['train'] = train
+    info['baselines'] = [k for k in calls if k != 'train']
+    return calls, info
 
-    def step_fn(p, x, y):
-        def loss(p):
-            logits = model.apply({'params': p}, x, train=True)
-            return optim.cross_entropy(logits, y, 1000).mean()
-        g = jax.grad(loss)(p)
-        return tx.update(g, tx.init(p), p)
-    train_flops = flops_of(step_fn, params, xb[:1], yb[:1])
+
+def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, peak: float, compile_torch: bool
+                ) -> list[dict]:
+    jx = Contender(_vitjax_side, name, infer_batch, train_batch)
+    tm = Contender(_timm_side, name, infer_batch, train_batch, compile_torch)
+    try:
+        fns = {'vitjax': lambda: jx('infer'), **{b: (lambda b=b: tm(b)) for b in tm.info['baselines']}}
+        t = interleaved(fns, repeats)
+        tt = interleaved({'vitjax': lambda: jx('train'), 'timm_eager': lambda: tm('train')}, repeats)
+    finally:
+        jx.close()
+        tm.close()
+    dev, out = jx.info['device'], []
+    for base in [k for k in t if k != 'vitjax']:
+        out.append(record(name='inference', model=name, batch=infer_batch, dtype='float32', device=dev,
+                          vitjax_img_s=round(infer_batch / t['vitjax'], 2), baseline=base,
+                          baseline_img_s=round(infer_batch / t[base], 2), flops_per_img=jx.info['flops'],
+                          peak_gflops=peak, compile_s=round(jx.info['compile_s'], 1),
+                          baseline_compile_s=tm.info['compile_s'] and round(tm.info['compile_s'], 1)))
     out.append(record(name='train_step', model=name, batch=train_batch, dtype='float32', device=dev,
-                      vitjax_img_s=round(train_batch / t['vitjax'], 2), baseline='timm_eager',
-                      baseline_img_s=round(train_batch / t['timm_eager'], 2), flops_per_img=train_flops,
-                      peak_gflops=peak, compile_s=round(train_compile_s, 1), path='train.py pmap step, donated'))
+                      vitjax_img_s=round(train_batch / tt['vitjax'], 2), baseline='timm_eager',
+                      baseline_img_s=round(train_batch / tt['timm_eager'], 2), flops_per_img=jx.info['train_flops'],
+                      peak_gflops=peak, compile_s=round(jx.info['train_compile_s'], 1),
+                      path='train.py pmap step, donated; each side in its own process'))
     return out
 
 

@@ -148,3 +148,24 @@ def test_bad_options_are_rejected():
                        (dict(pos_embed='sincos'), 'pos_embed')]:
         with pytest.raises(ValueError, match=match):
             VisionTransformer(**{**SMALL, **bad}).init(jax.random.PRNGKey(0), x)
+
+
+def test_grad_checkpointing_same_params_and_gradients():
+    # remat changes when activations are computed, not what: same param tree, same loss and gradients,
+    # and the backward really recomputes (a remat/checkpoint in the jaxpr).
+    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5, init_values=0.3)
+    plain, remat = VisionTransformer(**kw), VisionTransformer(**kw, grad_checkpointing=True)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
+    v = plain.init(jax.random.PRNGKey(0), x)
+    v = jax.tree_util.tree_map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
+    assert jax.tree_util.tree_structure(remat.init(jax.random.PRNGKey(0), x)) == jax.tree_util.tree_structure(v)
+
+    def loss(m):
+        return lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    (l0, g0), (l1, g1) = (jax.value_and_grad(loss(m))(v['params']) for m in (plain, remat))
+    assert abs(float(l0) - float(l1)) <= 1e-5 * abs(float(l0)) and float(l0) > 0
+    for a, b in zip(jax.tree_util.tree_leaves(g0), jax.tree_util.tree_leaves(g1)):
+        assert max_diff(a, b) <= 1e-5
+    jaxpr = lambda m: str(jax.make_jaxpr(jax.grad(loss(m)))(v['params']))
+    assert 'remat' in jaxpr(remat) or 'checkpoint' in jaxpr(remat)
+    assert not ('remat' in jaxpr(plain) or 'checkpoint' in jaxpr(plain))

@@ -73,6 +73,7 @@ class VisionTransformer(nn.Module):
     final_norm: bool = True
     fc_norm: Optional[bool] = None  # None: on for avg/avgmax/max pooling, replacing the final norm
     dynamic_img_size: bool = False  # resample position embeddings in the forward for any input size
+    grad_checkpointing: bool = False  # remat each block: activations recomputed in the backward (timm's name)
     distilled: bool = False  # DeiT distillation token + head_dist; logits are the mean of both heads
     drop_rate: float = 0.
     pos_drop_rate: float = 0.
@@ -121,8 +122,9 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
         self.norm_pre = layer_norm(self.norm_eps, self.dtype, 'norm_pre') if self.pre_norm else None
         dpr = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
+        block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
         self.blocks = [
-            Block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.qk_norm, self.init_values,
+            block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.qk_norm, self.init_values,
                   self.proj_drop_rate, self.attn_drop_rate, dpr[i], self.norm_eps, self.act_layer, self.dtype)
             for i in range(self.depth)]
         final = self.final_norm and not self.use_fc_norm
