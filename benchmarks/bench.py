@@ -29,14 +29,22 @@ QUICK = {'vit_tiny_patch16_224': (32, 16), 'vit_small_patch16_224': (32, 16), 'v
 FULL = {'vit_tiny_patch16_224': (64, 32), 'vit_small_patch16_224': (32, 32), 'vit_base_patch16_224': (16, 8)}
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1) -> dict[str, float]:
-    """Median seconds per call, A/B/A/B... so that machine noise hits every contender alike."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, settle: int = 1
+                ) -> dict[str, float]:
+    """Median seconds per call, contenders taking turns (A/B/A/B...) so that machine noise hits all alike.
+
+    Each turn starts with `settle` untimed calls: on these machines the first XLA step after the other
+    framework has run costs 1-2 s more (ViT-S train step: 4.8 s, then 2.9, 2.8 s; timm: 1.9-2.1 s throughout),
+    a cost of alternating that neither side pays in a real training loop.
+    """
     for _ in range(warmup):
         for f in fns.values():
             f()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            for _ in range(settle):
+                f()
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
@@ -85,9 +93,8 @@ def jax_cost(fn, *args) -> dict:
 class Contender:
     """One side of an A/B pair in its own process, driven one call at a time over a pipe.
 
-    Separate processes keep the two frameworks' allocators and thread pools apart (in one process, a JAX step
-    right after a PyTorch step ran up to 1.7x slower, from page faults on memory torch had just used), while
-    the parent still interleaves the calls so that machine noise hits both alike.
+    Separate processes keep the two frameworks' allocators and thread pools apart, while the parent still
+    interleaves the calls so that machine noise hits both alike.
     """
 
     def __init__(self, setup: Callable, *args):
