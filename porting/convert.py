@@ -199,12 +199,13 @@ def main(argv=None) -> int:
             model, variables, ref = convert_hf(args.checkpoint)
         elif source == 'timm':
             torch_model = load_timm(args.model, args.checkpoint, state, **kwargs)
+            state = None  # the model holds its own copy; keep one set of source weights in memory
             kwargs.pop('num_classes', None)
             model, variables, ref = convert(args.model, torch_model, args.img_size, args.num_classes, args.seed,
                                             args.window_size, **kwargs)
         else:
-            model, variables, ref = convert_torchvision(load_torchvision(args.model, args.checkpoint, state,
-                                                                         **kwargs))
+            torch_model, state = load_torchvision(args.model, args.checkpoint, state, **kwargs), None
+            model, variables, ref = convert_torchvision(torch_model)
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
                               tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors

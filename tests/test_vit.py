@@ -150,11 +150,16 @@ def test_bad_options_are_rejected():
             VisionTransformer(**{**SMALL, **bad}).init(jax.random.PRNGKey(0), x)
 
 
-def test_grad_checkpointing_same_params_and_gradients():
+@pytest.mark.parametrize('arch', ['vit', 'swin'])
+def test_grad_checkpointing_same_params_and_gradients(arch):
     # remat changes when activations are computed, not what: same param tree, same loss and gradients,
     # and the backward really recomputes (a remat/checkpoint in the jaxpr).
-    kw = dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, num_classes=5, init_values=0.3)
-    plain, remat = VisionTransformer(**kw), VisionTransformer(**kw, grad_checkpointing=True)
+    from vitjax.models import SwinTransformer
+    cls, kw = (VisionTransformer, dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4,
+                                       num_classes=5, init_values=0.3)) if arch == 'vit' else (
+        SwinTransformer, dict(img_size=32, patch_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+                              window_size=4, num_classes=5))
+    plain, remat = cls(**kw), cls(**kw, grad_checkpointing=True)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
     v = plain.init(jax.random.PRNGKey(0), x)
     v = jax.tree_util.tree_map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)

@@ -70,6 +70,8 @@ def build_model(c, num_classes: int):
 
     regularisation = dict(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
                           dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
+    if c.grad_checkpointing:
+        regularisation['grad_checkpointing'] = True
     rng = jax.random.PRNGKey(c.seed)
     if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
         stored = vitjax.io.read_config(c.init)['model'].get('num_classes')

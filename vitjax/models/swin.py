@@ -227,18 +227,20 @@ class SwinStage(nn.Module):
     norm_eps: float = 1e-5
     act_layer: str = 'gelu'
     dtype: Any = jnp.float32
+    grad_checkpointing: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.grad_checkpointing else SwinBlock  # 2: `train`
         if self.downsample:
             x = PatchMerging(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
         half = tuple(w // 2 for w in self.window_size)
         for j in range(self.depth):
             win, shift = window_and_shift(self.resolution, self.window_size, (0, 0) if j % 2 == 0 else half,
                                           self.always_partition)
-            x = SwinBlock(self.num_heads, win, shift, self.head_dim, self.mlp_ratio, self.qkv_bias, self.proj_drop,
-                          self.attn_drop, self.drop_path[j] if self.drop_path else 0., self.norm_eps,
-                          self.act_layer, self.dtype, name=f'blocks_{j}')(x, train)
+            x = block(self.num_heads, win, shift, self.head_dim, self.mlp_ratio, self.qkv_bias, self.proj_drop,
+                      self.attn_drop, self.drop_path[j] if self.drop_path else 0., self.norm_eps,
+                      self.act_layer, self.dtype, name=f'blocks_{j}')(x, train)
         return x
 
 
@@ -270,6 +272,7 @@ class SwinTransformer(nn.Module):
     window_size: Union[int, Sequence[int], Sequence[Sequence[int]]] = 7
     always_partition: bool = False
     dynamic_img_size: bool = False  # any input size; windows and shifts still follow img_size, as in timm
+    grad_checkpointing: bool = False  # remat each block: activations recomputed in the backward (timm's name)
     mlp_ratio: float = 4.
     qkv_bias: bool = True
     drop_rate: float = 0.
@@ -314,7 +317,7 @@ class SwinTransformer(nn.Module):
             SwinStage(dims[i], d, i > 0, self.num_heads[i], self.stage_window_sizes[i], res, self.head_dim,
                       self.always_partition, self.mlp_ratio, self.qkv_bias, self.proj_drop_rate,
                       self.attn_drop_rate, tuple(rates[starts[i]:starts[i + 1]]), self.norm_eps, self.act_layer,
-                      self.dtype, name=f'layers_{i}')
+                      self.dtype, self.grad_checkpointing, name=f'layers_{i}')
             for i, (d, res) in enumerate(zip(self.depths, stage_resolutions(self.grid_size, len(self.depths))))]
         self.norm = layer_norm(self.norm_eps, self.dtype, 'norm')
         self.head_drop = nn.Dropout(self.drop_rate)
