@@ -75,10 +75,13 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
     params = optax.apply_updates(state.params, updates)
     # A NaN/Inf loss or gradient never reaches the params or the Adam moments: the step is skipped (the same
     # decision on every device, as loss and grads are already averaged). The host decides whether to go on.
-    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # The global norm is NaN/Inf iff some gradient is (or it overflows). One reduction: a per-leaf isfinite
+    # check made XLA compile the ViT-S step in 40 s instead of 7 s.
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
-    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': optax.tree.norm(grads),
+    metrics = {'loss': loss, 'accuracy': accuracy, 'grad_norm': grad_norm,
                'lr': lr_fn(state.step), 'finite': finite.astype(jnp.float32)}
     first = jnp.where((state.first_nonfinite < 0) & ~finite, state.step + 1, state.first_nonfinite)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
