@@ -46,8 +46,8 @@ def _layer_norm_fwd(x, scale, bias, eps):
 
 def _layer_norm_bwd(eps, res, ct):
     # The closed-form gradient. Differentiating the two-pass forward instead gives XLA:CPU a long elementwise
-    # graph that it fuses across the whole residual stream and recomputes in every consumer: ViT-S's
-    # backward took 5.8 s instead of 2.3 s (benchmarks/notes.md).
+    # graph that it fuses across the whole residual stream and recomputes in every consumer: the ViT-S
+    # gradient (batch 16) took 5.85 s instead of 2.91 s (benchmarks/notes.md).
     xhat, rstd, scale = res
     dtype, ct = ct.dtype, ct.astype(jnp.float32)  # the output's dtype is the input's
     reduce_axes = tuple(range(ct.ndim - 1))
