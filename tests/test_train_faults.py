@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vitjax
-from test_train import QUICK, ROOT, records
+from test_train import QUICK, records
 from test_train import run_train as train
 
 STRIP = ('step', 'loss', 'accuracy', 'lr', 'grad_norm')
