@@ -1,7 +1,7 @@
 """Side-by-side benchmarks on this machine: vitjax against timm, interleaved A/B (each side in its own process).
 
-    python -m benchmarks.bench            # quick (make bench): < 10 min on 2 CPU cores
-    python -m benchmarks.bench --full     # make bench-full: larger batches, torch.compile, ViT-L conversion
+    python -m benchmarks.bench            # quick (make bench): every kind of row, < 10 min on 2 CPU cores
+    python -m benchmarks.bench --full     # make bench-full: larger batches, torch.compile for every model
 
 Writes benchmarks/results/<host>-<date>.json and regenerates BENCHMARKS.md from it. Timings are medians over
 repeats after warm-up; compilation is timed separately. Only ratios from the same run are compared.
@@ -25,8 +25,12 @@ from typing import Any, Callable, Optional
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ('name', 'model', 'batch', 'dtype', 'device', 'vitjax_img_s', 'baseline', 'baseline_img_s', 'ratio',
           'flops_per_img', 'achieved_gflops', 'peak_gflops', 'mfu')
-QUICK = {'vit_tiny_patch16_224': (32, 16), 'vit_small_patch16_224': (32, 16), 'vit_base_patch16_224': (8, 4)}
-FULL = {'vit_tiny_patch16_224': (64, 32), 'vit_small_patch16_224': (32, 32), 'vit_base_patch16_224': (16, 8)}
+# model: (inference batch, train batch, also against torch.compile). ViT-S at batch 32 is the issue's target case.
+QUICK = {'vit_tiny_patch16_224': (32, 16, False), 'vit_small_patch16_224': (32, 32, True),
+         'vit_base_patch16_224': (8, 4, False)}
+FULL = {'vit_tiny_patch16_224': (64, 32, True), 'vit_small_patch16_224': (32, 32, True),
+        'vit_base_patch16_224': (16, 8, True)}
+CONVERT = ['vit_base_patch16_224', 'vit_large_patch16_224']
 
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1, settle: int = 1
@@ -136,7 +140,6 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     """vitjax's inference and train.py's own pmapped, donated train step; no torch in this process."""
     import jax
     import numpy as np
-    from flax import jax_utils
 
     import vitjax
     from vitjax import optim, train_step
@@ -158,7 +161,8 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
     yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
     batch = train_step.shard({'image': xb, 'label': yb})
-    holder = {'state': jax_utils.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))}
+    holder = {'state': train_step.replicate(train_step.create_train_state(model, variables, tx,
+                                                                          jax.random.PRNGKey(1)))}
 
     def train():
         holder['state'], m = p_train(holder['state'], batch)
@@ -189,35 +193,46 @@ def _timm_side(name: str, infer_batch: int, train_batch: int, compile_torch: boo
     def eager():
         with torch.no_grad():
             tm(xt)
-    calls, info = {'timm_eager': eager}, {'compile_s': None}
-    if compile_torch:
-        try:
-            ctm = torch.compile(tm)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                ctm(xt)
-            info['compile_s'] = time.perf_counter() - t0
-
-            def compiled():
-                with torch.no_grad():
-                    ctm(xt)
-            calls['timm_compile'] = compiled
-        except Exception as e:  # torch.compile needs a C++ toolchain; report, do not fail
-            print(f'  torch.compile unavailable: {type(e).__name__}: {e}'.splitlines()[0], flush=True)
-    tt = timm.create_model(name, pretrained=False, num_classes=1000).train()
-    opt = torch.optim.AdamW(tt.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
     rng = np.random.default_rng(1)
     xtb = torch.from_numpy(rng.standard_normal((train_batch, 3, 224, 224)).astype(np.float32))
     ytb = torch.from_numpy(np.random.default_rng(2).integers(0, 1000, train_batch))
 
-    def train():
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(tt(xtb), ytb)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tt.parameters(), 1.0)
-        opt.step()
-    calls['train'] = train
-    info['baselines'] = [k for k in calls if k != 'train']
+    def train_fn(compiled: bool):
+        """timm's train loop: AdamW + clip_grad_norm_; with --torchcompile timm compiles the model only."""
+        tt = timm.create_model(name, pretrained=False, num_classes=1000).train()
+        opt = torch.optim.AdamW(tt.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+        fwd = torch.compile(tt) if compiled else tt
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(fwd(xtb), ytb)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tt.parameters(), 1.0)
+            opt.step()
+        return train
+
+    def timed_first_call(f):
+        t0 = time.perf_counter()
+        f()
+        return round(time.perf_counter() - t0, 1)
+
+    calls = {'infer:timm_eager': eager, 'train:timm_eager': train_fn(False)}
+    info = {'compile_s': {}}
+    if compile_torch:
+        try:
+            ctm = torch.compile(tm)
+
+            def compiled():
+                with torch.no_grad():
+                    ctm(xt)
+            info['compile_s']['infer:timm_compile'] = timed_first_call(compiled)
+            calls['infer:timm_compile'] = compiled
+            calls['train:timm_compile'] = train_fn(True)
+            info['compile_s']['train:timm_compile'] = timed_first_call(calls['train:timm_compile'])
+        except Exception as e:  # torch.compile needs a C++ toolchain; report, do not fail
+            print(f'  torch.compile unavailable: {type(e).__name__}: {e}'.splitlines()[0], flush=True)
+            calls = {k: v for k, v in calls.items() if 'compile' not in k}
+    info['baselines'] = list(calls)
     return calls, info
 
 
@@ -225,25 +240,28 @@ def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, pea
                 ) -> list[dict]:
     jx = Contender(_vitjax_side, name, infer_batch, train_batch)
     tm = Contender(_timm_side, name, infer_batch, train_batch, compile_torch)
+    timed = {}
     try:
-        fns = {'vitjax': lambda: jx('infer'), **{b: (lambda b=b: tm(b)) for b in tm.info['baselines']}}
-        t = interleaved(fns, repeats)
-        tt = interleaved({'vitjax': lambda: jx('train'), 'timm_eager': lambda: tm('train')}, repeats)
+        for kind in ('infer', 'train'):
+            fns = {'vitjax': lambda k=kind: jx(k), **{b.split(':')[1]: (lambda b=b: tm(b))
+                                                       for b in tm.info['baselines'] if b.startswith(kind)}}
+            timed[kind] = interleaved(fns, repeats)
     finally:
         jx.close()
         tm.close()
     dev, out = jx.info['device'], []
-    for base in [k for k in t if k != 'vitjax']:
-        out.append(record(name='inference', model=name, batch=infer_batch, dtype='float32', device=dev,
-                          vitjax_img_s=round(infer_batch / t['vitjax'], 2), baseline=base,
-                          baseline_img_s=round(infer_batch / t[base], 2), flops_per_img=jx.info['flops'],
-                          peak_gflops=peak, compile_s=round(jx.info['compile_s'], 1),
-                          baseline_compile_s=tm.info['compile_s'] and round(tm.info['compile_s'], 1)))
-    out.append(record(name='train_step', model=name, batch=train_batch, dtype='float32', device=dev,
-                      vitjax_img_s=round(train_batch / tt['vitjax'], 2), baseline='timm_eager',
-                      baseline_img_s=round(train_batch / tt['timm_eager'], 2), flops_per_img=jx.info['train_flops'],
-                      peak_gflops=peak, compile_s=round(jx.info['train_compile_s'], 1),
-                      path='train.py pmap step, donated; each side in its own process'))
+    for kind, name_, batch, flops, compile_s in (
+            ('infer', 'inference', infer_batch, jx.info['flops'], jx.info['compile_s']),
+            ('train', 'train_step', train_batch, jx.info['train_flops'], jx.info['train_compile_s'])):
+        t = timed[kind]
+        for base in [k for k in t if k != 'vitjax']:
+            out.append(record(name=name_, model=name, batch=batch, dtype='float32', device=dev,
+                              vitjax_img_s=round(batch / t['vitjax'], 2), baseline=base,
+                              baseline_img_s=round(batch / t[base], 2), flops_per_img=flops, peak_gflops=peak,
+                              compile_s=round(compile_s, 1),
+                              baseline_compile_s=tm.info['compile_s'].get(f'{kind}:{base}'),
+                              path=None if kind == 'infer' else
+                              'train.py pmap step, donated; each side in its own process'))
     return out
 
 
@@ -305,14 +323,13 @@ import os, sys, time, statistics
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%d"
 sys.path.insert(0, %r)
 import jax, numpy as np
-from flax import jax_utils
 import vitjax
 from vitjax import optim, train_step
 from vitjax.config import default_config
 c = default_config(); c.warmup_steps = 1
 model, v = vitjax.create_model("vit_tiny_patch16_224", img_size=64, depth=4)
 tx = optim.create_optimizer(c, v["params"], 1000)
-state = jax_utils.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
+state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
 p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"])
 b = train_step.shard({"image": np.zeros((32, 64, 64, 3), np.float32), "label": np.zeros(32, np.int32)})
 state, m = p(state, b); jax.block_until_ready(m["loss"])
@@ -348,18 +365,20 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
     records = []
     if 'models' in sections:
         for m in models:
-            ib, tb = (batch, batch) if batch else sizes.get(m, (8, 4))
+            ib, tb, compile_torch = sizes.get(m, (8, 4, full))
+            ib, tb = (batch, batch) if batch else (ib, tb)
             print(f'{m}: inference batch {ib}, train batch {tb}', flush=True)
-            records += bench_model(m, ib, tb, repeats, peak, compile_torch=full)
-            for r in records[-2:]:
+            new = bench_model(m, ib, tb, repeats, peak, compile_torch)
+            records += new
+            for r in new:
                 print(f"  {r['name']}: vitjax {r['vitjax_img_s']} img/s, {r['baseline']} {r['baseline_img_s']} img/s, "
                       f"ratio {r['ratio']}, MFU {r['mfu']}", flush=True)
     if 'input' in sections:
-        step = next((r['vitjax_img_s'] for r in records if r['name'] == 'train_step' and 'small' in r['model']),
-                    None)
+        step = next((r['vitjax_img_s'] for r in records if r['name'] == 'train_step' and 'small' in r['model']
+                     and r['baseline'] == 'timm_eager'), None)
         records += bench_input(step, repeats)
     if 'convert' in sections:
-        records += bench_conversion(['vit_base_patch16_224'] + (['vit_large_patch16_224'] if full else []))
+        records += bench_conversion(CONVERT)
     if 'pmap' in sections:
         records += bench_pmap(repeats)
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),

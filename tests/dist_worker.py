@@ -30,7 +30,7 @@ c.warmup_steps, c.lr = 1, 3e-3
 model, variables = vitjax.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, embed_dim=32, depth=2,
                                        num_heads=2, num_classes=10, rng=jax.random.PRNGKey(0))
 tx = optim.create_optimizer(c, variables['params'], STEPS)
-state = jax_utils.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
+state = train_step.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
 p_train, _ = train_step.make_pmapped_steps(model, c, 10, tx, STEPS, variables['params'])
 rng = np.random.default_rng(0)
 rows = slice(pid * GLOBAL_BATCH // nproc, (pid + 1) * GLOBAL_BATCH // nproc)  # this process's shard

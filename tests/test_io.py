@@ -31,6 +31,23 @@ def test_round_trip(saved):
     np.testing.assert_array_equal(loaded.apply(lv, x), model.apply(variables, x))
 
 
+def test_scan_blocks_load_and_save_keep_the_per_block_layout_on_disk(saved, tmp_path):
+    path, model, variables = saved
+    scan, sv = vitjax.load(path, scan_blocks=True, num_classes=7)  # adapted first, then stacked
+    assert scan.scan_blocks and scan.num_classes == 7 and sv['params']['blocks']['mlp']['fc1']['kernel'].shape[0] == 2
+    x = images(model)
+    plain, pv = vitjax.load(path, num_classes=7)
+    np.testing.assert_allclose(scan.apply(sv, x), plain.apply(pv, x), atol=1e-5)
+    vitjax.save(tmp_path / 's', scan, sv, name=NAME)
+    cfg = json.loads((tmp_path / 's' / 'config.json').read_text())
+    assert cfg['model']['scan_blocks'] is False
+    back, bv = vitjax.load(tmp_path / 's')
+    assert not back.scan_blocks and 'blocks_1' in bv['params']
+    np.testing.assert_array_equal(back.apply(bv, x), plain.apply(pv, x))
+    with pytest.raises(ValueError, match='SwinTransformer has no option scan_blocks'):
+        vitjax.create_model('swin_tiny_patch4_window7_224', scan_blocks=True)
+
+
 def test_load_with_new_head_and_size(saved):
     path, model, variables = saved
     m2, v2 = vitjax.load(path, num_classes=5, img_size=(48, 80))

@@ -52,6 +52,8 @@ def test_outputs(quick_run):
     assert set(summary) >= {'test_accuracy', 'test_loss', 'steps', 'examples_seen', 'wall_s', 'img_per_s',
                             'devices'}
     assert summary['steps'] == 60 and summary['examples_seen'] == 60 * 64 and summary['test_examples'] == 360
+    # 60 steps, 3 evals and the test eval (a padded last batch) each run one compiled program: no retracing
+    assert summary['compilations'] == {'train': 1, 'eval': 1}
     assert 'test accuracy' in proc.stdout and 'curves.png' in proc.stdout
     assert sorted(os.listdir(workdir / 'checkpoints')) == ['20', '40', '60']
     model, variables = vitjax.load(workdir / 'model')
@@ -80,6 +82,7 @@ def test_resume_reproduces_uninterrupted_run(quick_run, tmp_path, data_dir):
     second = run_train(part, *QUICK, '--resume', data_dir=data_dir)
     assert second.returncode == 0, second.stderr[-3000:]
     assert 'resumed from step 30' in second.stdout
+    assert json.loads((part / 'summary.json').read_text())['compilations'] == {'train': 1, 'eval': 1}
     keys = ('step', 'loss', 'accuracy', 'lr', 'grad_norm')
     strip = lambda rs: [{k: r[k] for k in keys if k in r} for r in rs]
     assert strip(records(part, 'train')) == strip(records(workdir, 'train'))
@@ -169,3 +172,16 @@ def test_swin_preset_learns(tmp_path, data_dir):
     assert train[-1]['loss'] < 0.75 * train[0]['loss'] and evals[-1]['accuracy'] > 0.5  # chance is 0.1
     model, _ = vitjax.load(tmp_path / 'swin' / 'model')
     assert type(model).__name__ == 'SwinTransformer' and model.depths == (2, 2)
+
+
+def test_scan_blocks_learns_and_saves_per_block(tmp_path, data_dir):
+    """--config.scan_blocks: one compiled block scanned over depth (with stochastic depth rates as data); the
+    saved model is in the per-block layout every other tool reads."""
+    proc = run_train(tmp_path / 'scan', *QUICK, '--config.model_overrides.depth=2', '--config.scan_blocks=True',
+                     '--config.drop_path_rate=0.1', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train, evals = records(tmp_path / 'scan', 'train'), records(tmp_path / 'scan', 'eval')
+    assert train[-1]['loss'] < 0.75 * train[0]['loss'] and evals[-1]['accuracy'] > 0.5  # chance is 0.1
+    assert json.loads((tmp_path / 'scan' / 'summary.json').read_text())['compilations'] == {'train': 1, 'eval': 1}
+    model, variables = vitjax.load(tmp_path / 'scan' / 'model')
+    assert not model.scan_blocks and model.depth == 2 and {'blocks_0', 'blocks_1'} <= set(variables['params'])

@@ -21,7 +21,7 @@ PMAP_SCRIPT = textwrap.dedent('''
     from vitjax.io import flatten
     from vitjax.models import VisionTransformer
     from vitjax.optim import create_optimizer, create_schedule
-    from vitjax.train_step import create_train_state, make_pmapped_steps, shard, train_step
+    from vitjax.train_step import create_train_state, make_pmapped_steps, replicate, shard, train_step
     jax.config.update('jax_default_matmul_precision', 'highest')
     assert jax.local_device_count() == 4, jax.devices()
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
@@ -37,7 +37,7 @@ PMAP_SCRIPT = textwrap.dedent('''
         single, m1 = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=create_schedule(c, 10),
                                                      num_classes=5))(state, batch)
         p_train, _ = make_pmapped_steps(model, c, 5, tx, 10, variables['params'])
-        multi, m4 = p_train(jax_utils.replicate(state), shard(batch))
+        multi, m4 = p_train(replicate(state), shard(batch))
         multi = jax_utils.unreplicate(multi)
         a, b = flatten(single.params), flatten(multi.params)
         print(name, 'max_param_diff', max(float(np.abs(a[k] - b[k]).max()) for k in a))
@@ -108,3 +108,21 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
     assert model.apply(variables, x).dtype == jnp.bfloat16
     assert {l.dtype for l in jax.tree.leaves((state.params, state.opt_state)) if l.ndim} == {jnp.dtype('float32')}
     assert np.isfinite(float(m['loss']))
+
+
+def test_trace_counter_sees_recompilation():
+    from vitjax.optim import create_optimizer
+    from vitjax.train_step import make_pmapped_steps, replicate
+    c = default_config()
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    x = np.zeros((4, 16, 16, 3), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    tx = create_optimizer(c, variables['params'], 10)
+    traces = {}
+    p_train, _ = make_pmapped_steps(model, c, 3, tx, 10, variables['params'], traces)
+    state = replicate(create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
+    for _ in range(3):
+        state, _ = p_train(state, shard({'image': x, 'label': np.zeros(4, np.int32)}))
+    assert traces == {'train': 1}
+    state, _ = p_train(state, shard({'image': x[:2], 'label': np.zeros(2, np.int32)}))  # a new batch shape
+    assert traces == {'train': 2}

@@ -174,3 +174,61 @@ def test_grad_checkpointing_same_params_and_gradients(arch):
     jaxpr = lambda m: str(jax.make_jaxpr(jax.grad(loss(m)))(v['params']))
     assert 'remat' in jaxpr(remat) or 'checkpoint' in jaxpr(remat)
     assert not ('remat' in jaxpr(plain) or 'checkpoint' in jaxpr(plain))
+
+
+def test_scan_blocks_matches_timm_and_the_unrolled_model():
+    # Same weights, stacked: logits equal timm's, every block output and every gradient equal the unrolled model's.
+    from vitjax.models.vit import stack_blocks, unstack_blocks
+    tm = timm_model('vit_tiny_patch16_224', **{**SMALL, 'depth': 3, 'init_values': 0.3, 'qk_norm': True})
+    model, variables = port(tm)
+    scan = model.clone(scan_blocks=True)
+    stacked = {'params': stack_blocks(variables['params'], 3)}
+    x = images(model)
+    assert jax.tree.structure(scan.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(stacked)
+    ref = run_timm(tm, x, lambda m, t: m(t))
+    assert max_diff(scan.apply(stacked, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
+    for kw in (dict(indices=[0, 2], norm=True), dict(indices=[1], stop_early=True)):
+        a, b = (m.apply(v, x, output_fmt='NLC', method='forward_intermediates', **kw)
+                for m, v in ((model, variables), (scan, stacked)))
+        for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            assert max_diff(p, q) < 1e-5
+    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    g0, g1 = jax.grad(loss(model))(variables['params']), jax.grad(loss(scan))(stacked['params'])
+    g1 = unstack_blocks(g1)
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        assert max_diff(a, b) <= 1e-5 * max(1, float(jnp.abs(a).max()))
+    back = unstack_blocks(stacked['params'])
+    assert jax.tree.structure(back) == jax.tree.structure(variables['params'])
+    assert all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(back), jax.tree.leaves(variables['params'])))
+
+
+def test_scan_blocks_drop_path_rates_per_block():
+    # Rates 0, 0.5, 1 (linear over depth 3) arrive in the scan as data. Block 0 is never dropped, block 2 always:
+    # a sample whose two block-1 branches were both dropped (p = 1/4) equals the 1-block model's eval output.
+    # Rates in the wrong order or one rate for all would give no such sample or about 1 in 64.
+    model = VisionTransformer(**{**SMALL, 'depth': 3}, drop_path_rate=1.0, scan_blocks=True)
+    x = images(model, batch=64)
+    v = model.init(jax.random.PRNGKey(0), x)
+    v = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
+    one = model.clone(depth=1, drop_path_rate=0.)
+    first = {'params': {**v['params'], 'blocks': jax.tree.map(lambda p: p[:1], v['params']['blocks'])}}
+    train = model.apply(v, x, train=True, rngs={'dropout': jax.random.PRNGKey(3)}, method=model.forward_features)
+    ref = one.apply(first, x, method=one.forward_features)
+    same = np.all(np.isclose(np.asarray(train), np.asarray(ref), atol=1e-5), axis=(1, 2))
+    assert 6 <= same.sum() <= 28
+    assert max_diff(model.apply(v, x, method=model.forward_features), ref) > 1e-3  # eval: nothing dropped
+
+
+def test_scan_blocks_with_grad_checkpointing():
+    kw = dict(SMALL, depth=3)
+    x = images(VisionTransformer(**kw))
+    a, b = (VisionTransformer(**kw, scan_blocks=True, grad_checkpointing=remat) for remat in (False, True))
+    v = a.init(jax.random.PRNGKey(0), x)
+    v = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
+    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    ga, gb = (jax.grad(loss(m))(v['params']) for m in (a, b))
+    for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
+        assert max_diff(p, q) <= 1e-5
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss(b)))(v['params']))
+    assert 'checkpoint' in jaxpr or 'remat' in jaxpr

@@ -19,6 +19,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.image_size = 0  # 0: the model's own input size
     c.dtype = 'float32'  # compute dtype; params and optimizer state stay float32
     c.grad_checkpointing = False  # recompute each block in the backward (less memory, ~1/3 more compute)
+    c.scan_blocks = False  # ViT: compile one block, scanned over depth (faster compile; params stacked)
 
     # Data: a tfds name, `vitjax_digits`, or a folder with one subfolder per class.
     c.dataset = 'vitjax_digits'

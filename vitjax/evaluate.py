@@ -26,10 +26,7 @@ def run_eval(p_eval_step, replicated_params: Any, dataset: Iterable[dict]) -> di
 def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size: int = 64,
              data_dir: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """`vitjax evaluate`: a model on a tfds dataset or an image folder, preprocessed as its config says."""
-    from flax import jax_utils
-
-    from vitjax import data
-    from vitjax.train_step import eval_step
+    from vitjax import data, train_step
     info = data.get_dataset_info(dataset, split, data_dir)
     if info.num_classes != model.num_classes:
         raise ValueError(f'{dataset} has {info.num_classes} classes, the model {model.num_classes}')
@@ -42,8 +39,8 @@ def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size:
     ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=cfg.input_size[1],
                                   mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
                                   data_dir=data_dir)
-    p_eval = jax.pmap(functools.partial(eval_step, model=model, num_classes=model.num_classes, axis_name='batch'),
-                      axis_name='batch')
-    r = run_eval(p_eval, jax_utils.replicate(variables['params']), ds)
+    p_eval = jax.pmap(functools.partial(train_step.eval_step, model=model, num_classes=model.num_classes,
+                                        axis_name='batch'), axis_name='batch')
+    r = run_eval(p_eval, train_step.replicate(variables['params']), ds)
     return {'dataset': dataset, 'split': split, 'top1': r['accuracy'], 'top5': r['top5'], 'loss': r['loss'],
             'count': int(r['count'])}

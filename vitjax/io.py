@@ -21,6 +21,7 @@ from safetensors.numpy import load_file, save_file
 from vitjax.models import ARCHITECTURES, Model, PretrainedCfg, architecture_of, model_config
 from vitjax.models.layers import resample_abs_pos_embed
 from vitjax.models.swin import resize_rel_pos_bias_table
+from vitjax.models.vit import stack_blocks, unstack_blocks
 
 FORMAT, VERSION = 'vitjax', 1
 PARAMS_FILE, CONFIG_FILE = 'params.safetensors', 'config.json'
@@ -79,6 +80,8 @@ def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
          name: str = '', extra_json: Optional[Mapping[str, Any]] = None, meta: Optional[Mapping] = None) -> Path:
     """Write a model directory atomically. `extra_json` maps file names to JSON objects written beside it."""
     path = Path(path)
+    if getattr(model, 'scan_blocks', False):  # on disk, blocks are always stored one by one (timm's layout)
+        model, variables = model.clone(scan_blocks=False), {'params': unstack_blocks(variables['params'])}
     flat = flatten(variables['params'])
     check_params(flat, param_shapes(model), 'params to save')
     config = {'format': FORMAT, 'version': VERSION, 'architecture': architecture_of(model), 'model_name': name,
@@ -152,6 +155,9 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     check_params(flat, param_shapes(model), str(path / PARAMS_FILE))
     params = unflatten(flat)
     changes = dict(overrides)
+    scan = changes.pop('scan_blocks', False)
+    if scan and not hasattr(model, 'scan_blocks'):
+        raise ValueError(f'scan_blocks is an option of VisionTransformer, not of {type(model).__name__}')
     if num_classes is not None and num_classes != model.num_classes:
         changes['num_classes'] = num_classes
     if img_size is not None:
@@ -160,11 +166,13 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
         p = model.pretrained_cfg
         changes['pretrained_cfg'] = PretrainedCfg((3, h, w), p.mean, p.std, p.crop_pct, p.crop_mode,
                                                   p.interpolation, p.tag)
-    if not changes:
-        return model, {'params': params}
-    new_model = model.clone(**changes)
-    rng = jax.random.PRNGKey(0) if rng is None else rng
-    return new_model, {'params': adapt_params(params, model, new_model, rng)}
+    if changes:
+        new_model = model.clone(**changes)
+        params = adapt_params(params, model, new_model, jax.random.PRNGKey(0) if rng is None else rng)
+        model = new_model
+    if scan:
+        model, params = model.clone(scan_blocks=True), stack_blocks(params, model.depth)
+    return model, {'params': params}
 
 
 def _window_of(model, key: str) -> tuple[int, int]:

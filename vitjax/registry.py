@@ -5,6 +5,7 @@ the weights' tag, which decides the class count and preprocessing the weights ex
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import re
@@ -165,8 +166,12 @@ def build_model(name: str, num_classes: Optional[int] = None, img_size: Union[No
         kwargs['img_size'] = img_size
         h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
         cfg = PretrainedCfg((3, h, w), cfg.mean, cfg.std, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.tag)
+    cls = ARCHITECTURES[arch]
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f'{name}: {cls.__name__} has no option {", ".join(unknown)}')
     kwargs.update(overrides)
-    return ARCHITECTURES[arch](**kwargs, pretrained_cfg=cfg)
+    return cls(**kwargs, pretrained_cfg=cfg)
 
 
 def create_model(name: str, pretrained: Optional[str] = None, num_classes: Optional[int] = None,

@@ -102,15 +102,27 @@ def eval_step(params: Any, batch: dict, *, model, num_classes: int, axis_name: O
     return jax.lax.psum(sums, axis_name) if axis_name is not None else sums
 
 
+def counting(fn: Callable, traces: dict, key: str) -> Callable:
+    """`fn` that counts its traces in `traces[key]`: a Python side effect runs once per trace (each new shape or
+    dtype signature compiles again), never per executed step, so a count above 1 means a recompilation."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        traces[key] = traces.get(key, 0) + 1
+        return fn(*args, **kwargs)
+    return wrapped
+
+
 def make_pmapped_steps(model, c, num_classes: int, tx: optax.GradientTransformation, total_steps: int,
-                       params: Any):
-    """(p_train_step, p_eval_step) over all local devices; the train state's buffers are donated."""
-    p_train = jax.pmap(functools.partial(train_step, model=model, tx=tx, lr_fn=create_schedule(c, total_steps),
+                       params: Any, traces: Optional[dict] = None):
+    """(p_train_step, p_eval_step) over all local devices; the train state's buffers are donated. Pass a dict
+    as `traces` to have the number of compilations of each step counted into it ('train', 'eval')."""
+    traces = {} if traces is None else traces
+    p_train = jax.pmap(functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx, lr_fn=create_schedule(c, total_steps),
                                          num_classes=num_classes, label_smoothing=c.label_smoothing,
                                          accum_steps=c.accum_steps, trainable=trainable_mask(params, c),
                                          axis_name='batch'),
                        axis_name='batch', donate_argnums=(0,))
-    p_eval = jax.pmap(functools.partial(eval_step, model=model, num_classes=num_classes, axis_name='batch'),
+    p_eval = jax.pmap(functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes, axis_name='batch'),
                       axis_name='batch')
     return p_train, p_eval
 
@@ -126,4 +138,13 @@ def shard(batch: dict) -> dict:
     return jax.tree.map(split, batch)
 
 
-replicate, unreplicate = jax_utils.replicate, jax_utils.unreplicate
+def replicate(tree: Any) -> Any:
+    """A copy of `tree` on every local device, on a mesh axis named like the pmapped steps' ('batch').
+
+    flax's default axis name differs from pmap's, so the first step's input sharding did not match the one
+    every later step receives (the previous step's output) and step 2 compiled the train step a second time.
+    """
+    return jax_utils.replicate(tree, axis_name='batch')
+
+
+unreplicate = jax_utils.unreplicate

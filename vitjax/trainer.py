@@ -72,6 +72,8 @@ def build_model(c, num_classes: int):
                           dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
     if c.grad_checkpointing:
         regularisation['grad_checkpointing'] = True
+    if c.scan_blocks:
+        regularisation['scan_blocks'] = True
     rng = jax.random.PRNGKey(c.seed)
     if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
         stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
@@ -181,9 +183,10 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
                                          start_step=start, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
+    traces: dict[str, int] = {}
     p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx, total_steps,
-                                                               variables['params'])
-    state = jax_utils.replicate(state)
+                                                               variables['params'], traces)
+    state = train_step.replicate(state)
     batches = jax_utils.prefetch_to_device(map(train_step.shard, train_ds), 2)  # host->device copy overlaps
 
     t0 = time.time()
@@ -259,7 +262,10 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],
                'test_examples': int(test['count']), 'steps': total_steps,
                'examples_seen': (total_steps - start) * c.batch_size, 'wall_s': round(wall, 2),
-               'img_per_s': round((total_steps - start) * c.batch_size / wall, 1), 'devices': jax.device_count()}
+               'img_per_s': round((total_steps - start) * c.batch_size / wall, 1), 'devices': jax.device_count(),
+               'compilations': dict(traces)}
+    if max(traces.values()) > 1:  # every batch has the same shapes and dtypes: a retrace is a bug worth hearing about
+        print(f'warning: steps compiled more than once: {traces}', file=sys.stderr)
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     curves = plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))

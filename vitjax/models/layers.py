@@ -177,18 +177,27 @@ class Block(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        # Stochastic depth: drop the whole residual branch per sample (dims 1, 2 broadcast), rescaled by 1/keep.
-        drop_path = nn.Dropout(self.drop_path, broadcast_dims=(1, 2))
+    def __call__(self, x: jax.Array, train: bool = False, drop_path: Optional[jax.Array] = None) -> jax.Array:
+        """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate)."""
+        rate = self.drop_path if drop_path is None else drop_path
+
+        def drop(y: jax.Array) -> jax.Array:
+            """Stochastic depth: the whole residual branch dropped per sample, the rest rescaled by 1/keep."""
+            if not train or (isinstance(rate, (int, float)) and rate == 0):
+                return y
+            keep = 1. - jnp.asarray(rate, jnp.float32)
+            mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+            return y * (mask / jnp.maximum(keep, 1e-12)).astype(y.dtype)  # keep = 0 drops all, no 0/0
+
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
         y = layer_norm(self.norm_eps, self.dtype, 'norm1')(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.attn_drop, self.proj_drop, self.norm_eps,
                       self.dtype, name='attn')(y, train)
-        x = x + drop_path(ls('ls1')(y), deterministic=not train)
+        x = x + drop(ls('ls1')(y))
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
         y = Mlp(self.mlp_hidden, self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
-        return x + drop_path(ls('ls2')(y), deterministic=not train)
+        return x + drop(ls('ls2')(y))
 
 
 class AttentionPoolLatent(nn.Module):

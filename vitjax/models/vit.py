@@ -11,6 +11,7 @@ from typing import Any, Optional, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vitjax.models.layers import (AttentionPoolLatent, Block, check_images, feature_take_indices, layer_norm,
                                   resample_abs_pos_embed)
@@ -74,6 +75,7 @@ class VisionTransformer(nn.Module):
     fc_norm: Optional[bool] = None  # None: on for avg/avgmax/max pooling, replacing the final norm
     dynamic_img_size: bool = False  # resample position embeddings in the forward for any input size
     grad_checkpointing: bool = False  # remat each block: activations recomputed in the backward (timm's name)
+    scan_blocks: bool = False  # one block traced and compiled, applied depth times (params stacked: 'blocks')
     distilled: bool = False  # DeiT distillation token + head_dist; logits are the mean of both heads
     drop_rate: float = 0.
     pos_drop_rate: float = 0.
@@ -98,6 +100,10 @@ class VisionTransformer(nn.Module):
     def use_fc_norm(self) -> bool:
         return self.global_pool in ('avg', 'avgmax', 'max') if self.fc_norm is None else self.fc_norm
 
+    @property
+    def drop_path_rates(self) -> list[float]:
+        return [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
+
     def setup(self):
         if self.global_pool not in POOLS:
             raise ValueError(f'global_pool={self.global_pool!r} is not one of {POOLS}')
@@ -121,12 +127,13 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"pos_embed={self.pos_embed!r} is not 'learn' or 'none'")
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
         self.norm_pre = layer_norm(self.norm_eps, self.dtype, 'norm_pre') if self.pre_norm else None
-        dpr = [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
-        self.blocks = [
-            block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.qk_norm, self.init_values,
-                  self.proj_drop_rate, self.attn_drop_rate, dpr[i], self.norm_eps, self.act_layer, self.dtype)
-            for i in range(self.depth)]
+        make = lambda rate, name: block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.qk_norm,
+                                        self.init_values, self.proj_drop_rate, self.attn_drop_rate, rate,
+                                        self.norm_eps, self.act_layer, self.dtype, name=name)
+        # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
+        self.blocks = (make(0., 'blocks') if self.scan_blocks else
+                       [make(r, f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
         final = self.final_norm and not self.use_fc_norm
         self.norm = layer_norm(self.norm_eps, self.dtype, 'norm') if final else None
         self.fc_norm_layer = (layer_norm(self.norm_eps, self.dtype, 'fc_norm')
@@ -164,12 +171,29 @@ class VisionTransformer(nn.Module):
     def _final_norm(self, x: jax.Array) -> jax.Array:
         return self.norm(x) if self.norm is not None else x
 
+    def _blocks(self, x: jax.Array, train: bool, stop: Optional[int] = None) -> tuple[jax.Array, list]:
+        """x through blocks [0, stop) and every block's output."""
+        stop = self.depth if stop is None else stop
+        if not self.scan_blocks:
+            outs = []
+            for blk in self.blocks[:stop]:
+                x = blk(x, train)
+                outs.append(x)
+            return x, outs
+
+        def body(blk, x, rate):
+            x = blk(x, train, rate)
+            return x, x
+        scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
+                       length=self.depth)
+        rates = jnp.asarray(self.drop_path_rates, jnp.float32) if self.drop_path_rate else None  # None: no rng
+        x, ys = scan(self.blocks, x, rates)
+        return x, [ys[i] for i in range(stop)]  # unused outputs are dead code to XLA
+
     # -- timm's forward API ----------------------------------------------------------------------------
     def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
         """All tokens after the final norm: (B, prefix + N, D)."""
-        x = self._embed(x, train)
-        for blk in self.blocks:
-            x = blk(x, train)
+        x, _ = self._blocks(self._embed(x, train), train)
         return self._final_norm(x)
 
     def pool(self, x: jax.Array) -> jax.Array:
@@ -212,13 +236,10 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take = feature_take_indices(self.depth, indices)
         b, h, w = x.shape[:3]
-        x = self._embed(x, train=False)
-        blocks = self.blocks[:max(take) + 1] if stop_early else self.blocks
-        feats = []
-        for i, blk in enumerate(blocks):
-            x = blk(x)
-            if i in take:
-                feats.append(self._final_norm(x) if norm else x)
+        x, outs = self._blocks(self._embed(x, train=False), False, max(take) + 1 if stop_early else None)
+        if stop_early:
+            x = outs[-1]
+        feats = [self._final_norm(outs[i]) if norm else outs[i] for i in take]
         npt = self.num_prefix_tokens
         prefix = [y[:, :npt] for y in feats]
         feats = [y[:, npt:] for y in feats]
@@ -232,6 +253,22 @@ class VisionTransformer(nn.Module):
         if intermediates_only:
             return feats
         return self._final_norm(x), feats
+
+
+def stack_blocks(params: dict, depth: int) -> dict:
+    """Per-block params (blocks_0 .. blocks_{depth-1}, timm's layout, the one on disk) -> scan_blocks' layout."""
+    blocks = [params[f'blocks_{i}'] for i in range(depth)]
+    out = {k: v for k, v in params.items() if not k.startswith('blocks_')}
+    out['blocks'] = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *blocks)
+    return out
+
+
+def unstack_blocks(params: dict) -> dict:
+    """scan_blocks' stacked 'blocks' -> blocks_0 .. blocks_{depth-1}."""
+    out = {k: v for k, v in params.items() if k != 'blocks'}
+    depth = jax.tree.leaves(params['blocks'])[0].shape[0]
+    out.update({f'blocks_{i}': jax.tree.map(lambda x: np.asarray(x[i]), params['blocks']) for i in range(depth)})
+    return out
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
