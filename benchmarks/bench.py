@@ -353,6 +353,45 @@ def bench_pmap(repeats: int) -> list[dict]:
     return out
 
 
+SCAN_CODE = '''
+import sys, time, statistics
+sys.path.insert(0, %r)
+import jax, numpy as np
+import vitjax
+from vitjax import optim, train_step
+from vitjax.config import default_config
+jax.config.update("jax_default_matmul_precision", "highest")
+c = default_config(); c.warmup_steps = 1
+model, v = vitjax.create_model(%r, scan_blocks=%r)
+tx = optim.create_optimizer(c, v["params"], 1000)
+state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
+traces = {}
+p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"], traces)
+b = train_step.shard({"image": np.zeros((%d, 224, 224, 3), np.float32), "label": np.zeros(%d, np.int32)})
+t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); first = time.perf_counter() - t
+ts = []
+for _ in range(%d):
+    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
+assert traces == {"train": 1}, traces
+print(first - statistics.median(ts), statistics.median(ts))
+'''
+
+
+def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
+    """train.py's step with the blocks unrolled vs scan_blocks: compile time against step time (fresh processes)."""
+    out = {}
+    for scan in (False, True):
+        code = SCAN_CODE % (str(ROOT), name, scan, batch, batch, max(repeats, 3))
+        compile_s, step_s = map(float, subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                                      check=True, cwd=ROOT).stdout.split()[-2:])
+        out[scan] = compile_s, step_s
+    (c0, s0), (c1, s1) = out[False], out[True]
+    return [record(name='scan_blocks', model=name, batch=batch, dtype='float32', device=device_name(),
+                   vitjax_img_s=round(batch / s1, 2), baseline='unrolled blocks', baseline_img_s=round(batch / s0, 2),
+                   compile_s=round(c1, 1), baseline_compile_s=round(c0, 1),
+                   path='train.py pmap step; compile_s = first call minus a step')]
+
+
 def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, sections: set[str],
         batch: Optional[int] = None) -> dict:
     import torch  # noqa: F401  (torch before tensorflow: the other order crashes torchvision)
@@ -381,6 +420,8 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_conversion(CONVERT)
     if 'pmap' in sections:
         records += bench_pmap(repeats)
+    if 'scan' in sections:
+        records += bench_scan('vit_large_patch16_224' if full else 'vit_base_patch16_224', 2 if full else 4, repeats)
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
               'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
@@ -399,7 +440,7 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
-    ap.add_argument('--sections', default='models,input,convert,pmap')
+    ap.add_argument('--sections', default='models,input,convert,pmap,scan')
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)

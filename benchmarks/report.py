@@ -65,7 +65,7 @@ def write_markdown(result: dict, path: Path) -> None:
              'compilation); `baseline_compile_s`: torch.compile\'s first call.', '',
              '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     for r in recs:
-        if r['name'] in ('inference', 'train_step') or r['name'].startswith('pmap'):
+        if r['name'] in ('inference', 'train_step', 'scan_blocks') or r['name'].startswith('pmap'):
             lines.append('| ' + ' | '.join(_fmt(r.get(c)) for c in cols) + ' |')
     lines += ['', '## Input pipeline', '', '| dataset | image size | batch | img/s | train step img/s (ViT-S) |',
               '|---|---|---|---|---|']
