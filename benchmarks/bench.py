@@ -308,8 +308,9 @@ def bench_conversion(names: list[str]) -> list[dict]:
                     f'p = subprocess.run([sys.executable, "-m", "porting.convert", "--model", "{name}", "--checkpoint", '
                     f'"{ckpt}", "--out", "{tmp}/{name}"], capture_output=True); '
                     'print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)')
+            env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}  # conversion runs as users run it
             rc, wall, rss_kb = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                                              cwd=ROOT, check=True).stdout.split()
+                                              cwd=ROOT, check=True, env=env).stdout.split()
             weights = ckpt.stat().st_size
             out.append(record(name='convert_verify', model=name, batch=2, dtype='float32', device=device_name(),
                               wall_s=round(float(wall), 1), peak_rss_mb=round(int(rss_kb) / 1024, 1),
@@ -425,6 +426,7 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
               'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
+              'host_malloc': os.environ.get('GLIBC_TUNABLES') or 'glibc defaults',
               'gpu': 'none: this machine has no GPU' if jax.devices()[0].platform == 'cpu' else device_name(),
               'records': records}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -444,6 +446,9 @@ def main(argv=None) -> int:
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)
+    if argv is None:  # the command line, not a test: both sides get train.py's malloc settings (vitjax/hostmem.py)
+        from vitjax.hostmem import reexec_with_tuned_malloc
+        reexec_with_tuned_malloc()
     result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(args.sections.split(',')),
                  args.batch)
     if args.markdown:

@@ -1,6 +1,5 @@
 """Back to PyTorch: vitjax directory -> timm safetensors that timm loads, bit-exact round trip."""
 import jax
-import numpy as np
 import pytest
 import timm
 import torch

@@ -149,7 +149,6 @@ def test_fine_tune_ported_weights_head_only(tmp_path, data_dir):
     src_model, src = vitjax.load(tmp_path / 'deit')
     model, out = vitjax.load(tmp_path / 'ft' / 'model')
     assert (model.num_classes, model.img_size, src_model.num_classes) == (10, 32, 1000)
-    import jax
     from vitjax.io import flatten
     from vitjax.models.layers import resample_abs_pos_embed
     a, b = flatten(src['params']), flatten(out['params'])

@@ -314,6 +314,8 @@ def main(argv) -> int:
 
 def run(argv=None) -> None:
     """Entry point with an explicit argument list (`vitjax train ...`); exits with main's status."""
+    from vitjax.hostmem import reexec_with_tuned_malloc
+    reexec_with_tuned_malloc()  # before jax starts: glibc reads its malloc settings at process start
     app.run(main, argv=argv)
 
 
