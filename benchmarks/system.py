@@ -1,0 +1,140 @@
+"""The rows besides the model A/B: input pipeline, conversion, pmap overhead, scan_blocks (fresh processes)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.harness import ROOT, device_name, record
+
+
+def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
+    """tf.data img/s for the digits default and a mock 224² dataset, next to the train step's img/s."""
+    import tensorflow_datasets as tfds
+
+    from vitjax import data
+    out = []
+    norm = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [('input_digits', 'vitjax_digits', 16, 128, None),
+                 ('input_mock_224', 'cifar10', 224, 64, tfds.testing.mock_data(num_examples=512))]
+        for name, ds_name, size, batch, ctx in cases:
+            if ctx is not None:
+                ctx.__enter__()
+            try:
+                it = data.create_train_dataset(ds_name, 'train', global_batch_size=batch, image_size=size,
+                                               data_dir=tmp, **norm)
+                next(it)
+                n = 3 * repeats
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    next(it)
+                img_s = n * batch / (time.perf_counter() - t0)
+            finally:
+                if ctx is not None:
+                    ctx.__exit__(None, None, None)
+            out.append(record(name=name, model='-', batch=batch, dtype='float32', device='host', vitjax_img_s=round(
+                img_s, 1), baseline='train_step vit_small' if steps_img_s else None, baseline_img_s=steps_img_s,
+                image_size=size))
+    return out
+
+
+def bench_conversion(names: list[str]) -> list[dict]:
+    """Wall time and peak RSS of `porting.convert` (conversion + parity check) in a fresh process."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            ckpt = Path(tmp) / f'{name}.safetensors'
+            subprocess.run([sys.executable, '-m', 'porting.random_init', '--model', name, '--out', str(ckpt)],
+                           check=True, capture_output=True, cwd=ROOT)
+            code = ('import resource, subprocess, sys, time; t = time.perf_counter(); '
+                    f'p = subprocess.run([sys.executable, "-m", "porting.convert", "--model", "{name}", "--checkpoint", '
+                    f'"{ckpt}", "--out", "{tmp}/{name}"], capture_output=True); '
+                    'print(p.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)')
+            env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}  # conversion runs as users run it
+            rc, wall, rss_kb = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                              cwd=ROOT, check=True, env=env).stdout.split()
+            weights = ckpt.stat().st_size
+            out.append(record(name='convert_verify', model=name, batch=2, dtype='float32', device=device_name(),
+                              wall_s=round(float(wall), 1), peak_rss_mb=round(int(rss_kb) / 1024, 1),
+                              weights_mb=round(weights / 2 ** 20, 1),
+                              rss_over_weights=round(int(rss_kb) * 1024 / weights, 2), passed=rc == '0'))
+    return out
+
+
+PMAP_CODE = '''
+import os, sys, time, statistics
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%d"
+sys.path.insert(0, %r)
+import jax, numpy as np
+import vitjax
+from vitjax import optim, train_step
+from vitjax.config import default_config
+c = default_config(); c.warmup_steps = 1
+model, v = vitjax.create_model("vit_tiny_patch16_224", img_size=64, depth=4)
+tx = optim.create_optimizer(c, v["params"], 1000)
+state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
+p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"])
+b = train_step.shard({"image": np.zeros((32, 64, 64, 3), np.float32), "label": np.zeros(32, np.int32)})
+state, m = p(state, b); jax.block_until_ready(m["loss"])
+ts = []
+for _ in range(%d):
+    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
+print(32 / statistics.median(ts))
+'''
+
+
+def bench_pmap(repeats: int) -> list[dict]:
+    """The same global batch over 1, 2, 4 simulated CPU devices: pmap's overhead, not real scaling."""
+    out, base = [], None
+    for n in (1, 2, 4):
+        img_s = float(subprocess.run([sys.executable, '-c', PMAP_CODE % (n, str(ROOT), max(repeats, 3))],
+                                     capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()[-1])
+        base = base or img_s
+        out.append(record(name=f'pmap_{n}_devices', model='vit_tiny_patch16_224@64 depth 4', batch=32,
+                          dtype='float32', device=f'cpu x{n} (simulated)', vitjax_img_s=round(img_s, 1),
+                          baseline='pmap_1_devices', baseline_img_s=round(base, 1)))
+    return out
+
+
+SCAN_CODE = '''
+import sys, time, statistics
+sys.path.insert(0, %r)
+import jax, numpy as np
+import vitjax
+from vitjax import optim, train_step
+from vitjax.config import default_config
+jax.config.update("jax_default_matmul_precision", "highest")
+c = default_config(); c.warmup_steps = 1
+model, v = vitjax.create_model(%r, scan_blocks=%r)
+tx = optim.create_optimizer(c, v["params"], 1000)
+state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
+traces = {}
+p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"], traces)
+b = train_step.shard({"image": np.zeros((%d, 224, 224, 3), np.float32), "label": np.zeros(%d, np.int32)})
+t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); first = time.perf_counter() - t
+ts = []
+for _ in range(%d):
+    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
+assert traces == {"train": 1}, traces
+print(first - statistics.median(ts), statistics.median(ts))
+'''
+
+
+def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
+    """train.py's step with the blocks unrolled vs scan_blocks: compile time against step time (fresh processes)."""
+    out = {}
+    for scan in (False, True):
+        code = SCAN_CODE % (str(ROOT), name, scan, batch, batch, max(repeats, 3))
+        compile_s, step_s = map(float, subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                                                      check=True, cwd=ROOT).stdout.split()[-2:])
+        out[scan] = compile_s, step_s
+    (c0, s0), (c1, s1) = out[False], out[True]
+    return [record(name='scan_blocks', model=name, batch=batch, dtype='float32', device=device_name(),
+                   vitjax_img_s=round(batch / s1, 2), baseline='unrolled blocks', baseline_img_s=round(batch / s0, 2),
+                   compile_s=round(c1, 1), baseline_compile_s=round(c0, 1),
+                   path='train.py pmap step; compile_s = first call minus a step')]
