@@ -192,7 +192,8 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_scan('vit_large_patch16_224' if full else 'vit_base_patch16_224', 2 if full else 4, repeats)
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
-              'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2), 'peak_gflops_best': round(best, 2),
+              'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
+              'peak_gflops_best': round(best, 2),
               'host_malloc': os.environ.get('GLIBC_TUNABLES') or 'glibc defaults',
               'gpu': 'none: this machine has no GPU' if jax.devices()[0].platform == 'cpu' else device_name(),
               'records': records}

@@ -64,7 +64,8 @@ def write_markdown(result: dict, path: Path) -> None:
              f"for both sides (train.py's, `vitjax/hostmem.py`): `{result.get('host_malloc', 'glibc defaults')}`; "
              "conversion runs with glibc's defaults.", '',
              'Timings are medians after warm-up; each contender runs in its own process and they take turns '
-             '(A/B/A/B), so machine noise hits both alike; only ratios from the same run are meaningful on these shared machines. '
+             '(A/B/A/B), so machine noise hits both alike; only ratios from the same run are meaningful on these '
+             'shared machines. '
              '`flops_per_img` is XLA\'s cost analysis of the jitted forward (inference) or forward + backward + '
              'update (train step); `mfu` = achieved / measured GEMM peak. `compile_s`: vitjax\'s first call (XLA '
              'compilation); `baseline_compile_s`: torch.compile\'s first call.', '',

@@ -117,13 +117,13 @@ def make_pmapped_steps(model, c, num_classes: int, tx: optax.GradientTransformat
     """(p_train_step, p_eval_step) over all local devices; the train state's buffers are donated. Pass a dict
     as `traces` to have the number of compilations of each step counted into it ('train', 'eval')."""
     traces = {} if traces is None else traces
-    p_train = jax.pmap(functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx, lr_fn=create_schedule(c, total_steps),
-                                         num_classes=num_classes, label_smoothing=c.label_smoothing,
-                                         accum_steps=c.accum_steps, trainable=trainable_mask(params, c),
-                                         axis_name='batch'),
+    p_train = jax.pmap(functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx,
+                                         lr_fn=create_schedule(c, total_steps), num_classes=num_classes,
+                                         label_smoothing=c.label_smoothing, accum_steps=c.accum_steps,
+                                         trainable=trainable_mask(params, c), axis_name='batch'),
                        axis_name='batch', donate_argnums=(0,))
-    p_eval = jax.pmap(functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes, axis_name='batch'),
-                      axis_name='batch')
+    p_eval = jax.pmap(functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes,
+                                        axis_name='batch'), axis_name='batch')
     return p_train, p_eval
 
 
