@@ -66,34 +66,46 @@ def bench_conversion(names: list[str]) -> list[dict]:
     return out
 
 
-PMAP_CODE = '''
+STEP_CODE = '''
 import os, sys, time, statistics
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%d"
-sys.path.insert(0, %r)
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%(devices)d"
+sys.path.insert(0, %(root)r)
 import jax, numpy as np
 import vitjax
 from vitjax import optim, train_step
 from vitjax.config import default_config
+jax.config.update("jax_default_matmul_precision", "highest")
 c = default_config(); c.warmup_steps = 1
-model, v = vitjax.create_model("vit_tiny_patch16_224", img_size=64, depth=4)
+model, v = vitjax.create_model(%(name)r, **%(kwargs)r)
 tx = optim.create_optimizer(c, v["params"], 1000)
 state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
-p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"])
-b = train_step.shard({"image": np.zeros((32, 64, 64, 3), np.float32), "label": np.zeros(32, np.int32)})
-state, m = p(state, b); jax.block_until_ready(m["loss"])
+traces = {}
+p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"], traces)
+s = model.img_size
+b = train_step.shard({"image": np.zeros((%(batch)d, s, s, 3), np.float32), "label": np.zeros(%(batch)d, np.int32)})
+t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); first = time.perf_counter() - t
 ts = []
-for _ in range(%d):
+for _ in range(%(repeats)d):
     t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
-print(32 / statistics.median(ts))
+assert traces == {"train": 1}, traces
+print(first - statistics.median(ts), statistics.median(ts))
 '''
+
+
+def train_step_times(name: str, batch: int, repeats: int, devices: int = 1, **kwargs) -> tuple[float, float]:
+    """(compile s, median step s) of train.py's pmapped step in a fresh process; compile = first call - a step."""
+    code = STEP_CODE % dict(devices=devices, root=str(ROOT), name=name, kwargs=kwargs, batch=batch,
+                            repeats=max(repeats, 3))
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=ROOT)
+    compile_s, step_s = map(float, out.stdout.split()[-2:])
+    return compile_s, step_s
 
 
 def bench_pmap(repeats: int) -> list[dict]:
     """The same global batch over 1, 2, 4 simulated CPU devices: pmap's overhead, not real scaling."""
     out, base = [], None
     for n in (1, 2, 4):
-        img_s = float(subprocess.run([sys.executable, '-c', PMAP_CODE % (n, str(ROOT), max(repeats, 3))],
-                                     capture_output=True, text=True, check=True, cwd=ROOT).stdout.split()[-1])
+        img_s = 32 / train_step_times('vit_tiny_patch16_224', 32, repeats, n, img_size=64, depth=4)[1]
         base = base or img_s
         out.append(record(name=f'pmap_{n}_devices', model='vit_tiny_patch16_224@64 depth 4', batch=32,
                           dtype='float32', device=f'cpu x{n} (simulated)', vitjax_img_s=round(img_s, 1),
@@ -101,39 +113,9 @@ def bench_pmap(repeats: int) -> list[dict]:
     return out
 
 
-SCAN_CODE = '''
-import sys, time, statistics
-sys.path.insert(0, %r)
-import jax, numpy as np
-import vitjax
-from vitjax import optim, train_step
-from vitjax.config import default_config
-jax.config.update("jax_default_matmul_precision", "highest")
-c = default_config(); c.warmup_steps = 1
-model, v = vitjax.create_model(%r, scan_blocks=%r)
-tx = optim.create_optimizer(c, v["params"], 1000)
-state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
-traces = {}
-p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"], traces)
-b = train_step.shard({"image": np.zeros((%d, 224, 224, 3), np.float32), "label": np.zeros(%d, np.int32)})
-t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); first = time.perf_counter() - t
-ts = []
-for _ in range(%d):
-    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
-assert traces == {"train": 1}, traces
-print(first - statistics.median(ts), statistics.median(ts))
-'''
-
-
 def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
     """train.py's step with the blocks unrolled vs scan_blocks: compile time against step time (fresh processes)."""
-    out = {}
-    for scan in (False, True):
-        code = SCAN_CODE % (str(ROOT), name, scan, batch, batch, max(repeats, 3))
-        compile_s, step_s = map(float, subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                                                      check=True, cwd=ROOT).stdout.split()[-2:])
-        out[scan] = compile_s, step_s
-    (c0, s0), (c1, s1) = out[False], out[True]
+    (c0, s0), (c1, s1) = (train_step_times(name, batch, repeats, scan_blocks=scan) for scan in (False, True))
     return [record(name='scan_blocks', model=name, batch=batch, dtype='float32', device=device_name(),
                    vitjax_img_s=round(batch / s1, 2), baseline='unrolled blocks', baseline_img_s=round(batch / s0, 2),
                    compile_s=round(c1, 1), baseline_compile_s=round(c0, 1),
