@@ -95,18 +95,43 @@ def test_resume_reproduces_uninterrupted_run(quick_run, tmp_path, data_dir):
 
 @pytest.mark.parametrize('args, message', [
     (['--config.warmup_steps=100', '--config.total_steps=50'], 'warmup_steps (100) must be < total_steps (50)'),
-    (['--config.nan_policy=ignore'], "nan_policy must be 'stop' or 'skip'"),
+    (['--config.nan_policy=ignore'], "nan_policy must be one of 'stop', 'skip'"),
+    (['--config.lr=nan', '--config.nan_policy=skip'], 'lr must be finite (got nan)'),
+    (['--config.b1=1.0'], 'b1 must be in [0, 1)'),
     (['--config.batch_size=-8'], 'batch_size must be > 0 (got -8)'),
     (['--config.weight_decay=-0.1'], 'weight_decay must be >= 0'),
     (['--config.accum_steps=3'], 'accum_steps (3) must divide batch_size (64)'),
     (['--config.lr=-1'], 'lr must be > 0'),
-    (['--config.decay=step'], "decay must be 'cosine', 'linear' or 'constant'"),
+    (['--config.decay=step'], "decay must be one of 'cosine', 'linear', 'constant'"),
 ])
 def test_bad_config_rejected_before_compiling(tmp_path, data_dir, args, message):
     proc = run_train(tmp_path / 'bad', *QUICK, *args, data_dir=data_dir)
     assert proc.returncode != 0
     assert message in proc.stderr
-    assert not (tmp_path / 'bad' / 'checkpoints').exists()
+    assert not (tmp_path / 'bad').exists()  # nothing written
+
+
+def test_image_size_overrides_the_presets_model_size(tmp_path, data_dir):
+    """The digits preset sets model_overrides.img_size=16; --config.image_size is the run's size above it."""
+    proc = run_train(tmp_path / 'r', *QUICK, '--config.image_size=24', '--config.total_steps=4',
+                     '--config.warmup_steps=1', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    model, _ = vitjax.load(tmp_path / 'r' / 'model')
+    assert model.img_size == 24
+    typo = run_train(tmp_path / 'b', *QUICK, '--config.lrr=1', data_dir=data_dir)
+    assert typo.returncode == 2 and "no field 'lrr'; Did you mean lr" in typo.stderr and 'Traceback' not in typo.stderr
+    preset = tmp_path / 'preset.py'
+    preset.write_text('from vitjax.configs.default import get_config as base\n\ndef get_config():\n    c = base()\n'
+                      "    c.model_overrides.dtype = 'bfloat16'\n    return c\n")
+    both = run_train(tmp_path / 'b', '--config', str(preset), *QUICK, data_dir=data_dir)
+    assert both.returncode == 1 and 'dtype (--config.dtype)' in both.stderr and not (tmp_path / 'b' / 'model').exists()
+
+
+@pytest.mark.parametrize('split', ['test[:0]', 'bogus'])
+def test_bad_eval_split_found_before_step_1(tmp_path, data_dir, split):
+    proc = run_train(tmp_path / 'r', *QUICK, f'--config.eval_split={split}', data_dir=data_dir)
+    assert proc.returncode == 1 and split in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / 'r' / 'checkpoints').exists() and not (tmp_path / 'r' / 'metrics.jsonl').exists()
 
 
 @pytest.mark.parametrize('args, message', [

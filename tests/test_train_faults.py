@@ -1,6 +1,8 @@
 """Training faults: NaN/Inf, SIGTERM/SIGINT, kill -9 during a checkpoint write, unwritable or full disks.
 Each test injects the fault into a real `python train.py` run and shows that nothing is lost."""
+import json
 import os
+import shutil
 import signal
 import time
 
@@ -131,3 +133,147 @@ def test_disk_full_detected_before_training(monkeypatch, tmp_path):
     with pytest.raises(OSError, match='has 1 MiB free; checkpoints and the final model need about 20 MiB'):
         script.check_free_space(str(tmp_path), 20 << 20)
     script.check_free_space(str(tmp_path), 1 << 19)
+
+
+def _strict(text):
+    def refuse(c):
+        raise ValueError(f'not JSON: {c}')
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_kill9_during_first_checkpoint_leaves_a_usable_workdir(tmp_path, data_dir, reference):
+    """A run killed while its first checkpoint is written leaves only orbax's temporary directory. Both a plain
+    rerun and --resume (what a preemptible job script always passes) start again at step 0, as they should."""
+    proc = train(tmp_path / 'r', *QUICK, '--config.total_steps=20', '--config.warmup_steps=5', data_dir=data_dir,
+                 fault='kill_in_save=20')
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = tmp_path / 'r' / 'checkpoints'
+    for name in os.listdir(ckpts):  # the write cut off, whether or not orbax got further before the kill
+        os.rename(ckpts / name, ckpts / f'{name}.orbax-checkpoint-tmp-1') if name.isdigit() else None
+    (ckpts / '20.orbax-checkpoint-tmp-1' / 'state').mkdir(parents=True, exist_ok=True)
+    again = train(tmp_path / 'r', *QUICK, '--resume', data_dir=data_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert 'no complete checkpoint' in again.stdout and 'starting from step 0' in again.stdout
+    assert sorted(os.listdir(ckpts)) == ['20', '40', '60']  # the leftover is gone
+    same_run(tmp_path / 'r', reference)
+    shutil.rmtree(ckpts)
+    ckpts.mkdir()
+    (ckpts / '20.orbax-checkpoint-tmp-1').mkdir()
+    plain = train(tmp_path / 'r', *QUICK, data_dir=data_dir)  # no --resume: nothing to continue, nothing refused
+    assert plain.returncode == 0, plain.stderr[-3000:]
+
+
+def test_second_run_on_a_live_workdir_is_refused_and_stale_locks_are_taken_over(tmp_path, data_dir):
+    first = train(tmp_path / 'r', *QUICK, '--config.total_steps=2000', data_dir=data_dir, wait=False)
+    metrics = tmp_path / 'r' / 'metrics.jsonl'
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+        time.sleep(0.05)
+    config = (tmp_path / 'r' / 'config.json').read_bytes()
+    for args in ([], ['--resume']):
+        second = train(tmp_path / 'r', *QUICK, *args, data_dir=data_dir)
+        assert second.returncode == 2, second.stderr[-3000:]
+        assert f'is in use by another run (pid {first.pid} on' in second.stderr
+    assert (tmp_path / 'r' / 'config.json').read_bytes() == config
+    first.send_signal(signal.SIGINT)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-3000:]
+    assert not (tmp_path / 'r' / 'train.lock').exists()
+    # What kill -9 leaves: a lock file nobody holds. The next run takes it over.
+    (tmp_path / 's').mkdir()
+    (tmp_path / 's' / 'train.lock').write_text('pid 999999 on elsewhere since 2026-01-01 00:00:00\n')
+    proc = train(tmp_path / 's', *QUICK, '--config.total_steps=20', '--config.warmup_steps=5', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope='module')
+def stopped_at_40(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp('stop') / 'run'
+    proc = train(workdir, *QUICK, '--stop_after=40', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip'])
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, data_dir, reference,
+                                                                       stopped_at_40, damage):
+    """Truncated files make orbax fail; flipped bytes inside the array data are restored by orbax without
+    complaint and only the checksum saved with the checkpoint sees them. Either way: step 20, said so."""
+    shutil.copytree(stopped_at_40, tmp_path / 'r')
+    data = sorted((tmp_path / 'r' / 'checkpoints' / '40' / 'state').rglob('*'),
+                  key=lambda p: p.stat().st_size if p.is_file() else -1)[-1]
+    raw = bytearray(data.read_bytes())
+    if damage == 'truncate':
+        data.write_bytes(raw[:len(raw) // 2])
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+        data.write_bytes(raw)
+    resumed = train(tmp_path / 'r', *QUICK, '--resume', data_dir=data_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'checkpoint 40 is damaged' in resumed.stdout and 'resuming from step 20' in resumed.stdout
+    if damage == 'flip':
+        assert 'do not match the checksum' in resumed.stdout
+    assert (tmp_path / 'r' / 'checkpoints' / '40.corrupt').is_dir()  # kept for inspection, not deleted
+    same_run(tmp_path / 'r', reference)
+
+
+def test_no_intact_checkpoint_is_an_error_that_renames_nothing(tmp_path, data_dir, stopped_at_40):
+    shutil.copytree(stopped_at_40, tmp_path / 'r')
+    for step in ('20', '40'):
+        for f in (tmp_path / 'r' / 'checkpoints' / step / 'state').rglob('*'):
+            if f.is_file() and f.stat().st_size > 1000:
+                f.write_bytes(f.read_bytes()[:100])
+    resumed = train(tmp_path / 'r', *QUICK, '--resume', data_dir=data_dir)
+    assert resumed.returncode == 1 and 'no intact checkpoint' in resumed.stderr
+    assert 'step 40:' in resumed.stderr and 'step 20:' in resumed.stderr
+    assert 'Traceback' not in resumed.stderr
+    assert sorted(os.listdir(tmp_path / 'r' / 'checkpoints')) == ['20', '40']
+
+
+@pytest.mark.parametrize('args, refused', [
+    (['--config.batch_size=32'], 'batch_size: 64 -> 32'),
+    (['--config.model=vit_small_patch16_224'], "model: 'vit_tiny_patch16_224' -> 'vit_small_patch16_224'"),
+    (['--config.model_overrides.depth=2'], 'model_overrides.depth: 1 -> 2'),
+])
+def test_resume_with_a_changed_config_is_refused_before_anything_is_written(tmp_path, data_dir, stopped_at_40,
+                                                                            args, refused):
+    shutil.copytree(stopped_at_40, tmp_path / 'r')
+    before = {p: p.read_bytes() for p in (tmp_path / 'r').rglob('*') if p.is_file()}
+    proc = train(tmp_path / 'r', *QUICK, *args, '--resume', data_dir=data_dir)
+    assert proc.returncode == 2 and refused in proc.stderr, proc.stderr[-3000:]
+    assert '--config.allow_changes=' in proc.stderr
+    after = {p: p.read_bytes() for p in (tmp_path / 'r').rglob('*') if p.is_file()}
+    assert after == before
+
+
+def test_resume_with_named_changes_goes_on_and_records_them(tmp_path, data_dir, stopped_at_40):
+    shutil.copytree(stopped_at_40, tmp_path / 'r')
+    proc = train(tmp_path / 'r', *QUICK, '--config.lr=5e-4', '--config.log_every=5', '--resume',
+                 '--config.allow_changes=lr', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resumed from step 40' in proc.stdout and "lr: 0.002 -> 0.0005" in proc.stdout
+    change = _strict((tmp_path / 'r' / 'config_changes.jsonl').read_text().splitlines()[-1])
+    assert change['changes'] == {'lr': {'from': 2e-3, 'to': 5e-4}, 'log_every': {'from': 10, 'to': 5},
+                                 'allow_changes': {'from': '', 'to': 'lr'}}
+    assert _strict((tmp_path / 'r' / 'config.json').read_text())['lr'] == 5e-4
+
+
+def test_every_step_skipped_saves_no_model(tmp_path, data_dir):
+    """nan_policy='skip' with no update ever applied: an error, not an initial model presented as trained."""
+    proc = train(tmp_path / 'r', *QUICK, '--config.total_steps=6', '--config.warmup_steps=1',
+                 '--config.nan_policy=skip', data_dir=data_dir, fault='nan_at=1,2,3,4,5,6')
+    assert proc.returncode == 1 and 'all 6 steps were non-finite and skipped' in proc.stderr
+    assert not (tmp_path / 'r' / 'model').exists() and not (tmp_path / 'r' / 'summary.json').exists()
+    for line in (tmp_path / 'r' / 'metrics.jsonl').read_text().splitlines():
+        _strict(line)
+
+
+def test_metrics_and_summary_are_strict_json(tmp_path):
+    from vitjax.metrics import MetricWriter, strict_json
+    writer = MetricWriter(str(tmp_path))
+    writer.write(1, 'eval', loss=float('nan'), accuracy=0.5, top5=float('inf'))
+    writer.close()
+    assert _strict((tmp_path / 'metrics.jsonl').read_text()) == {'step': 1, 'split': 'eval', 'loss': None,
+                                                                 'accuracy': 0.5, 'top5': None}
+    assert _strict(strict_json({'a': [1.0, float('-inf')], 'b': {'c': float('nan')}})) == {'a': [1.0, None],
+                                                                                             'b': {'c': None}}

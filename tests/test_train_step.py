@@ -126,3 +126,22 @@ def test_trace_counter_sees_recompilation():
     assert traces == {'train': 1}
     state, _ = p_train(state, shard({'image': x[:2], 'label': np.zeros(2, np.int32)}))  # a new batch shape
     assert traces == {'train': 2}
+
+
+@pytest.mark.parametrize('lr', [float('nan'), float('inf')])
+def test_nonfinite_update_from_finite_gradients_is_skipped(lr):
+    """Finite loss and gradients, but the optimizer turns them into a NaN/Inf update (a NaN or infinite lr
+    here; a 0/0 inside Adam in general): the params and moments stay as they were and the step is counted."""
+    import optax
+    from vitjax.train_step import train_step
+    model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
+    x = np.random.default_rng(0).standard_normal((4, 16, 16, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    tx = optax.adamw(lr)
+    state = create_train_state(model, variables, tx, jax.random.PRNGKey(1))
+    new, m = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lambda step: lr, num_classes=3))(
+        state, {'image': x, 'label': np.array([0, 1, 2, 0])})
+    assert np.isfinite(float(m['loss'])) and np.isfinite(float(m['grad_norm'])) and float(m['finite']) == 0
+    for a, b in zip(jax.tree.leaves((new.params, new.opt_state)), jax.tree.leaves((state.params, state.opt_state))):
+        np.testing.assert_array_equal(a, b)
+    assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite) == 1

@@ -1,39 +1,84 @@
 """Training checkpoints with orbax: the train state plus a JSON record of where the run stands.
 
 Orbax writes each step into a temporary directory and renames it when complete, so a run killed during a
-write leaves the previous checkpoint as the latest one.
+write leaves the previous checkpoint as the latest one (the temporary directory is removed at the next save).
+The record carries a SHA-256 of the state's arrays, taken from the very arrays handed to orbax: a resume
+recomputes it over what it restored, so damaged files are found even where orbax reads them without error.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+
+def state_digest(state: Any) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes (host arrays)."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f'{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|'.encode())
+        h.update(a.data)
+    return h.hexdigest()
 
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3):
-        self.manager = ocp.CheckpointManager(
-            os.path.abspath(directory), options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        self.directory = os.path.abspath(directory)
+        self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
     def latest_step(self) -> Optional[int]:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """`state` must be host-local (unreplicated); `meta` is small JSON (data position, rng, config name)."""
+        meta = dict(meta, state_sha256=state_digest(state))
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
     def restore(self, template: Any, step: Optional[int] = None) -> tuple[Any, dict[str, Any]]:
-        """Restore into the structure of `template` (a freshly created state): latest step by default."""
+        """Restore into the structure of `template` (a freshly created state): latest step by default. Raises
+        ValueError if the restored arrays do not match the checksum saved with them."""
         step = self.latest_step() if step is None else step
         if step is None:
-            raise FileNotFoundError(f'no checkpoint in {self.manager.directory}')
+            raise FileNotFoundError(f'no checkpoint in {self.directory}')
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
-        return out.state, dict(out.meta)
+        meta = dict(out.meta)
+        expected = meta.get('state_sha256')
+        if expected is not None and state_digest(jax.device_get(out.state)) != expected:
+            raise ValueError('the restored arrays do not match the checksum written with them')
+        return out.state, meta
+
+    def restore_intact(self, template: Any, report: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+        """The newest checkpoint that restores and verifies. Damaged newer ones are renamed `<step>.corrupt`
+        (kept for inspection, out of orbax's sight, so the run can write that step again) and reported; if
+        none is intact, nothing is renamed and the error lists each step with what is wrong with it."""
+        problems = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(template, step)
+            except Exception as e:  # orbax/tensorstore raise many types for truncated or garbled files
+                first_line = (str(e).strip().splitlines() or [''])[0][:300]
+                problems.append((step, f'{type(e).__name__}: {first_line}'))
+                continue
+            for bad, why in problems:
+                os.replace(os.path.join(self.directory, str(bad)), os.path.join(self.directory, f'{bad}.corrupt'))
+                report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{bad}.corrupt')
+            if problems:
+                self.manager.reload()
+                report(f'resuming from step {step}, the newest intact checkpoint')
+            return state, meta
+        if not problems:
+            raise FileNotFoundError(f'no checkpoint in {self.directory}')
+        raise ValueError(f'no intact checkpoint in {self.directory}:\n' +
+                         '\n'.join(f'  step {s}: {why}' for s, why in problems))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -5,6 +5,11 @@ overrides any field with `--config.field=value` (the vit_jax / big_vision / Flax
 """
 from __future__ import annotations
 
+import math
+import re
+import numbers
+from typing import Any
+
 import ml_collections
 
 
@@ -68,4 +73,73 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.nan_policy = 'stop'  # 'stop' | 'skip'
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # --resume refuses a config whose meaning differs from the run's (see RESUME_SAFE); name the fields whose
+    # change is intended here, comma-separated ('batch_size,lr'), or 'all'.
+    c.allow_changes = ''
     return c
+
+
+# Each numeric field: (lowest, highest, whether the bounds are inclusive). Every number must also be finite:
+# a NaN compares False with everything, so a plain `< 0` check lets it through to the params.
+_POS, _NONNEG = (0, math.inf, False), (0, math.inf, True)
+RANGES: dict[str, tuple[float, float, bool]] = {
+    'lr': _POS, 'head_lr': _POS, 'eps': _POS, 'batch_size': _POS, 'accum_steps': _POS, 'log_every': _POS,
+    'eval_every': _POS, 'checkpoint_every': _POS, 'keep_checkpoints': _POS, 'shuffle_buffer': _POS,
+    'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
+    'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
+    'eval_crop_pct': (0, 1, True),
+}
+# Fields whose change does not change what a resumed run computes: everything else is refused by --resume
+# unless allow_changes names it.
+RESUME_SAFE = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'nan_policy', 'data_dir',
+               'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name')
+CHOICES = {'decay': ('cosine', 'linear', 'constant'), 'crop': ('random_resized_crop', 'resize'),
+           'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip')}
+
+
+def _number_problem(key: str, v: Any) -> str | None:
+    if v is None and key == 'head_lr':
+        return None
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return f'{key} must be a number (got {v!r})'
+    if not math.isfinite(v):
+        return f'{key} must be finite (got {v})'
+    lo, hi, inclusive = RANGES[key]
+    ok = (lo <= v <= hi) if inclusive else (lo < v <= hi)
+    return None if ok else f'{key} must be {">=" if inclusive else ">"} {lo}' + (
+        f' and <= {hi}' if hi < math.inf else '') + f' (got {v})'
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Every problem with the settings at once, before anything is read, compiled or written."""
+    errors = [e for key in RANGES if (e := _number_problem(key, c[key]))]
+    # b1/b2 = 1 freeze Adam's moments at their zero init (every update 0/0); the rest learn nothing at 1
+    for key in ('b1', 'b2', 'label_smoothing', 'drop_rate', 'drop_path_rate'):
+        v = c[key]
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not 0 <= v < 1:
+            errors.append(f'{key} must be in [0, 1) (got {v!r})')
+    for key, allowed in CHOICES.items():
+        if c[key] not in allowed:
+            errors.append(f'{key} must be one of {", ".join(map(repr, allowed))} (got {c[key]!r})')
+    if errors:  # the checks below assume numbers in range
+        raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
+    if c.total_steps == 0 and c.num_epochs == 0:
+        errors.append('set total_steps or num_epochs')
+    if c.total_steps and c.warmup_steps >= c.total_steps:
+        errors.append(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({c.total_steps})')
+    if c.batch_size % c.accum_steps:
+        errors.append(f'accum_steps ({c.accum_steps}) must divide batch_size ({c.batch_size})')
+    for key in ('lr', 'head_lr'):  # the schedule decays from the peak to end_lr: above it, the 'decay' rises
+        if c[key] is not None and c.end_lr > c[key]:
+            errors.append(f'end_lr ({c.end_lr}) must be <= {key} ({c[key]})')
+    scale = tuple(c.crop_scale)
+    if len(scale) != 2 or not all(isinstance(s, numbers.Real) and math.isfinite(s) for s in scale) or \
+            not 0 < scale[0] <= scale[1] <= 1:
+        errors.append(f'crop_scale must be (min, max) with 0 < min <= max <= 1 (got {scale})')
+    for pattern in (c.trainable, *c.no_decay):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            errors.append(f'not a valid regex ({e}): {pattern!r}')
+    if errors:
+        raise ValueError('invalid config:\n  ' + '\n  '.join(errors))

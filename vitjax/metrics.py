@@ -2,8 +2,20 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Optional
+
+
+def strict_json(obj: Any, **kwargs: Any) -> str:
+    """JSON that every parser reads: NaN/Inf (which `json.dumps` writes as bare NaN/Infinity) become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        return [clean(x) for x in v] if isinstance(v, (list, tuple)) else v
+    return json.dumps(clean(obj), allow_nan=False, **kwargs)
 
 
 class MetricWriter:
@@ -25,7 +37,7 @@ class MetricWriter:
 
     def write(self, step: int, split: str, **scalars: Any) -> None:
         record = {'step': int(step), 'split': split, **{k: float(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(record) + '\n')
+        self._file.write(strict_json(record) + '\n')
         self._file.flush()
         for k, v in scalars.items():
             self._tb.add_scalar(f'{split}/{k}', float(v), int(step))
@@ -54,7 +66,7 @@ def plot_curves(metrics_path: str, out_png: str) -> str:
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    series = lambda split, key: [(r['step'], r[key]) for r in records if r['split'] == split and key in r]
+    series = lambda split, key: [(r['step'], r[key]) for r in records if r['split'] == split and r.get(key) is not None]
     panels = [('train loss', series('train', 'loss')), ('eval loss', series('eval', 'loss')),
               ('eval accuracy', series('eval', 'accuracy')), ('learning rate', series('train', 'lr'))]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4))

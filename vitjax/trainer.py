@@ -23,43 +23,29 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: k
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vitjax import workdir as workdirs
+from vitjax.config import validate
+
 flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
 flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir')
 flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
                      'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
-config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
-                                'training config file', lock_config=True)
+try:  # ml_collections applies the --config.field overrides from sys.argv here, at definition
+    config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+                                    'training config file', lock_config=True)
+except (AttributeError, KeyError) as e:  # a field the config does not have: one line, not three tracebacks
+    import re
+    # ml_collections nests the KeyError's repr, with its close-match hint, in the message
+    words = re.findall(r'[\w.]+|\?', str(e).replace('\\n', ' '))
+    hint = ' '.join(words[1:]).replace(' ?', '?')
+    print(f'error: the config has no field {words[0] if words else e!r}{"; " + hint if hint else ""} (the command '
+          'line changes the fields a config has; new model_overrides keys belong in a config file)', file=sys.stderr)
+    sys.exit(2)
 FLAGS = flags.FLAGS
-
-
-def validate(c) -> None:
-    """Reject inconsistent settings before anything compiles."""
-    errors = []
-    for key in ('lr', 'batch_size', 'accum_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints'):
-        if c[key] <= 0:
-            errors.append(f'{key} must be > 0 (got {c[key]})')
-    for key in ('weight_decay', 'clip_norm', 'label_smoothing', 'warmup_steps', 'end_lr', 'total_steps',
-                'num_epochs', 'drop_rate', 'drop_path_rate'):
-        if c[key] < 0:
-            errors.append(f'{key} must be >= 0 (got {c[key]})')
-    if c.total_steps == 0 and c.num_epochs <= 0:
-        errors.append('set total_steps or num_epochs')
-    if c.total_steps and c.warmup_steps >= c.total_steps:
-        errors.append(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({c.total_steps})')
-    if c.batch_size % c.accum_steps:
-        errors.append(f'accum_steps ({c.accum_steps}) must divide batch_size ({c.batch_size})')
-    if c.decay not in ('cosine', 'linear', 'constant'):
-        errors.append(f"decay must be 'cosine', 'linear' or 'constant' (got {c.decay!r})")
-    if c.crop not in ('random_resized_crop', 'resize'):
-        errors.append(f"crop must be 'random_resized_crop' or 'resize' (got {c.crop!r})")
-    if c.dtype not in ('float32', 'bfloat16'):
-        errors.append(f"dtype must be 'float32' or 'bfloat16' (got {c.dtype!r})")
-    if not 0 <= c.label_smoothing < 1:
-        errors.append('label_smoothing must be in [0, 1)')
-    if c.nan_policy not in ('stop', 'skip'):
-        errors.append(f"nan_policy must be 'stop' or 'skip' (got {c.nan_policy!r})")
-    if errors:
-        raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
+# model_overrides keys that have a config field of their own: one setting, one place
+OWN_FIELD = {'img_size': 'image_size', 'num_classes': None, 'dtype': 'dtype', 'drop_rate': 'drop_rate',
+             'drop_path_rate': 'drop_path_rate', 'grad_checkpointing': 'grad_checkpointing',
+             'scan_blocks': 'scan_blocks'}
 
 
 def build_model(c, num_classes: int):
@@ -75,15 +61,25 @@ def build_model(c, num_classes: int):
     if c.scan_blocks:
         regularisation['scan_blocks'] = True
     rng = jax.random.PRNGKey(c.seed)
-    if c.init:  # the architecture is the one stored in the directory; model / model_overrides do not apply
+    overrides = dict(c.model_overrides)
+    owned = {k: OWN_FIELD[k] for k in overrides if k in OWN_FIELD and k != 'img_size'}
+    if owned:
+        raise ValueError('set these with their own config field, not model_overrides: ' + ', '.join(
+            f'{k} (--config.{f})' if f else f'{k} (the dataset decides it)' for k, f in owned.items()))
+    if c.init:  # the architecture is the one stored in the directory
+        if set(overrides) - {'img_size'}:
+            print(f'--config.init: the architecture is the one in {c.init}; model_overrides '
+                  f'{sorted(set(overrides) - {"img_size"})} are not used')
         stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
         if stored != num_classes:
             print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
                   'training a new zero-initialised head (the backbone is loaded as is)')
         return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
                            **regularisation)
-    overrides = dict(c.model_overrides, **regularisation)
-    img_size = c.image_size or overrides.pop('img_size', None)
+    # --config.image_size is the run's input size, above a preset's model_overrides.img_size
+    img_size = overrides.pop('img_size', None)
+    img_size = c.image_size or img_size
+    overrides.update(regularisation)
     return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
 
 
@@ -146,13 +142,16 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     import vitjax
     from vitjax import data, optim, train_step
     from vitjax.checkpoint import Checkpointer
-    from vitjax.metrics import MetricWriter, plot_curves
+    from vitjax.metrics import MetricWriter, plot_curves, strict_json
 
     devices = jax.local_device_count()
     if c.batch_size % (devices * jax.process_count() * c.accum_steps):
         raise ValueError(f'batch_size {c.batch_size} does not split into {devices * jax.process_count()} devices '
                          f'x {c.accum_steps} micro-batches')
     info = data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
+    for split in {c.eval_split, c.test_split} - {c.train_split}:  # a bad eval split found now, not after training
+        if data.get_dataset_info(c.dataset, split, c.data_dir).num_examples == 0:
+            raise ValueError(f'{c.dataset} split {split!r} is empty')
     model, variables = build_model(c, info.num_classes)
     cfg = model.pretrained_cfg
     image_size = cfg.input_size[1]
@@ -169,9 +168,7 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
     start = 0
     if resume:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f'--resume: no checkpoint in {workdir}/checkpoints')
-        state, meta = ckpt.restore(state)
+        state, meta = ckpt.restore_intact(state)
         start = int(meta['step'])
         print(f'resumed from step {start} of {total_steps}')
     writer = MetricWriter(workdir, resume_step=start if resume else None)
@@ -248,6 +245,10 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
             return {}
     bar.close()
     wall = time.time() - t0
+    skipped = int(jax.device_get(state.nonfinite_steps[0]))
+    if skipped >= total_steps:  # nan_policy='skip' and not one update applied: the params are the initial ones
+        raise FloatingPointError(f'all {total_steps} steps were non-finite and skipped: no update was applied, so '
+                                 'no model is saved')
 
     test = evaluate(p_eval_step, state, eval_ds(c.test_split))
     ckpt.close()
@@ -263,11 +264,11 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
                'test_examples': int(test['count']), 'steps': total_steps,
                'examples_seen': (total_steps - start) * c.batch_size, 'wall_s': round(wall, 2),
                'img_per_s': round((total_steps - start) * c.batch_size / wall, 1), 'devices': jax.device_count(),
-               'compilations': dict(traces)}
+               'skipped_steps': skipped, 'compilations': dict(traces)}
     if max(traces.values()) > 1:  # every batch has the same shapes and dtypes: a retrace is a bug worth hearing about
         print(f'warning: steps compiled more than once: {traces}', file=sys.stderr)
     with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-        json.dump(summary, f, indent=2)
+        f.write(strict_json(summary, indent=2) + '\n')
     curves = plot_curves(os.path.join(workdir, 'metrics.jsonl'), os.path.join(workdir, 'curves.png'))
     print(f"test accuracy {summary['test_accuracy']:.4f}  loss {summary['test_loss']:.4f}  "
           f"({summary['test_examples']} examples, {summary['steps']} steps, {summary['wall_s']:.0f} s, "
@@ -286,26 +287,56 @@ def main(argv) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if FLAGS.resume and not FLAGS.workdir:
         print('error: --resume needs --workdir (the run to continue)', file=sys.stderr)
         return 2
-    ckpt_dir = os.path.join(workdir, 'checkpoints')
-    if not FLAGS.resume and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
-        print(f'error: {workdir} already holds checkpoints; pass --resume or another --workdir', file=sys.stderr)
-        return 2
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, 'config.json'), 'w') as f:
-            f.write(c.to_json(indent=2))
-    except OSError as e:
-        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
-        return 2
+    workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if c.distributed:
         import jax
         jax.distributed.initialize()
     try:
-        train(c, workdir, FLAGS.resume, FLAGS.stop_after)
+        os.makedirs(workdir, exist_ok=True)
+        # one lock per run: on a shared filesystem the other processes of a multi-host run would collide
+        lock = workdirs.Lock(workdir) if not c.distributed or jax.process_index() == 0 else workdirs.NoLock()
+    except workdirs.WorkdirInUse as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+        return 2
+    try:
+        return _locked_main(c, workdir)
+    finally:
+        lock.release()
+
+
+def _locked_main(c, workdir: str) -> int:
+    """Decide what the run does from what the workdir holds; write nothing until that is settled."""
+    config = json.loads(c.to_json())
+    steps, resume, changes = workdirs.complete_steps(workdir), FLAGS.resume, None
+    if steps and not resume:
+        print(f'error: {workdir} already holds checkpoints (steps {", ".join(map(str, steps))}); pass --resume '
+              'or another --workdir', file=sys.stderr)
+        return 2
+    if resume and not steps:  # a preemptible job always passes --resume: its first start begins at step 0
+        print(f'--resume: no complete checkpoint in {workdir}/checkpoints; starting from step 0')
+        resume = False
+    if resume:
+        try:
+            changes = workdirs.check_resume(workdir, config, c.allow_changes)
+        except ValueError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        if changes:
+            print('--resume with changed settings: ' + ', '.join(f'{k}: {a!r} -> {b!r}'
+                                                                  for k, (a, b) in changes.items()))
+    try:
+        workdirs.write_config(workdir, config, changes)
+    except OSError as e:
+        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+        return 2
+    try:
+        train(c, workdir, resume, FLAGS.stop_after)
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
         print(f'error: {e}', file=sys.stderr)
         return 1
