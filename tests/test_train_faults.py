@@ -277,3 +277,23 @@ def test_metrics_and_summary_are_strict_json(tmp_path):
                                                                  'accuracy': 0.5, 'top5': None}
     assert _strict(strict_json({'a': [1.0, float('-inf')], 'b': {'c': float('nan')}})) == {'a': [1.0, None],
                                                                                              'b': {'c': None}}
+
+
+def test_workdir_holding_other_files_is_refused_untouched(tmp_path, data_dir):
+    """`--workdir .` in a project: a run writes config.json, metrics.jsonl, model/ there and replaces older
+    ones, so a directory holding anything else is refused before a byte is written."""
+    own = tmp_path / 'project'
+    own.mkdir()
+    (own / 'config.json').write_text('{"my": "settings"}')
+    (own / 'metrics.jsonl').write_text('my own numbers\n')
+    for extra in ('notes.txt', None):
+        if extra:
+            (own / extra).write_text('x')
+        before = {p.name: p.read_bytes() for p in own.iterdir()}
+        proc = train(own, *QUICK, data_dir=data_dir)
+        assert proc.returncode == 2 and 'is not a vitjax run directory' in proc.stderr, proc.stderr[-2000:]
+        assert {p.name: p.read_bytes() for p in own.iterdir()} == before
+        if extra:
+            (own / extra).unlink()  # then: only names a run writes, but config.json is not a training config
+    bad = train(own, *QUICK, '--stop_after=-1', data_dir=data_dir)
+    assert bad.returncode == 2 and '--stop_after must be >= 0' in bad.stderr

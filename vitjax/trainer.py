@@ -294,6 +294,14 @@ def main(argv) -> int:
     if c.distributed:
         import jax
         jax.distributed.initialize()
+    if FLAGS.stop_after < 0:
+        print(f'error: --stop_after must be >= 0 (got {FLAGS.stop_after})', file=sys.stderr)
+        return 2
+    try:
+        workdirs.check_ours(workdir)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     try:
         os.makedirs(workdir, exist_ok=True)
         # one lock per run: on a shared filesystem the other processes of a multi-host run would collide

@@ -17,8 +17,32 @@ from vitjax.config import RESUME_SAFE
 LOCK_FILE, CONFIG_FILE, CHANGES_FILE = 'train.lock', 'config.json', 'config_changes.jsonl'
 
 
+# Everything a run writes into its workdir; a directory holding anything else is not ours to write into.
+RUN_FILES = {CONFIG_FILE, CHANGES_FILE, LOCK_FILE, 'metrics.jsonl', 'summary.json', 'curves.png', 'tensorboard',
+             'checkpoints', 'model'}
+
+
 class WorkdirInUse(RuntimeError):
     pass
+
+
+def check_ours(workdir: str) -> None:
+    """A run writes config.json, metrics.jsonl, model/, ... into its workdir and replaces older copies of them:
+    refuse a directory that holds anything else (`--workdir .` in a project with its own config.json)."""
+    names = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(f'{CONFIG_FILE}.tmp-'))
+    if not foreign and CONFIG_FILE in names:
+        try:
+            with open(os.path.join(workdir, CONFIG_FILE)) as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict) or not {'model', 'dataset', 'batch_size', 'lr'} <= set(saved):
+                foreign = [f'{CONFIG_FILE} (not a training config)']
+        except (OSError, ValueError):
+            foreign = [f'{CONFIG_FILE} (not a training config)']
+    if foreign:
+        shown = ', '.join(foreign[:5]) + (f' and {len(foreign) - 5} more' if len(foreign) > 5 else '')
+        raise ValueError(f'{workdir} is not a vitjax run directory (it holds {shown}); a run writes config.json, '
+                         'metrics.jsonl, model/ and more there: pass a new or empty --workdir')
 
 
 class Lock:
