@@ -37,7 +37,7 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     import numpy as np
 
     import vitjax
-    from vitjax import optim, train_step
+    from vitjax import optim, parallel, train_step
     from vitjax.config import default_config
     jax.config.update('jax_default_matmul_precision', 'highest')
     model, variables = vitjax.create_model(name, num_classes=1000)
@@ -52,12 +52,14 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     c = default_config()
     c.warmup_steps, c.lr = 1, 1e-4
     tx = optim.create_optimizer(c, params, 10 ** 6)
-    p_train, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 10 ** 6, params)
+    par = parallel.create('pmap')  # train.py's default
+    holder = {'state': par.create_state(
+        lambda p: train_step.create_train_state(model, {'params': p}, tx, jax.random.PRNGKey(1)), params)}
+    p_train, _ = par.compile(*train_step.step_functions(model, tx, optim.create_schedule(c, 10 ** 6), 1000),
+                             holder['state'])
     xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
     yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
-    batch = train_step.shard({'image': xb, 'label': yb})
-    holder = {'state': train_step.replicate(train_step.create_train_state(model, variables, tx,
-                                                                          jax.random.PRNGKey(1)))}
+    batch = par.put_batch({'image': xb, 'label': yb})
 
     def train():
         holder['state'], m = p_train(holder['state'], batch)

@@ -1,6 +1,7 @@
 """The rows besides the model A/B: input pipeline, conversion, pmap overhead, scan_blocks (fresh processes)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -66,39 +67,18 @@ def bench_conversion(names: list[str]) -> list[dict]:
     return out
 
 
-STEP_CODE = '''
-import os, sys, time, statistics
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=%(devices)d"
-sys.path.insert(0, %(root)r)
-import jax, numpy as np
-import vitjax
-from vitjax import optim, train_step
-from vitjax.config import default_config
-jax.config.update("jax_default_matmul_precision", "highest")
-c = default_config(); c.warmup_steps = 1
-model, v = vitjax.create_model(%(name)r, **%(kwargs)r)
-tx = optim.create_optimizer(c, v["params"], 1000)
-state = train_step.replicate(train_step.create_train_state(model, v, tx, jax.random.PRNGKey(0)))
-traces = {}
-p, _ = train_step.make_pmapped_steps(model, c, 1000, tx, 1000, v["params"], traces)
-s = model.img_size
-b = train_step.shard({"image": np.zeros((%(batch)d, s, s, 3), np.float32), "label": np.zeros(%(batch)d, np.int32)})
-t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); first = time.perf_counter() - t
-ts = []
-for _ in range(%(repeats)d):
-    t = time.perf_counter(); state, m = p(state, b); jax.block_until_ready(m["loss"]); ts.append(time.perf_counter() - t)
-assert traces == {"train": 1}, traces
-print(first - statistics.median(ts), statistics.median(ts))
-'''
+def train_step_times(name: str, batch: int, repeats: int, devices: int = 1, mode: str = 'pmap',
+                     **kwargs) -> tuple[float, float]:
+    """(compile s, median step s) of train.py's step in a fresh process (benchmarks/step_timer.py)."""
+    return tuple(step_timer(name, batch, repeats, devices, mode, **kwargs)[k] for k in ('compile_s', 'step_s'))
 
 
-def train_step_times(name: str, batch: int, repeats: int, devices: int = 1, **kwargs) -> tuple[float, float]:
-    """(compile s, median step s) of train.py's pmapped step in a fresh process; compile = first call - a step."""
-    code = STEP_CODE % dict(devices=devices, root=str(ROOT), name=name, kwargs=kwargs, batch=batch,
-                            repeats=max(repeats, 3))
-    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=ROOT)
-    compile_s, step_s = map(float, out.stdout.split()[-2:])
-    return compile_s, step_s
+def step_timer(name: str, batch: int, repeats: int, devices: int = 1, mode: str = 'pmap', **kwargs) -> dict:
+    out = subprocess.run([sys.executable, '-m', 'benchmarks.step_timer', name, str(batch), str(repeats),
+                          str(devices), mode, json.dumps(kwargs)], capture_output=True, text=True, check=True, cwd=ROOT)
+    r = json.loads(out.stdout.splitlines()[-1])
+    assert r['compilations'] == {'train': 1}, r
+    return r
 
 
 def bench_pmap(repeats: int) -> list[dict]:

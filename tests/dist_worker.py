@@ -1,12 +1,13 @@
 """One process of the multi-process test (tests/test_distributed.py): a few pmapped AdamW steps of a tiny ViT
 on a fixed global batch, this process feeding only its own rows; writes the final params to an .npz.
 
-    python tests/dist_worker.py PROCESS_ID NUM_PROCESSES LOCAL_DEVICES PORT OUT.npz
+    python tests/dist_worker.py PROCESS_ID NUM_PROCESSES LOCAL_DEVICES PORT OUT.npz [pmap|fsdp]
 """
 import os
 import sys
 
 pid, nproc, local_devices, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+mode = sys.argv[6] if len(sys.argv) > 6 else 'pmap'
 os.environ['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={local_devices}'
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,10 +17,9 @@ if nproc > 1:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
     jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=nproc, process_id=pid, initialization_timeout=120)
 import numpy as np  # noqa: E402
-from flax import jax_utils  # noqa: E402
 
 import vitjax  # noqa: E402
-from vitjax import optim, train_step  # noqa: E402
+from vitjax import optim, parallel, train_step  # noqa: E402
 from vitjax.config import default_config  # noqa: E402
 from vitjax.io import flatten  # noqa: E402
 
@@ -30,17 +30,19 @@ c.warmup_steps, c.lr = 1, 3e-3
 model, variables = vitjax.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, embed_dim=32, depth=2,
                                        num_heads=2, num_classes=10, rng=jax.random.PRNGKey(0))
 tx = optim.create_optimizer(c, variables['params'], STEPS)
-state = train_step.replicate(train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
-p_train, _ = train_step.make_pmapped_steps(model, c, 10, tx, STEPS, variables['params'])
+par = parallel.create(mode, fsdp_min_bytes=0)
+state = par.create_state(lambda p: train_step.create_train_state(model, {'params': p}, tx, jax.random.PRNGKey(1)),
+                         variables['params'])
+p_train, _ = par.compile(*train_step.step_functions(model, tx, optim.create_schedule(c, STEPS), 10), state)
 rng = np.random.default_rng(0)
 rows = slice(pid * GLOBAL_BATCH // nproc, (pid + 1) * GLOBAL_BATCH // nproc)  # this process's shard
 losses = []
 for _ in range(STEPS):
     images = rng.standard_normal((GLOBAL_BATCH, 16, 16, 3)).astype(np.float32)
     labels = rng.integers(0, 10, GLOBAL_BATCH).astype(np.int32)
-    state, metrics = p_train(state, train_step.shard({'image': images[rows], 'label': labels[rows]}))
-    losses.append(float(metrics['loss'][0]))
-params = flatten(jax.device_get(jax_utils.unreplicate(state).params))
+    state, metrics = p_train(state, par.put_batch({'image': images[rows], 'label': labels[rows]}))
+    losses.append(float(par.get(metrics)['loss']))
+params = flatten(par.host_state(state.params))
 np.savez(out, losses=np.asarray(losses), **{k.replace('/', '.'): v for k, v in params.items()})
 if nproc > 1:
     jax.distributed.shutdown()

@@ -18,10 +18,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, nproc, local_devices):
+def _run(tmp_path, nproc, local_devices, mode='pmap'):
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, 'dist_worker.py'), str(i), str(nproc),
-                               str(local_devices), port, str(tmp_path / f'{nproc}-{i}.npz')],
+                               str(local_devices), port, str(tmp_path / f'{nproc}-{i}.npz'), mode],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(nproc)]
     try:
@@ -37,9 +37,11 @@ def _run(tmp_path, nproc, local_devices):
 
 
 @pytest.mark.slow
-def test_two_processes_match_each_other_and_one_process(tmp_path):
-    a, b = _run(tmp_path, nproc=2, local_devices=2)
-    (single,) = _run(tmp_path, nproc=1, local_devices=4)
+@pytest.mark.parametrize('mode', ['pmap', 'fsdp'])
+def test_two_processes_match_each_other_and_one_process(tmp_path, mode):
+    """fsdp: each process holds a quarter of every sharded array; the final params are gathered from all."""
+    a, b = _run(tmp_path, nproc=2, local_devices=2, mode=mode)
+    (single,) = _run(tmp_path, nproc=1, local_devices=4, mode='pmap')
     assert a.keys() == b.keys() == single.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # replicas never drift apart

@@ -10,18 +10,18 @@ import pytest
 
 from vitjax.config import default_config
 from vitjax.models import VisionTransformer
-from vitjax.train_step import create_train_state, eval_step, shard
+from vitjax.train_step import create_train_state, eval_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PMAP_SCRIPT = textwrap.dedent('''
     import jax, numpy as np, optax
-    from flax import jax_utils
+    from vitjax import parallel
     from vitjax.config import default_config
     from vitjax.io import flatten
     from vitjax.models import VisionTransformer
     from vitjax.optim import create_optimizer, create_schedule
-    from vitjax.train_step import create_train_state, make_pmapped_steps, replicate, shard, train_step
+    from vitjax.train_step import create_train_state, step_functions, train_step
     jax.config.update('jax_default_matmul_precision', 'highest')
     assert jax.local_device_count() == 4, jax.devices()
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
@@ -36,13 +36,14 @@ PMAP_SCRIPT = textwrap.dedent('''
         state = create_train_state(model, variables, tx, jax.random.PRNGKey(2))
         single, m1 = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=create_schedule(c, 10),
                                                      num_classes=5))(state, batch)
-        p_train, _ = make_pmapped_steps(model, c, 5, tx, 10, variables['params'])
-        multi, m4 = p_train(replicate(state), shard(batch))
-        multi = jax_utils.unreplicate(multi)
-        a, b = flatten(single.params), flatten(multi.params)
+        par = parallel.create('pmap')
+        p_train, _ = par.compile(*step_functions(model, tx, create_schedule(c, 10), 5), None)
+        multi, m4 = p_train(par.replicate(state), par.put_batch(batch))
+        a, b = flatten(single.params), flatten(par.host_state(multi).params)
         print(name, 'max_param_diff', max(float(np.abs(a[k] - b[k]).max()) for k in a))
+        m4 = par.get(m4)
         for k in ('loss', 'accuracy', 'grad_norm', 'lr'):
-            print(name, k, float(m1[k]), float(m4[k][0]))
+            print(name, k, float(m1[k]), float(m4[k]))
 ''')
 
 
@@ -82,14 +83,16 @@ def test_eval_counts_only_real_examples():
     assert float(full['correct_top5']) == 6  # 3 classes: the top 5 hold every label
 
 
-def test_shard_shapes():
+def test_pmap_batch_layout():
+    from vitjax import parallel
+    par = parallel.create('pmap')
     n = jax.local_device_count()
-    out = shard({'image': np.zeros((4 * n, 8, 8, 3)), 'label': np.zeros(4 * n)})
+    out = par.put_batch({'image': np.zeros((4 * n, 8, 8, 3)), 'label': np.zeros(4 * n)})
     assert out['image'].shape == (n, 4, 8, 8, 3) and out['label'].shape == (n, 4)
     if n == 1:
         return
     with pytest.raises(ValueError, match='does not split'):
-        shard({'label': np.zeros(n + 1)})
+        par.put_batch({'label': np.zeros(n + 1)})
 
 
 def test_bfloat16_compute_keeps_float32_params_and_state():
@@ -111,21 +114,26 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
 
 
 def test_trace_counter_sees_recompilation():
-    from vitjax.optim import create_optimizer
-    from vitjax.train_step import make_pmapped_steps, replicate
+    from vitjax import parallel
+    from vitjax.optim import create_optimizer, create_schedule
+    from vitjax.train_step import step_functions
     c = default_config()
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
     x = np.zeros((4, 16, 16, 3), np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
     tx = create_optimizer(c, variables['params'], 10)
     traces = {}
-    p_train, _ = make_pmapped_steps(model, c, 3, tx, 10, variables['params'], traces)
-    state = replicate(create_train_state(model, variables, tx, jax.random.PRNGKey(1)))
-    for _ in range(3):
-        state, _ = p_train(state, shard({'image': x, 'label': np.zeros(4, np.int32)}))
-    assert traces == {'train': 1}
-    state, _ = p_train(state, shard({'image': x[:2], 'label': np.zeros(2, np.int32)}))  # a new batch shape
-    assert traces == {'train': 2}
+    for mode in ('pmap', 'fsdp'):
+        traces.clear()
+        par = parallel.create(mode)
+        state = par.create_state(lambda p: create_train_state(model, {'params': p}, tx, jax.random.PRNGKey(1)),
+                                 variables['params'])
+        p_train, _ = par.compile(*step_functions(model, tx, create_schedule(c, 10), 3, traces=traces), state)
+        for _ in range(3):
+            state, _ = p_train(state, par.put_batch({'image': x, 'label': np.zeros(4, np.int32)}))
+        assert traces == {'train': 1}, mode
+        state, _ = p_train(state, par.put_batch({'image': x[:2], 'label': np.zeros(2, np.int32)}))  # new shape
+        assert traces == {'train': 2}, mode
 
 
 @pytest.mark.parametrize('lr', [float('nan'), float('inf')])

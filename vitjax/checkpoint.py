@@ -16,8 +16,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
-def state_digest(state: Any) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes (host arrays)."""
+def state_digest(state: Any) -> Optional[str]:
+    """SHA-256 over every leaf's path, dtype, shape and bytes; None where this process does not hold every
+    element (a state sharded over several hosts: each host's orbax shards are not checked)."""
+    if any(isinstance(x, jax.Array) and not x.is_fully_addressable for x in jax.tree.leaves(state)):
+        return None
     h = hashlib.sha256()
     for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
         a = np.ascontiguousarray(np.asarray(leaf))
@@ -36,34 +39,34 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-        """`state` must be host-local (unreplicated); `meta` is small JSON (data position, rng, config name)."""
+        """`state`: whole arrays (numpy, or jax arrays however sharded); `meta`: small JSON (step, config name)."""
         meta = dict(meta, state_sha256=state_digest(state))
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
 
-    def restore(self, template: Any, step: Optional[int] = None) -> tuple[Any, dict[str, Any]]:
-        """Restore into the structure of `template` (a freshly created state): latest step by default. Raises
-        ValueError if the restored arrays do not match the checksum saved with them."""
+    def restore(self, target: Any, step: Optional[int] = None) -> tuple[Any, dict[str, Any]]:
+        """Restore into `target` (a tree of jax.ShapeDtypeStruct, with shardings where they matter): latest step
+        by default. Raises ValueError if the restored arrays do not match the checksum saved with them."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f'no checkpoint in {self.directory}')
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                  meta=ocp.args.JsonRestore()))
         meta = dict(out.meta)
         expected = meta.get('state_sha256')
-        if expected is not None and state_digest(jax.device_get(out.state)) != expected:
+        if expected is not None and state_digest(out.state) not in (None, expected):
             raise ValueError('the restored arrays do not match the checksum written with them')
         return out.state, meta
 
-    def restore_intact(self, template: Any, report: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
+    def restore_intact(self, target: Any, report: Callable[[str], None] = print) -> tuple[Any, dict[str, Any]]:
         """The newest checkpoint that restores and verifies. Damaged newer ones are renamed `<step>.corrupt`
         (kept for inspection, out of orbax's sight, so the run can write that step again) and reported; if
         none is intact, nothing is renamed and the error lists each step with what is wrong with it."""
         problems = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                state, meta = self.restore(template, step)
+                state, meta = self.restore(target, step)
             except Exception as e:  # orbax/tensorstore raise many types for truncated or garbled files
                 first_line = (str(e).strip().splitlines() or [''])[0][:300]
                 problems.append((step, f'{type(e).__name__}: {first_line}'))

@@ -73,6 +73,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.nan_policy = 'stop'  # 'stop' | 'skip'
     c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # 'pmap': replicated state; 'fsdp': params and Adam moments sharded over all devices (jit + NamedSharding),
+    # arrays under fsdp_min_size_mb replicated (vitjax/parallel.py)
+    c.parallelism = 'pmap'
+    c.fsdp_min_size_mb = 4.0
     # --resume refuses a config whose meaning differs from the run's (see RESUME_SAFE); name the fields whose
     # change is intended here, comma-separated ('batch_size,lr'), or 'all'.
     c.allow_changes = ''
@@ -87,14 +91,15 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     'eval_every': _POS, 'checkpoint_every': _POS, 'keep_checkpoints': _POS, 'shuffle_buffer': _POS,
     'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
     'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
-    'eval_crop_pct': (0, 1, True),
+    'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG,
 }
 # Fields whose change does not change what a resumed run computes: everything else is refused by --resume
 # unless allow_changes names it.
 RESUME_SAFE = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'nan_policy', 'data_dir',
-               'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name')
+               'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name',
+               'parallelism', 'fsdp_min_size_mb')
 CHOICES = {'decay': ('cosine', 'linear', 'constant'), 'crop': ('random_resized_crop', 'resize'),
-           'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip')}
+           'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip'), 'parallelism': ('pmap', 'fsdp')}
 
 
 def _number_problem(key: str, v: Any) -> str | None:

@@ -1,20 +1,18 @@
-"""Evaluation with the training job's exactly-once eval: padded last batch, masked sums, psum over devices."""
+"""Evaluation with the training job's exactly-once eval: padded last batch, masked sums over every device."""
 from __future__ import annotations
 
-import functools
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import jax
 import numpy as np
 
 
-def run_eval(p_eval_step, replicated_params: Any, dataset: Iterable[dict]) -> dict[str, float]:
-    """Loss, top-1, top-5 over every example of `dataset` exactly once (pmapped eval_step sums)."""
-    from vitjax.train_step import shard
+def run_eval(sums_fn: Callable[[dict], dict], dataset: Iterable[dict]) -> dict[str, float]:
+    """Loss, top-1, top-5 over every example of `dataset` exactly once; `sums_fn(host_batch)` returns the
+    batch's masked sums as numpy (`vitjax.parallel` runs the eval step wherever the params live)."""
     totals = None
     for batch in dataset:
-        sums = p_eval_step(replicated_params, shard(batch))
-        sums = jax.tree.map(lambda x: np.asarray(x[0], np.float64), sums)  # psum'ed: identical on every device
+        sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums_fn(batch))
         totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     if totals is None or totals['count'] == 0:
         raise ValueError('the evaluation split is empty')
@@ -26,7 +24,7 @@ def run_eval(p_eval_step, replicated_params: Any, dataset: Iterable[dict]) -> di
 def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size: int = 64,
              data_dir: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """`vitjax evaluate`: a model on a tfds dataset or an image folder, preprocessed as its config says."""
-    from vitjax import data, train_step
+    from vitjax import data, parallel, train_step
     info = data.get_dataset_info(dataset, split, data_dir)
     if info.num_classes != model.num_classes:
         raise ValueError(f'{dataset} has {info.num_classes} classes, the model {model.num_classes}')
@@ -39,8 +37,10 @@ def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size:
     ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=cfg.input_size[1],
                                   mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
                                   data_dir=data_dir)
-    p_eval = jax.pmap(functools.partial(train_step.eval_step, model=model, num_classes=model.num_classes,
-                                        axis_name='batch'), axis_name='batch')
-    r = run_eval(p_eval, train_step.replicate(variables['params']), ds)
+    par = parallel.create('pmap')
+    params = par.replicate(variables['params'])
+    _, eval_fn = train_step.step_functions(model, None, None, model.num_classes)
+    _, p_eval = par.compile(None, eval_fn, None)
+    r = run_eval(lambda b: par.get(p_eval(params, par.put_batch(b))), ds)
     return {'dataset': dataset, 'split': split, 'top1': r['accuracy'], 'top5': r['top5'], 'loss': r['loss'],
             'count': int(r['count'])}

@@ -1,8 +1,9 @@
-"""Train state and the per-device train / eval steps, written once for both a single device and `jax.pmap`.
+"""Train state and the train / eval steps, written once for every layout `vitjax.parallel` puts them in.
 
-Under pmap (axis_name='batch') every device holds a replica of the state and a slice of the batch; gradients
-and metrics are averaged with `lax.pmean`, eval sums with `lax.psum`, and each device folds its index into the
-dropout rng so replicas drop different units.
+With an `axis_name` (pmap) each device holds a replica of the state and a slice of the batch; gradients and
+metrics are averaged with `lax.pmean`, eval sums with `lax.psum`, and each device folds its index into the
+dropout rng so replicas drop different units. Without one (jit over a mesh), the step sees the global batch
+and XLA places the collectives.
 """
 from __future__ import annotations
 
@@ -12,11 +13,9 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from flax import jax_utils
 
-from vitjax.optim import create_schedule, cross_entropy, trainable_mask
+from vitjax.optim import cross_entropy
 
 
 @flax.struct.dataclass
@@ -113,39 +112,13 @@ def counting(fn: Callable, traces: dict, key: str) -> Callable:
     return wrapped
 
 
-def make_pmapped_steps(model, c, num_classes: int, tx: optax.GradientTransformation, total_steps: int,
-                       params: Any, traces: Optional[dict] = None):
-    """(p_train_step, p_eval_step) over all local devices; the train state's buffers are donated. Pass a dict
-    as `traces` to have the number of compilations of each step counted into it ('train', 'eval')."""
+def step_functions(model, tx: optax.GradientTransformation, lr_fn: Callable, num_classes: int, *,
+                   label_smoothing: float = 0., accum_steps: int = 1, trainable: Any = None,
+                   traces: Optional[dict] = None) -> tuple[Callable, Callable]:
+    """(train_fn(state, batch, axis_name), eval_fn(params, batch, axis_name)) for `vitjax.parallel` to compile.
+    Pass a dict as `traces` to have the compilations of each step counted into it ('train', 'eval')."""
     traces = {} if traces is None else traces
-    p_train = jax.pmap(functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx,
-                                         lr_fn=create_schedule(c, total_steps), num_classes=num_classes,
-                                         label_smoothing=c.label_smoothing, accum_steps=c.accum_steps,
-                                         trainable=trainable_mask(params, c), axis_name='batch'),
-                       axis_name='batch', donate_argnums=(0,))
-    p_eval = jax.pmap(functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes,
-                                        axis_name='batch'), axis_name='batch')
-    return p_train, p_eval
-
-
-def shard(batch: dict) -> dict:
-    """(local_batch, ...) host arrays -> (local_devices, local_batch / local_devices, ...)."""
-    n = jax.local_device_count()
-    def split(x):
-        x = np.asarray(x)
-        if x.shape[0] % n:
-            raise ValueError(f'batch of {x.shape[0]} does not split over {n} devices')
-        return x.reshape(n, x.shape[0] // n, *x.shape[1:])
-    return jax.tree.map(split, batch)
-
-
-def replicate(tree: Any) -> Any:
-    """A copy of `tree` on every local device, on a mesh axis named like the pmapped steps' ('batch').
-
-    flax's default axis name differs from pmap's, so the first step's input sharding did not match the one
-    every later step receives (the previous step's output) and step 2 compiled the train step a second time.
-    """
-    return jax_utils.replicate(tree, axis_name='batch')
-
-
-unreplicate = jax_utils.unreplicate
+    train = functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx, lr_fn=lr_fn,
+                              num_classes=num_classes, label_smoothing=label_smoothing, accum_steps=accum_steps,
+                              trainable=trainable)
+    return train, functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes)

@@ -83,9 +83,9 @@ def build_model(c, num_classes: int):
     return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
 
 
-def evaluate(p_eval_step, state, dataset) -> dict[str, float]:
+def evaluate(par, p_eval_step, state, dataset) -> dict[str, float]:
     from vitjax.evaluate import run_eval
-    return run_eval(p_eval_step, state.params, dataset)
+    return run_eval(lambda batch: par.get(p_eval_step(state.params, par.put_batch(batch))), dataset)
 
 
 def faults() -> dict[str, set[int]]:
@@ -136,11 +136,10 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from flax import jax_utils
     from tqdm import tqdm
 
     import vitjax
-    from vitjax import data, optim, train_step
+    from vitjax import data, optim, parallel, train_step
     from vitjax.checkpoint import Checkpointer
     from vitjax.metrics import MetricWriter, plot_curves, strict_json
 
@@ -160,15 +159,20 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
         raise ValueError(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({total_steps})')
 
     tx = optim.create_optimizer(c, variables['params'], total_steps)
-    state = train_step.create_train_state(model, variables, tx, jax.random.PRNGKey(c.seed + 1))
+    par = parallel.create(c.parallelism, int(c.fsdp_min_size_mb * 2**20))
+    state = par.create_state(lambda p: train_step.create_train_state(model, {'params': p}, tx,
+                                                                     jax.random.PRNGKey(c.seed + 1)),
+                             variables['params'])
+    del variables
     # params + two Adam moments per checkpoint kept (plus one being written), and the final model
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(par.restore_target(state)))
     check_free_space(workdir, state_bytes * (c.keep_checkpoints + 1) + state_bytes // 3)
     fault = faults()
     ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
     start = 0
     if resume:
-        state, meta = ckpt.restore_intact(state)
+        restored, meta = ckpt.restore_intact(par.restore_target(state))
+        state = par.adopt(restored)
         start = int(meta['step'])
         print(f'resumed from step {start} of {total_steps}')
     writer = MetricWriter(workdir, resume_step=start if resume else None)
@@ -181,10 +185,12 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
     traces: dict[str, int] = {}
-    p_train_step, p_eval_step = train_step.make_pmapped_steps(model, c, info.num_classes, tx, total_steps,
-                                                               variables['params'], traces)
-    state = train_step.replicate(state)
-    batches = jax_utils.prefetch_to_device(map(train_step.shard, train_ds), 2)  # host->device copy overlaps
+    train_fn, eval_fn = train_step.step_functions(
+        model, tx, optim.create_schedule(c, total_steps), info.num_classes, label_smoothing=c.label_smoothing,
+        accum_steps=c.accum_steps, trainable=optim.trainable_mask(par.restore_target(state).params, c),
+        traces=traces)
+    p_train_step, p_eval_step = par.compile(train_fn, eval_fn, state)
+    batches = par.batches(train_ds)
 
     t0 = time.time()
     window, seen = [], 0
@@ -193,7 +199,7 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
     t_window = time.time()
     def check_finite():
         """nan_policy='stop': end the run at the first non-finite step, before anything more is written."""
-        first = int(jax.device_get(state.first_nonfinite[0]))
+        first = int(par.get(state.first_nonfinite))
         if first >= 0 and c.nan_policy == 'stop':
             raise FloatingPointError(
                 f'non-finite loss or gradients at step {first}; the update was not applied and training stopped '
@@ -212,10 +218,10 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
         bar.update(1)
         if step % c.log_every == 0 or step == total_steps:
             check_finite()
-            host = [{k: float(jax.device_get(w[k][0])) for k in w} for w in window]
+            host = [{k: float(v) for k, v in par.get(w).items()} for w in window]
             good = [h for h in host if h['finite']]  # means over the applied steps only (JSON has no NaN)
             m = {k: float(np.mean([h[k] for h in good])) for k in ('loss', 'accuracy', 'grad_norm') if good}
-            m.update(lr=host[-1]['lr'], skipped_steps=int(jax.device_get(state.nonfinite_steps[0])))
+            m.update(lr=host[-1]['lr'], skipped_steps=int(par.get(state.nonfinite_steps)))
             if len(good) < len(host):
                 bar.write(f'step {step}: {len(host) - len(good)} update(s) skipped in this window for non-finite '
                           f"loss or gradients (nan_policy='skip'); {m['skipped_steps']} so far")
@@ -225,14 +231,14 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
                             img_s=f'{img_s:.0f}')
             window, t_window = [], time.time()
         if step % c.eval_every == 0 or step == total_steps:
-            e = evaluate(p_eval_step, state, eval_ds(c.eval_split))
+            e = evaluate(par, p_eval_step, state, eval_ds(c.eval_split))
             writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
             bar.write(f"step {step}/{total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
                       f"({int(e['count'])} examples)")
         stopping = (stop_after and step - start >= stop_after or interrupt.signal) and step < total_steps
         if step % c.checkpoint_every == 0 or step == total_steps or stopping:
             check_finite()
-            ckpt.save(step, jax.device_get(jax_utils.unreplicate(state)), {'step': step, 'config': c.name})
+            ckpt.save(step, par.checkpoint_view(state), {'step': step, 'config': c.name})
             if step in fault['kill_in_save']:
                 os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
         if stopping:
@@ -245,15 +251,15 @@ def _train(c, workdir: str, resume: bool, stop_after: int, interrupt: Interrupt)
             return {}
     bar.close()
     wall = time.time() - t0
-    skipped = int(jax.device_get(state.nonfinite_steps[0]))
+    skipped = int(par.get(state.nonfinite_steps))
     if skipped >= total_steps:  # nan_policy='skip' and not one update applied: the params are the initial ones
         raise FloatingPointError(f'all {total_steps} steps were non-finite and skipped: no update was applied, so '
                                  'no model is saved')
 
-    test = evaluate(p_eval_step, state, eval_ds(c.test_split))
+    test = evaluate(par, p_eval_step, state, eval_ds(c.test_split))
     ckpt.close()
     writer.close()
-    params = jax.device_get(jax_utils.unreplicate(state).params)
+    params = par.host_state(state.params)
     # The saved preprocessing is the one this run evaluated with, so `vitjax evaluate` / `predict` agree with it.
     eval_cfg = dataclasses.replace(cfg, crop_pct=c.eval_crop_pct or cfg.crop_pct)
     vitjax.save(os.path.join(workdir, 'model'), model.clone(dtype=jnp.float32, drop_rate=0., drop_path_rate=0.,

@@ -1,0 +1,58 @@
+"""vitjax.parallel: pmap and fsdp lay the same train state out differently and compute the same steps."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FOUR = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+
+
+@pytest.fixture(scope='module')
+def four_devices():
+    proc = subprocess.run([sys.executable, 'tests/parallel_worker.py'], cwd=ROOT, env=FOUR, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_fsdp_steps_equal_pmap_steps(four_devices):
+    r = four_devices
+    a, b = r['pmap_params'], r['fsdp_params']
+    assert a.keys() == b.keys()
+    worst = max(float(np.abs(np.asarray(a[k]) - np.asarray(b[k])).max()) for k in a)
+    assert worst <= 1e-6, worst
+    assert r['pmap_loss'] == pytest.approx(r['fsdp_loss'], rel=1e-6)
+
+
+def test_fsdp_holds_a_quarter_of_the_state_per_device(four_devices):
+    r = four_devices
+    pmap, fsdp = r['pmap_bytes'], r['fsdp_bytes']
+    assert len(pmap) == len(fsdp) == 4 and len(set(pmap.values())) == 1
+    assert r['fsdp_sharded_leaves'] > 0
+    for device, used in fsdp.items():
+        assert used <= pmap[device] / 4 + r['replicated_bytes'], (device, used, pmap[device])
+    assert r['replicated_bytes'] < 0.02 * pmap[device]  # only scalars and the odd-sized head (12 classes) stay whole
+
+
+def test_sharding_rule():
+    from vitjax import parallel
+    par = parallel.Fsdp(min_bytes=1 << 20)
+    n = par.mesh.size
+    from jax.sharding import PartitionSpec as P
+    assert par.spec((8,), 4) == P()  # small: replicated
+    if n == 1:
+        assert par.spec((4096, 1024), 4) == P()
+        return
+    assert par.spec((1024 * n, 768), 4) == P('data', None)  # the largest divisible dimension
+    assert par.spec((768, 1024 * n), 4) == P(None, 'data')
+    assert par.spec((1000 * n + 1, 768 * n), 4) == P(None, 'data')
+
+
+def test_unknown_mode():
+    from vitjax import parallel
+    with pytest.raises(ValueError, match="parallelism must be one of pmap, fsdp"):
+        parallel.create('ddp')
