@@ -166,7 +166,8 @@ def test_wheel_carries_the_cli_configs_and_class_names(tmp_path):
                     ROOT], check=True, capture_output=True)
     (wheel,) = tmp_path.glob('vitjax-*.whl')
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {'vitjax/cli.py', 'vitjax/trainer.py', 'vitjax/configs/default.py', 'vitjax/configs/digits_swin.py',
+    assert {'vitjax/cli.py', 'vitjax/main.py', 'vitjax/trainer.py', 'vitjax/configs/default.py',
+            'vitjax/configs/digits_swin.py',
             'vitjax/data/imagenet/imagenet_synsets.txt.gz', 'vitjax/data/imagenet/imagenet_synset_to_lemma.txt.gz',
             'porting/convert.py'} <= names
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('entry_points.txt'))).decode()

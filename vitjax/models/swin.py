@@ -238,9 +238,10 @@ class SwinStage(nn.Module):
         for j in range(self.depth):
             win, shift = window_and_shift(self.resolution, self.window_size, (0, 0) if j % 2 == 0 else half,
                                           self.always_partition)
-            x = block(self.num_heads, win, shift, self.head_dim, self.mlp_ratio, self.qkv_bias, self.proj_drop,
-                      self.attn_drop, self.drop_path[j] if self.drop_path else 0., self.norm_eps,
-                      self.act_layer, self.dtype, name=f'blocks_{j}')(x, train)
+            x = block(num_heads=self.num_heads, window_size=win, shift_size=shift, head_dim=self.head_dim,
+                      mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop,
+                      attn_drop=self.attn_drop, drop_path=self.drop_path[j] if self.drop_path else 0.,
+                      norm_eps=self.norm_eps, act_layer=self.act_layer, dtype=self.dtype, name=f'blocks_{j}')(x, train)
         return x
 
 
@@ -314,10 +315,13 @@ class SwinTransformer(nn.Module):
         rates = np.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
         starts = np.cumsum([0, *self.depths]).tolist()
         self.layers = [
-            SwinStage(dims[i], d, i > 0, self.num_heads[i], self.stage_window_sizes[i], res, self.head_dim,
-                      self.always_partition, self.mlp_ratio, self.qkv_bias, self.proj_drop_rate,
-                      self.attn_drop_rate, tuple(rates[starts[i]:starts[i + 1]]), self.norm_eps, self.act_layer,
-                      self.dtype, self.grad_checkpointing, name=f'layers_{i}')
+            SwinStage(out_dim=dims[i], depth=d, downsample=i > 0, num_heads=self.num_heads[i],
+                      window_size=self.stage_window_sizes[i], resolution=res, head_dim=self.head_dim,
+                      always_partition=self.always_partition, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
+                      proj_drop=self.proj_drop_rate, attn_drop=self.attn_drop_rate,
+                      drop_path=tuple(rates[starts[i]:starts[i + 1]]), norm_eps=self.norm_eps,
+                      act_layer=self.act_layer, dtype=self.dtype, grad_checkpointing=self.grad_checkpointing,
+                      name=f'layers_{i}')
             for i, (d, res) in enumerate(zip(self.depths, stage_resolutions(self.grid_size, len(self.depths))))]
         self.norm = layer_norm(self.norm_eps, self.dtype, 'norm')
         self.head_drop = nn.Dropout(self.drop_rate)

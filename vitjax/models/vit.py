@@ -128,9 +128,11 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
         self.norm_pre = layer_norm(self.norm_eps, self.dtype, 'norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
-        make = lambda rate, name: block(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.qk_norm,
-                                        self.init_values, self.proj_drop_rate, self.attn_drop_rate, rate,
-                                        self.norm_eps, self.act_layer, self.dtype, name=name)
+        make = lambda rate, name: block(
+            num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio), qkv_bias=self.qkv_bias,
+            qk_norm=self.qk_norm, init_values=self.init_values, proj_drop=self.proj_drop_rate,
+            attn_drop=self.attn_drop_rate, drop_path=rate, norm_eps=self.norm_eps, act_layer=self.act_layer,
+            dtype=self.dtype, name=name)
         # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
         self.blocks = (make(0., 'blocks') if self.scan_blocks else
                        [make(r, f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])

@@ -1,0 +1,158 @@
+"""`python train.py` / `vitjax train`: the command line of the training job (vitjax/trainer.py).
+
+    python train.py                                                   # digits default, offline, minutes on CPU
+    python train.py --config configs/cifar10_deit_tiny.py --config.init=out/deit_tiny
+    python train.py --config configs/default.py --config.lr=1e-3 --workdir runs/mine
+    python train.py --workdir runs/mine --resume                      # continue from the latest checkpoint
+
+Decides what a run may do with its workdir before anything is written (vitjax/workdir.py), then trains.
+Importing this module defines no flags: `run` defines them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
+from absl import app, flags, logging
+
+from vitjax import trainer
+from vitjax import workdir as workdirs
+from vitjax.config import validate
+
+
+def define_flags() -> None:
+    from ml_collections import config_flags
+    flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
+    flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir (from step 0 if it has none)')
+    flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
+                         'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
+    try:  # ml_collections applies the --config.field overrides from sys.argv here, at definition
+        config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
+                                        'training config file', lock_config=True)
+    except (AttributeError, KeyError) as e:  # a field the config does not have: one line, not three tracebacks
+        import re
+        # ml_collections nests the KeyError's repr, with its close-match hint, in the message
+        words = re.findall(r'[\w.]+|\?', str(e).replace('\\n', ' '))
+        hint = ' '.join(words[1:]).replace(' ?', '?')
+        print(f'error: the config has no field {words[0] if words else e!r}{"; " + hint if hint else ""} (the '
+              'command line changes the fields a config has; new model_overrides keys belong in a config file)',
+              file=sys.stderr)
+        sys.exit(2)
+
+
+class FaultHooks(trainer.Hooks):
+    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20;sigterm_at=25'
+    poisons the batches of steps 5 and 6 with NaN, SIGKILLs the process while the step-20 checkpoint is being
+    written, and sends it a SIGTERM during step 25 (at a known step, unlike a signal from outside)."""
+
+    def __init__(self, nan_at=(), kill_in_save=(), sigterm_at=()):
+        self.nan_at, self.kill_in_save, self.sigterm_at = set(nan_at), set(kill_in_save), set(sigterm_at)
+
+    @classmethod
+    def from_env(cls) -> 'FaultHooks':
+        faults = {}
+        for item in filter(None, os.environ.get('VITJAX_FAULT', '').split(';')):
+            key, _, steps = item.partition('=')
+            if key not in ('nan_at', 'kill_in_save', 'sigterm_at'):
+                raise ValueError(f'VITJAX_FAULT: unknown fault {key!r} (known: kill_in_save, nan_at, sigterm_at)')
+            faults[key] = {int(v) for v in steps.split(',')}
+        return cls(**faults)
+
+    def batch(self, step, batch):
+        return dict(batch, image=batch['image'] * float('nan')) if step in self.nan_at else batch
+
+    def after_step(self, step):
+        if step in self.sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def after_save(self, step):
+        if step in self.kill_in_save:
+            os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
+
+
+def main(argv) -> int:
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    logging.set_verbosity(logging.WARNING)
+    c = FLAGS.config
+    try:
+        validate(c)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    if FLAGS.resume and not FLAGS.workdir:
+        print('error: --resume needs --workdir (the run to continue)', file=sys.stderr)
+        return 2
+    workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if c.distributed:
+        import jax
+        jax.distributed.initialize()
+    if FLAGS.stop_after < 0:
+        print(f'error: --stop_after must be >= 0 (got {FLAGS.stop_after})', file=sys.stderr)
+        return 2
+    try:
+        workdirs.check_ours(workdir)
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        # one lock per run: on a shared filesystem the other processes of a multi-host run would collide
+        lock = workdirs.Lock(workdir) if not c.distributed or jax.process_index() == 0 else workdirs.NoLock()
+    except workdirs.WorkdirInUse as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+        return 2
+    try:
+        return _locked_main(c, workdir)
+    finally:
+        lock.release()
+
+
+def _locked_main(c, workdir: str) -> int:
+    FLAGS = flags.FLAGS
+    """Decide what the run does from what the workdir holds; write nothing until that is settled."""
+    config = json.loads(c.to_json())
+    steps, resume, changes = workdirs.complete_steps(workdir), FLAGS.resume, None
+    if steps and not resume:
+        print(f'error: {workdir} already holds checkpoints (steps {", ".join(map(str, steps))}); pass --resume '
+              'or another --workdir', file=sys.stderr)
+        return 2
+    if resume and not steps:  # a preemptible job always passes --resume: its first start begins at step 0
+        print(f'--resume: no complete checkpoint in {workdir}/checkpoints; starting from step 0')
+        resume = False
+    if resume:
+        try:
+            changes = workdirs.check_resume(workdir, config, c.allow_changes)
+        except ValueError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
+        if changes:
+            print('--resume with changed settings: ' + ', '.join(f'{k}: {a!r} -> {b!r}'
+                                                                  for k, (a, b) in changes.items()))
+    try:
+        workdirs.write_config(workdir, config, changes)
+    except OSError as e:
+        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+        return 2
+    try:
+        trainer.train(c, workdir, resume, FLAGS.stop_after, FaultHooks.from_env())
+    except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
+        print(f'error: {e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(argv=None) -> None:
+    """Entry point with an explicit argument list (`vitjax train ...`); exits with main's status."""
+    from vitjax.hostmem import reexec_with_tuned_malloc
+    reexec_with_tuned_malloc()  # before jax starts: glibc reads its malloc settings at process start
+    define_flags()
+    app.run(main, argv=argv)
