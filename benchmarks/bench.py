@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks.harness import FIELDS, ROOT, Contender, device_name, flops_of, gemm_peak, interleaved, record
-from benchmarks.system import bench_conversion, bench_input, bench_pmap, bench_scan
+from benchmarks.system import bench_conversion, bench_fsdp, bench_input, bench_pmap, bench_scan
 
 # model: (inference batch, train batch, also against torch.compile). ViT-S at batch 32 is the target case.
 QUICK = {'vit_tiny_patch16_224': (32, 16, False), 'vit_small_patch16_224': (32, 32, True),
@@ -192,6 +192,8 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_pmap(repeats)
     if 'scan' in sections:
         records += bench_scan('vit_large_patch16_224' if full else 'vit_base_patch16_224', 2 if full else 4, repeats)
+    if 'fsdp' in sections:
+        records += bench_fsdp('vit_large_patch16_224', 4, repeats)
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
               'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
@@ -212,7 +214,7 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
-    ap.add_argument('--sections', default='models,input,convert,pmap,scan')
+    ap.add_argument('--sections', default='models,input,convert,pmap,scan,fsdp')
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)

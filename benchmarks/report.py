@@ -85,6 +85,14 @@ def write_markdown(result: dict, path: Path) -> None:
         if r['name'] == 'convert_verify':
             lines.append(f"| {r['model']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['weights_mb']} | "
                          f"{r['rss_over_weights']} | {'passed' if r['passed'] else 'FAILED'} |")
+    lines += ['', '## Parallelism: fsdp vs pmap (train step, simulated devices)', '',
+              '| model | devices | batch | state MB / device fsdp | pmap | img/s fsdp | pmap | compile s fsdp | pmap |',
+              '|---|---|---|---|---|---|---|---|---|']
+    for r in recs:
+        if r['name'] == 'fsdp':
+            lines.append(f"| {r['model']} | {r['device']} | {r['batch']} | {r['state_mb_per_device']} | "
+                         f"{r['baseline_state_mb_per_device']} | {_fmt(r['vitjax_img_s'])} | "
+                         f"{_fmt(r['baseline_img_s'])} | {r['compile_s']} | {r['baseline_compile_s']} |")
     lines += ['', '## Targets', '', '| target | measured | verdict |', '|---|---|---|']
     lines += [f'| {t} | {m} | {v} |' for t, m, v in targets(result)]
     lines += ['', 'Raw records: `benchmarks/results/`.', '']

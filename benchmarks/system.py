@@ -100,3 +100,15 @@ def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
                    vitjax_img_s=round(batch / s1, 2), baseline='unrolled blocks', baseline_img_s=round(batch / s0, 2),
                    compile_s=round(c1, 1), baseline_compile_s=round(c0, 1),
                    path='train.py pmap step; compile_s = first call minus a step')]
+
+
+def bench_fsdp(name: str, batch: int, repeats: int, devices: int = 4) -> list[dict]:
+    """train.py's step under pmap and fsdp on the same simulated devices: state bytes per device and img/s."""
+    pmap, fsdp = (step_timer(name, batch, repeats, devices, mode) for mode in ('pmap', 'fsdp'))
+    return [record(name='fsdp', model=name, batch=batch, dtype='float32', device=f'cpu x{devices} (simulated)',
+                   vitjax_img_s=round(batch / fsdp['step_s'], 2), baseline='pmap',
+                   baseline_img_s=round(batch / pmap['step_s'], 2), compile_s=round(fsdp['compile_s'], 1),
+                   baseline_compile_s=round(pmap['compile_s'], 1),
+                   state_mb_per_device=round(fsdp['state_bytes_per_device'] / 2**20, 1),
+                   baseline_state_mb_per_device=round(pmap['state_bytes_per_device'] / 2**20, 1),
+                   path='train.py step, --config.parallelism=fsdp vs pmap; state bytes from addressable shards')]

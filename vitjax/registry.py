@@ -164,8 +164,7 @@ def build_model(name: str, num_classes: Optional[int] = None, img_size: Union[No
         kwargs['num_classes'] = num_classes
     if img_size is not None:
         kwargs['img_size'] = img_size
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        cfg = PretrainedCfg((3, h, w), cfg.mean, cfg.std, cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.tag)
+        cfg = cfg.at_size(img_size)
     cls = ARCHITECTURES[arch]
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
     if unknown:

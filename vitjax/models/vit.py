@@ -35,6 +35,11 @@ class PretrainedCfg:
     interpolation: str = 'bicubic'
     tag: str = ''
 
+    def at_size(self, img_size: Union[int, tuple[int, int]], **changes: Any) -> 'PretrainedCfg':
+        """The same preprocessing for another input size (and any other field changed by name)."""
+        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+        return dataclasses.replace(self, input_size=(self.input_size[0], h, w), **changes)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> 'PretrainedCfg':
         known = {f.name for f in dataclasses.fields(cls)}
