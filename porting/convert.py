@@ -5,7 +5,8 @@
     python -m porting.convert --model vit_b_16 --checkpoint vit_b_16.pth --out out/tv_vitb   # torchvision
 
 Without --checkpoint the weights come from the Hugging Face hub through timm (needs network). The output
-directory is written only if parity passes: params.safetensors, config.json, parity.json.
+directory is written only if parity passes: params.safetensors, config.json, parity.json. --out must be new,
+empty or a model directory vitjax wrote (checked before converting); it is never the input or around it.
 """
 from __future__ import annotations
 
@@ -109,10 +110,7 @@ def convert(name: str, torch_model, img_size=None, num_classes: Optional[int] = 
                 pretrained_cfg=PretrainedCfg.from_dict(timm_vit.pretrained_cfg(torch_model)))
     changes = {}
     if img_size is not None and img_size != model.img_size:
-        h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
-        p = model.pretrained_cfg
-        changes.update(img_size=img_size, pretrained_cfg=PretrainedCfg((3, h, w), p.mean, p.std, 1.0, p.crop_mode,
-                                                                       p.interpolation, p.tag))
+        changes.update(img_size=img_size, pretrained_cfg=model.pretrained_cfg.at_size(img_size, crop_pct=1.0))
     if num_classes is not None and num_classes != model.num_classes:
         changes['num_classes'] = num_classes
     if window_size is not None:
@@ -186,6 +184,8 @@ def main(argv=None) -> int:
 
     import vitjax
     try:
+        # Before any work: a conversion can take minutes, and --out must never be a user's files or the input.
+        vitjax.io.check_writable_model_dir(args.out, inputs=[args.checkpoint])
         kwargs = dict(args.model_arg)
         from porting import hf_vit
         hf = args.source == 'hf' or (args.source == 'auto' and hf_vit.is_hf_dir(args.checkpoint))
@@ -216,8 +216,12 @@ def main(argv=None) -> int:
         print(f'error: parity failed; nothing written to {args.out}', file=sys.stderr)
         return 1
     source = {'library': source, 'model': args.model, 'checkpoint': args.checkpoint or 'hub'}
-    vitjax.save(args.out, model, variables, name=args.model, extra_json={'parity.json': report},
-                meta={'source': source})
+    try:
+        vitjax.save(args.out, model, variables, name=args.model, extra_json={'parity.json': report},
+                    meta={'source': source})
+    except (ValueError, OSError) as e:  # the disk filled up, or --out changed while we converted
+        print(f'error: {e}; nothing written to {args.out}', file=sys.stderr)
+        return 1
     print(f'wrote {args.out}')
     return 0
 

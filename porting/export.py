@@ -4,15 +4,14 @@
 
 The file loads with `timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))`, so a
 model fine-tuned in JAX goes back to PyTorch. It is written only if the timm model built from it matches the
-Flax model; timm -> vitjax -> timm is bit-exact.
+Flax model; timm -> vitjax -> timm is bit-exact. An existing --out is replaced only if export wrote it (a mark
+in the safetensors metadata), and --out may not lie inside the model directory.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,16 @@ TIMM_KWARGS = {
              'head_dim', 'window_size', 'always_partition', 'dynamic_img_size', 'mlp_ratio', 'qkv_bias'),
 }
 FAMILY = {'vit': timm_vit, 'swin': timm_swin}
+MARK = {'written_by': 'vitjax export'}  # in the safetensors metadata: a file we may replace
+
+
+def ours(path: Path) -> bool:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'np') as f:
+            return (f.metadata() or {}).get('written_by') == MARK['written_by']
+    except Exception:  # not a safetensors file at all: safetensors raises its own types
+        return False
 
 
 def timm_model_for(name: str, config: dict, arch: str = 'vit'):
@@ -56,9 +65,10 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     import torch
     from safetensors.torch import save_file
     import vitjax
-    from vitjax.io import read_config
+    from vitjax.io import check_output_file, read_config, write_file
     from vitjax.models import architecture_of, model_config
 
+    check_output_file(out, ours, inputs=[model_dir])  # before the parity run, which takes a while
     model, variables = vitjax.load(model_dir)
     arch = architecture_of(model)
     name = name or read_config(model_dir).get('model_name') or ''
@@ -73,16 +83,8 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
     if not report['passed']:
         raise ValueError('parity failed after export:\n' + parity.format_report(report))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{out.name}.', dir=out.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={'format': 'pt'})
-        os.replace(tmp, out)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_file(out, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,
+                                          metadata={'format': 'pt', **MARK}), ours)
     return report
 
 
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         ap.error('--out must end in .safetensors')
     try:
         report = export(args.model, args.out, args.timm_name, args.tolerance)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
     print(parity.format_report(report))

@@ -172,3 +172,60 @@ def test_wheel_carries_the_cli_configs_and_class_names(tmp_path):
             'porting/convert.py'} <= names
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
     assert 'vitjax = vitjax.cli:main' in entry
+
+
+def _refused(proc, msg):
+    return proc.returncode == 1 and proc.stderr.startswith('error:') and msg in proc.stderr and \
+        proc.stderr.count('\n') == 1 and not proc.stdout
+
+
+def test_features_out_is_checked_first_and_never_a_users_file(converted, photos, tmp_path):
+    (tmp_path / 'mine.npz').write_bytes(b'my own data')
+    (tmp_path / 'link.npz').symlink_to(tmp_path / 'mine.npz')
+    (tmp_path / 'dir.npz').mkdir()
+    for out, msg in [('mine.npz', 'mine.npz is a file vitjax did not write'), ('dir.npz', 'dir.npz is a directory'),
+                     ('link.npz', 'link.npz is a symbolic link'), ('feats', '--out {}/feats: must end in .npz'),
+                     ('mine.npz/f.npz', 'mine.npz is not a directory')]:
+        proc = cli('features', '--model', converted, photos, '--out', tmp_path / out)
+        assert _refused(proc, msg.format(tmp_path)), (out, proc.stderr[-2000:])
+    assert _refused(cli('features', '--model', tmp_path / 'typo', photos, '--out', tmp_path / 'f.npz'),
+                    'typo: no such model directory')
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):  # the second run replaces what the first one wrote
+            proc = cli('features', '--model', converted, photos, '--out', tmp_path / 'f.npz')
+            assert proc.returncode == 0 and json.loads(proc.stdout)['out'] == str(tmp_path / 'f.npz'), proc.stderr
+    finally:
+        os.umask(old)
+    assert (tmp_path / 'mine.npz').read_bytes() == b'my own data'
+    assert np.load(tmp_path / 'f.npz')['pooled'].shape[0] == 3
+    assert sorted(os.listdir(tmp_path)) == ['dir.npz', 'f.npz', 'link.npz', 'mine.npz']  # no temporary left
+    assert os.stat(tmp_path / 'f.npz').st_mode & 0o777 == 0o644
+
+
+def test_attention_writes_the_png_it_reports_and_no_other(converted, photos, tmp_path):
+    Image.new('RGB', (4, 4)).save(tmp_path / 'mine.png')
+    mine = (tmp_path / 'mine.png').read_bytes()
+    (tmp_path / 'd.png').mkdir()
+    for out, msg in [('mine.png', 'mine.png is a file vitjax did not write'), ('attn', 'must end in .png'),
+                     ('d.png', 'd.png is a directory')]:
+        assert _refused(cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / out), msg)
+    for _ in range(2):
+        proc = cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / 'a.png')
+        assert proc.returncode == 0 and json.loads(proc.stdout)['out'] == str(tmp_path / 'a.png'), proc.stderr
+    assert (tmp_path / 'mine.png').read_bytes() == mine
+    assert sorted(os.listdir(tmp_path)) == ['a.png', 'd.png', 'mine.png']
+    with Image.open(tmp_path / 'a.png') as im:
+        assert im.format == 'PNG' and im.size[0] > 2 * im.size[1]
+
+
+def test_a_broken_model_config_is_one_error_line(converted, photos, tmp_path):
+    shutil.copytree(converted, tmp_path / 'm')
+    cfg = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    cfg['pretrained_cfg']['std'] = [0, 0, 0]  # would divide the images by zero: NaN features, exit 0
+    cfg['model']['depth'] = 10 ** 6  # would be traced block by block until memory runs out
+    (tmp_path / 'm' / 'config.json').write_text(json.dumps(cfg))
+    proc = cli('features', '--model', tmp_path / 'm', photos, '--out', tmp_path / 'f.npz')
+    assert _refused(proc, 'config.json: invalid model config: depth=1000000: must be in 1..1000; '
+                          'pretrained_cfg.std=(0, 0, 0): must be > 0'), proc.stderr[-2000:]
+    assert not (tmp_path / 'f.npz').exists()

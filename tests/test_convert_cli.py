@@ -97,3 +97,38 @@ def test_every_registry_model_converts(tmp_path, name):
     assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--model-arg', f'{key}={value}',
                          '--out', str(tmp_path / 'out')]) == 0
     assert json.loads((tmp_path / 'out' / 'parity.json').read_text())['passed']
+
+
+def test_out_is_never_a_users_files_or_the_input(deit, tmp_path, capsys):
+    d, _ = deit
+    ckpt = d / 'deit.safetensors'
+    before = ckpt.read_bytes()
+    (tmp_path / 'keep').mkdir()
+    (tmp_path / 'keep' / 'notes.txt').write_text('x')
+    (tmp_path / 'file.txt').write_text('x')
+    args = ['--model', 'deit_tiny_patch16_224', '--checkpoint', str(ckpt), '--model-arg', 'depth=2', '--out']
+    for out, msg in [(tmp_path / 'keep', 'keep is a directory holding notes.txt, not a vitjax model directory'),
+                     (tmp_path / 'file.txt', 'file.txt is a file, not a directory'),
+                     (ckpt, 'deit.safetensors is the input'), (d, 'contains the input'),
+                     (tmp_path / 'file.txt' / 'm', 'file.txt is not a directory'),
+                     ('/proc/vitjax-model', '/proc is not writable')]:
+        assert convert.main(args + [str(out)]) == 1
+        got = capsys.readouterr()
+        assert msg in got.err and 'parity' not in got.out  # refused before converting
+    assert ckpt.read_bytes() == before and (tmp_path / 'keep' / 'notes.txt').read_text() == 'x'
+    assert sorted(os.listdir(tmp_path)) == ['file.txt', 'keep'] and (tmp_path / 'file.txt').read_text() == 'x'
+    assert convert.main(args + [str(tmp_path / 'keep' / 'm')]) == 0
+    assert convert.main(args + [str(tmp_path / 'keep' / 'm')]) == 0  # a model directory it wrote is replaced
+    assert sorted(os.listdir(tmp_path / 'keep')) == ['m', 'notes.txt']
+
+
+def test_a_failing_write_is_an_error_not_a_traceback(deit, tmp_path, capsys, monkeypatch):
+    d, _ = deit
+
+    def full(*a, **k):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr('vitjax.io.save_file', full)
+    assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(d / 'deit.safetensors'),
+                         '--model-arg', 'depth=2', '--out', str(tmp_path / 'm')]) == 1
+    assert 'error: [Errno 28] No space left on device; nothing written to' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

@@ -46,3 +46,29 @@ def test_export_refuses_a_directory_without_a_name(tmp_path, capsys):
     assert export.main(['--model', str(tmp_path / 'anon'), '--out', str(tmp_path / 'x.safetensors')]) == 1
     assert 'records no timm model name' in capsys.readouterr().err
     assert not (tmp_path / 'x.safetensors').exists()
+
+
+def test_export_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
+    import os
+    from safetensors.torch import save_file
+    model, variables = vitjax.create_model('deit_tiny_patch16_224', depth=1)
+    vitjax.save(tmp_path / 'm', model, variables, name='deit_tiny_patch16_224')
+    save_file({'w': torch.zeros(2)}, str(tmp_path / 'user.safetensors'))  # someone's own weights
+    (tmp_path / 'dir.safetensors').mkdir()
+    user, params = (tmp_path / 'user.safetensors').read_bytes(), (tmp_path / 'm' / 'params.safetensors').read_bytes()
+    for out, msg in [('user.safetensors', 'user.safetensors is a file vitjax did not write'),
+                     ('m/params.safetensors', 'is inside the input'), ('dir.safetensors', 'is a directory'),
+                     ('user.safetensors/x.safetensors', 'user.safetensors is not a directory')]:
+        assert export.main(['--model', str(tmp_path / 'm'), '--out', str(tmp_path / out)]) == 1
+        got = capsys.readouterr()
+        assert msg in got.err and 'parity' not in got.out  # refused before the parity run
+    assert (tmp_path / 'user.safetensors').read_bytes() == user
+    assert (tmp_path / 'm' / 'params.safetensors').read_bytes() == params
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):  # the second run replaces the file the first one wrote
+            assert export.main(['--model', str(tmp_path / 'm'), '--out', str(tmp_path / 'back.safetensors')]) == 0
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / 'back.safetensors').st_mode & 0o777 == 0o644  # readable like any other file
+    assert sorted(os.listdir(tmp_path)) == ['back.safetensors', 'dir.safetensors', 'm', 'user.safetensors']

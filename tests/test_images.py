@@ -71,11 +71,11 @@ def test_corrupt_files_skipped_and_reported(messy, capsys):
 
 def test_pipelines_run_over_the_messy_folder(messy):
     root = str(messy)
-    info = data.get_dataset_info(root, 'train')
+    info = data.get_dataset_info(root, 'all')
     assert (info.num_classes, info.num_examples) == (3, 7)
-    batch = next(data.create_train_dataset(root, 'train', global_batch_size=4, image_size=16, **NORM))
+    batch = next(data.create_train_dataset(root, 'all', global_batch_size=4, image_size=16, **NORM))
     assert batch['image'].shape == (4, 16, 16, 3) and np.isfinite(batch['image']).all()
-    seen = sum(int(b['mask'].sum()) for b in data.create_eval_dataset(root, 'train', global_batch_size=4,
+    seen = sum(int(b['mask'].sum()) for b in data.create_eval_dataset(root, 'all', global_batch_size=4,
                                                                          image_size=16, crop_pct=0.875, **NORM))
     assert seen == 7
 

@@ -147,3 +147,12 @@ def test_attention_weights_and_rollout_match_timm(name, kw):
     ref = (ref - ref.min(axis=(1, 2), keepdims=True)) / np.ptp(ref, axis=(1, 2), keepdims=True)
     assert max_diff(maps['rollout'], ref) < 1e-4
     assert maps['last_layer'].min() == 0 and maps['last_layer'].max() == pytest.approx(1)
+
+
+def test_feature_map_and_attention_grid_with_non_square_patches():
+    """8x4 patches on a 16x16 image: a 2x4 grid (patch_size[0] for both axes gave 2x2)."""
+    model, variables = vitjax.create_model('vit_tiny_patch16_224', img_size=16, patch_size=(8, 4), depth=1,
+                                           num_classes=3)
+    x = np.zeros((1, 16, 16, 3), np.float32)
+    assert inference.features(model, variables, x, 'map')['map'].shape == (1, 2, 4, 192)
+    assert inference.attention_maps(model, variables, x)['rollout'].shape == (1, 2, 4)

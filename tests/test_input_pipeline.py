@@ -118,23 +118,23 @@ def image_folder(tmp_path):
 
 def test_folder_dataset_and_80_10_10_split(image_folder):
     root = str(image_folder)
-    info = data.get_dataset_info(root, 'train')
+    info = data.get_dataset_info(root, 'all')
     assert info.class_names == ('cat', 'dog', 'fox') and info.num_examples == 20
-    parts = ['train[:80%]', 'train[80%:90%]', 'train[90%:]']
+    parts = ['all[:80%]', 'all[80%:90%]', 'all[90%:]']
     sizes = [data.get_dataset_info(root, p).num_examples for p in parts]
     assert sizes == [16, 2, 2]
     seen = []
     for p in parts:
         for b in eval_batches(root, p, global_batch_size=4, crop_pct=0.875):
             seen += [b['image'][i].tobytes() for i in np.flatnonzero(b['mask'])]
-    whole = [b['image'][i].tobytes() for b in eval_batches(root, 'train', global_batch_size=4, crop_pct=0.875)
+    whole = [b['image'][i].tobytes() for b in eval_batches(root, 'all', global_batch_size=4, crop_pct=0.875)
              for i in np.flatnonzero(b['mask'])]
     assert len(seen) == 20 and sorted(seen) == sorted(whole)
-    b = next(data.create_train_dataset(root, 'train[:80%]', global_batch_size=4, image_size=16, **NORM))
+    b = next(data.create_train_dataset(root, 'all[:80%]', global_batch_size=4, image_size=16, **NORM))
     assert b['image'].shape == (4, 16, 16, 3)
 
 
 def test_dataset_smaller_than_a_batch(image_folder):
     with pytest.raises(ValueError, match='fewer than one batch'):
-        next(data.create_train_dataset(str(image_folder), 'train[90%:]', global_batch_size=4, image_size=16,
+        next(data.create_train_dataset(str(image_folder), 'all[90%:]', global_batch_size=4, image_size=16,
                                        **NORM))

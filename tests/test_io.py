@@ -1,6 +1,8 @@
 """Model directories: round trip, adaptation, atomic writes, clear errors."""
 import json
 import os
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -107,3 +109,178 @@ def test_corrupt_or_missing_files_are_named(tmp_path, saved):
     (broken / 'params.safetensors').write_bytes(data)
     with pytest.raises(ValueError, match='wrong shape'):
         vitjax.load(broken)
+
+
+def _tiny():
+    return vitjax.create_model(NAME, depth=1, img_size=32)
+
+
+def test_save_replaces_only_a_model_directory_it_wrote(tmp_path):
+    model, variables = _tiny()
+    (tmp_path / 'keep').mkdir()
+    (tmp_path / 'keep' / 'notes.txt').write_text('x')
+    (tmp_path / 'file').write_text('x')
+    (tmp_path / 'link').symlink_to(tmp_path / 'keep')
+    vitjax.save(tmp_path / 'ours', model, variables, extra_json={'note.json': {}})
+    (tmp_path / 'ours' / 'README.md').write_text('mine')  # a user's file in a model directory we wrote
+    for name, what in [('keep', 'a directory holding notes.txt, not a vitjax model directory'), ('file', 'a file'),
+                       ('link', 'a symbolic link'),
+                       ('ours', 'a model directory that also holds README.md, which vitjax did not write')]:
+        with pytest.raises(ValueError, match=f'{name} is {what}'):
+            vitjax.save(tmp_path / name, model, variables)
+    assert (tmp_path / 'keep' / 'notes.txt').read_text() == 'x' and (tmp_path / 'file').read_text() == 'x'
+    assert sorted(os.listdir(tmp_path / 'ours')) == ['README.md', 'config.json', 'note.json', 'params.safetensors']
+    assert sorted(os.listdir(tmp_path)) == ['file', 'keep', 'link', 'ours']  # no temporary left either
+    (tmp_path / 'ours' / 'README.md').unlink()
+    vitjax.save(tmp_path / 'ours', model, variables)  # everything there is ours (note.json is listed)
+    (tmp_path / 'empty').mkdir()
+    vitjax.save(tmp_path / 'empty', model, variables)
+    cfg = json.loads((tmp_path / 'ours' / 'config.json').read_text())
+    legacy = tmp_path / 'legacy'  # written before config.json listed its files
+    shutil.copytree(tmp_path / 'ours', legacy)
+    (legacy / 'parity.json').write_text('{}')
+    (legacy / 'config.json').write_text(json.dumps({k: v for k, v in cfg.items() if k != 'files'}))
+    vitjax.save(legacy, model, variables)
+    assert cfg['files'] == ['config.json', 'params.safetensors'] and sorted(os.listdir(legacy)) == cfg['files']
+
+
+def test_output_place_is_checked_before_any_work(tmp_path):
+    (tmp_path / 'ckpt.safetensors').write_bytes(b'x')
+    (tmp_path / 'hf').mkdir()
+    check = vitjax.io.check_writable_model_dir
+    with pytest.raises(ValueError, match='the output .*ckpt.safetensors is the input'):
+        check(tmp_path / 'ckpt.safetensors', inputs=[tmp_path / 'ckpt.safetensors'])
+    with pytest.raises(ValueError, match='ckpt.safetensors is a file, not a directory'):
+        check(tmp_path / 'ckpt.safetensors')
+    with pytest.raises(ValueError, match='the output .*/hf/out is inside the input .*/hf'):
+        check(tmp_path / 'hf' / 'out', inputs=[tmp_path / 'hf'])
+    (tmp_path / 'new').mkdir()
+    (tmp_path / 'new' / 'w.safetensors').symlink_to(tmp_path / 'ckpt.safetensors')
+    with pytest.raises(ValueError, match='not a vitjax model directory'):
+        check(tmp_path / 'new', inputs=[tmp_path / 'new' / 'w.safetensors'])
+    os.unlink(tmp_path / 'new' / 'w.safetensors')
+    (tmp_path / 'x' / 'y').mkdir(parents=True)
+    with pytest.raises(ValueError, match='the output .*/x contains the input'):
+        vitjax.io.check_place(tmp_path / 'x', inputs=[tmp_path / 'x' / 'y'])
+    with pytest.raises(ValueError, match='ckpt.safetensors is not a directory'):
+        check(tmp_path / 'ckpt.safetensors' / 'sub' / 'out')
+    with pytest.raises(ValueError, match='/proc is not writable'):
+        check('/proc/vitjax-out')
+    with pytest.raises(ValueError, match='name the model directory itself'):
+        check(tmp_path / 'x' / '..')
+    check(tmp_path / 'a' / 'b' / 'c', inputs=[tmp_path / 'ckpt.safetensors', None, tmp_path / 'missing'])
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.safetensors', 'hf', 'new', 'x']  # checking writes nothing
+
+
+KILL = """
+import os, signal, sys
+import vitjax
+from vitjax import io
+target, where = sys.argv[1], sys.argv[2]
+model, variables = vitjax.create_model('deit_tiny_patch16_224', depth=1, img_size=32, num_classes=3)
+die = lambda *a: os.kill(os.getpid(), signal.SIGKILL)
+if where == 'writing':  # params written, config not yet
+    real_save = io.save_file
+    io.save_file = lambda *a, **k: (real_save(*a, **k), die())
+elif where == 'swapped':  # new copy in place, old one not yet deleted
+    real_exchange = io._exchange
+    io._exchange = lambda a, b: (real_exchange(a, b), die())
+else:  # no renameat2: the old copy moved away, the new one not yet in place
+    io._exchange = lambda a, b: False
+    real_replace, calls = os.replace, []
+    os.replace = lambda a, b: (real_replace(a, b), calls.append(b), len(calls) == 1 and die())
+vitjax.save(target, model, variables)
+"""
+
+
+@pytest.mark.parametrize('where', ['writing', 'swapped', 'between_renames'])
+def test_kill_9_during_save_is_recovered(tmp_path, where):
+    import subprocess
+    import sys
+    model, variables = _tiny()
+    target = tmp_path / 'out'
+    vitjax.save(target, model, variables)
+    proc = subprocess.run([sys.executable, '-c', KILL, str(target), where], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert len(os.listdir(tmp_path)) == 2  # `out` (or, between the renames, `.out.old`) and a hidden copy
+    got, _ = vitjax.load(target)  # between the renames `out` is missing: load restores the old copy
+    assert got.num_classes == (3 if where == 'swapped' else 1000)
+    vitjax.save(target, model, variables)
+    assert os.listdir(tmp_path) == ['out']  # the next save clears what the kill left
+
+
+def test_modes_follow_the_umask(tmp_path):
+    model, variables = _tiny()
+    old = os.umask(0o022)
+    try:
+        vitjax.save(tmp_path / 'shared', model, variables)
+        os.umask(0o077)
+        vitjax.save(tmp_path / 'private', model, variables)
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777
+    assert mode(tmp_path / 'shared') == 0o755 and mode(tmp_path / 'private') == 0o700
+    assert {mode(p) for p in (tmp_path / 'shared').iterdir()} == {0o644}
+    assert {mode(p) for p in (tmp_path / 'private').iterdir()} == {0o600}
+
+
+@pytest.mark.parametrize('change, msg', [
+    (dict(depth=10 ** 6), 'depth=1000000: must be in 1..1000'),
+    (dict(depth='2'), "depth='2': must be an integer"),
+    (dict(depth=True), 'depth=True: must be an integer'),
+    (dict(embed_dim=0, num_heads=0), 'embed_dim=0: must be in 1..65536; num_heads=0: must be >= 1'),
+    (dict(num_heads=5), 'num_heads=5: must be >= 1 and divide embed_dim=192'),
+    (dict(patch_size=128), 'patch_size=128 is larger than img_size=64'),
+    (dict(img_size=[64, 64, 64]), r'img_size=\(64, 64, 64\): one or two sizes'),
+    (dict(mlp_ratio=None), 'mlp_ratio=None: must be a finite number'),
+    (dict(num_classes=-1, mlp_ratio=0), r'num_classes=-1: must be >= 0.*mlp_ratio=0: must be in \(0, 64\]'),
+    (dict(drop_path_rate=float('nan')), 'drop_path_rate=nan: must be a finite number'),
+    (dict(global_pool='mean', act_layer='relu'), "act_layer='relu': one of .*global_pool='mean'"),
+    (dict(depths=[2]), "depths: unknown field"),
+    ({'pretrained_cfg.std': [0, 0, 0]}, r'pretrained_cfg.std=\(0, 0, 0\): must be > 0'),
+    ({'pretrained_cfg.mean': [0.5, 0.5]}, 'pretrained_cfg.mean=.*: must be a list of 3 finite numbers'),
+    ({'pretrained_cfg.crop_pct': 0}, r'crop_pct=0: must be in \(0, 2\]'),
+    ({'pretrained_cfg.input_size': [3, 224]}, 'input_size=.*: must be a list of 3 integers'),
+    ({'model': [1]}, "'model' and 'pretrained_cfg' must be JSON objects"),
+])
+def test_config_is_validated_on_load(saved, tmp_path, change, msg):
+    path, _, _ = saved
+    shutil.copytree(path, tmp_path / 'm')
+    cfg = json.loads((path / 'config.json').read_text())
+    for k, v in change.items():
+        if k == 'model':
+            cfg['model'] = v
+        elif k.startswith('pretrained_cfg.'):
+            cfg['pretrained_cfg'][k.split('.')[1]] = v
+        else:
+            cfg['model'][k] = v
+    (tmp_path / 'm' / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match='config.json: ') as e:
+        vitjax.load(tmp_path / 'm')
+    assert str(tmp_path / 'm' / 'config.json') in str(e.value) and '\n' not in str(e.value)
+    assert re.search(msg, str(e.value)), str(e.value)
+
+
+def test_swin_config_is_validated(tmp_path):
+    model, variables = vitjax.create_model('swin_tiny_patch4_window7_224', depths=(1, 1, 1, 1), img_size=64,
+                                           window_size=4)
+    vitjax.save(tmp_path / 's', model, variables)
+    cfg = json.loads((tmp_path / 's' / 'config.json').read_text())
+    cfg['model'].update(depths=[1, 0, 1, 10 ** 6], num_heads=[3, 6], window_size=[[4, 4], [4, 1000]])
+    (tmp_path / 's' / 'config.json').write_text(json.dumps(cfg))
+    with pytest.raises(ValueError) as e:
+        vitjax.load(tmp_path / 's')
+    for msg in ['depths=(1, 0, 1, 1000000): 1..8 stages of >= 1 blocks', 'num_heads=(3, 6): one count >= 1 per stage',
+                'window_size=((4, 4), (4, 1000)): sizes in 1..64']:
+        assert msg in str(e.value)
+
+
+def test_config_json_that_is_not_an_object_or_bad_extra_names(saved, tmp_path):
+    path, model, variables = saved
+    shutil.copytree(path, tmp_path / 'm')
+    (tmp_path / 'm' / 'config.json').write_text('[1, 2]')
+    with pytest.raises(ValueError, match=r'config.json is not a vitjax config \(format=None\)'):
+        vitjax.load(tmp_path / 'm')
+    with pytest.raises(ValueError, match=r"extra_json names must be plain \*.json file names, got \['../x.json'\]"):
+        vitjax.save(tmp_path / 'n', model, variables, extra_json={'../x.json': {}})
+    assert sorted(os.listdir(tmp_path)) == ['m']

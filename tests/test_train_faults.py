@@ -297,3 +297,10 @@ def test_workdir_holding_other_files_is_refused_untouched(tmp_path, data_dir):
             (own / extra).unlink()  # then: only names a run writes, but config.json is not a training config
     bad = train(own, *QUICK, '--stop_after=-1', data_dir=data_dir)
     assert bad.returncode == 2 and '--stop_after must be >= 0' in bad.stderr
+    run = tmp_path / 'run'  # a run directory whose model/ holds a user's file: refused before training
+    (run / 'model').mkdir(parents=True)
+    (run / 'model' / 'mine.txt').write_text('x')
+    (run / '.model.old').mkdir()  # what a killed final save may leave: ours, not in the way
+    proc = train(run, *QUICK, data_dir=data_dir)
+    assert proc.returncode == 2 and 'vitjax replaces only a model directory it wrote' in proc.stderr
+    assert sorted(p.name for p in run.iterdir()) == ['.model.old', 'model']

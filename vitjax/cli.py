@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,11 +24,25 @@ from vitjax.images import IMAGE_EXTENSIONS
 CACHE = Path(os.environ.get('VITJAX_CACHE', Path.home() / '.cache' / 'vitjax'))
 
 
+def _at_least_one(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(f'{flag} must be an integer >= 1 (got {text})')
+        return value
+    return parse
+
+
 def resolve_model(spec: str) -> Path:
     """A model directory as given, or a timm name converted (with parity) into the cache on first use."""
     path = Path(spec)
     if path.is_dir():
         return path
+    if os.path.lexists(path) or os.sep in spec:  # meant as a path: 'unknown model name' would mislead
+        raise ValueError(f'{spec}: ' + ('not a directory' if os.path.lexists(path) else 'no such model directory'))
     from vitjax.registry import model_args
     model_args(spec)  # an unknown name fails here, with close matches, before anything is downloaded
     target = CACHE / spec
@@ -87,30 +102,74 @@ def cmd_predict(args) -> int:
     return 0
 
 
+# Only outputs recognisably ours are replaced: the arrays `features` writes, the PNG tag `attention` adds.
+PNG_TAG = 'vitjax attention'
+FEATURE_ARRAY = re.compile(r'(files|pooled|cls|tokens|map|(block|stage)_\d+)\.npy')
+
+
+def _our_npz(path: Path) -> bool:
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return 'files.npy' in names and all(FEATURE_ARRAY.fullmatch(n) for n in names)
+
+
+def _our_png(path: Path) -> bool:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.format == 'PNG' and im.text.get('Software') == PNG_TAG
+    except Exception:  # PIL raises several types for files that are not images
+        return False
+
+
+def _check_out(out: str, suffix: str, ours, inputs) -> Path:
+    """Before the model is loaded: the output's suffix (numpy and matplotlib would append their own and write a
+    path we do not report), and a place we may write."""
+    from vitjax.io import check_output_file
+    if Path(out).suffix.lower() != suffix:
+        raise ValueError(f'--out {out}: must end in {suffix}')
+    return check_output_file(out, ours, inputs)
+
+
 def cmd_features(args) -> int:
     import numpy as np
     from vitjax import inference
+    from vitjax.io import write_file
+    out = _check_out(args.out, '.npz', _our_npz, [i for i in args.images if os.path.isfile(i)])
     _, model, variables = _load(args.model)
     files = expand_images(args.images)
     feats = inference.features(model, variables, inference.preprocess(files, model), args.kind)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.{out.stem}.tmp.npz')
-    np.savez(tmp, files=np.asarray(files), **feats)
-    os.replace(tmp, out)
+
+    def write(tmp):
+        with open(tmp, 'wb') as f:  # a file object: np.savez appends '.npz' to a name without it
+            np.savez(f, files=np.asarray(files), **feats)
+    write_file(out, write, _our_npz)
     print(json.dumps({'out': str(out), 'files': len(files), **{k: list(v.shape) for k, v in feats.items()}}))
     return 0
 
 
 def cmd_attention(args) -> int:
+    from PIL import Image, PngImagePlugin
     from vitjax import inference
+    from vitjax.io import write_file
+    out = _check_out(args.out, '.png', _our_png, [args.image])
     _, model, variables = _load(args.model)
     x = inference.preprocess([args.image], model)
     maps = inference.attention_maps(model, variables, x, args.head_fusion)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    inference.render_attention(inference.denormalize(x[0], model), {k: v[0] for k, v in maps.items()}, out,
-                               title=Path(args.image).name)
+
+    def write(tmp):
+        inference.render_attention(inference.denormalize(x[0], model), {k: v[0] for k, v in maps.items()}, tmp,
+                                   title=Path(args.image).name)
+        with Image.open(tmp) as im:  # PNG is lossless: saved again, only with our tag added
+            im.load()
+            info = PngImagePlugin.PngInfo()
+            info.add_text('Software', PNG_TAG)
+            im.save(tmp, format='PNG', pnginfo=info)
+    write_file(out, write, _our_png)
     print(json.dumps({'out': str(out), 'grid': list(maps['rollout'].shape[1:])}))
     return 0
 
@@ -135,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser('predict', help='top-k classes for images')
     p.add_argument('--model', required=True, help='model directory or timm name')
     p.add_argument('images', nargs='+', help='image files or folders')
-    p.add_argument('--top', type=int, default=5)
+    p.add_argument('--top', type=_at_least_one('--top'), default=5, help='classes per image (at most all of them)')
     p.add_argument('--json', action='store_true', help='JSON on stdout')
     p.set_defaults(fn=cmd_predict)
     p = sub.add_parser('features', help='features of images into an .npz')
@@ -154,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('--model', required=True)
     p.add_argument('--dataset', required=True, help='tfds name or a folder with one subfolder per class')
     p.add_argument('--split', default='test')
-    p.add_argument('--batch-size', type=int, default=64)
+    p.add_argument('--batch-size', type=_at_least_one('--batch-size'), default=64)
     p.add_argument('--data-dir', help='tfds data directory')
     p.set_defaults(fn=cmd_evaluate)
     for name, help_ in (('convert', 'PyTorch (timm, torchvision, HF) -> vitjax, with parity'),
@@ -170,7 +229,7 @@ def main(argv=None) -> int:
         module = __import__(f'porting.{argv[0]}', fromlist=['main'])
         return module.main(argv[1:])
     if argv and argv[0] == 'train':
-        from vitjax.trainer import run
+        from vitjax.main import run
         run(['vitjax train'] + argv[1:])
         return 0
     args = parser().parse_args(argv)

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import numpy as np
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+SPLIT_DIRS = ('train', 'test', 'val', 'validation')  # ROOT/<split>/<class>/<image>, as ImageNet-style folders
+HELD_OUT = 0.1  # a folder of class folders only: this share of each class is its 'test' split
 MAX_SIDE = 4096  # larger images are decoded at reduced size (JPEG draft mode) and shrunk to this
 
 
@@ -22,7 +24,19 @@ class FolderIndex(NamedTuple):
 
 
 def load_rgb(path: str) -> np.ndarray:
-    """(H, W, 3) uint8 for any image PIL opens; raises on unreadable or truncated files."""
+    """(H, W, 3) uint8 for any image PIL opens; ValueError naming the file for anything it cannot decode
+    (unreadable, truncated, not an image, or over PIL's decompression-bomb limit of ~179 Mpx)."""
+    try:
+        return _load_rgb(path)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f'{path}: cannot decode the image ({type(e).__name__}: {e})') from None
+    except Exception as e:  # PIL raises many types: DecompressionBombError, SyntaxError, ValueError, ...
+        raise ValueError(f'{path}: cannot decode the image ({type(e).__name__}: {e})') from None
+
+
+def _load_rgb(path: str) -> np.ndarray:
     from PIL import Image, ImageOps
     with Image.open(path) as im:
         if im.format == 'JPEG' and max(im.size) > MAX_SIDE:
@@ -45,7 +59,7 @@ def load_rgb(path: str) -> np.ndarray:
 
 def _check(path: str):
     try:
-        load_rgb(path)
+        _load_rgb(path)
         return None
     except Exception as e:  # PIL raises many types: UnidentifiedImageError, OSError (truncated), SyntaxError
         return f'{type(e).__name__}: {e}'
@@ -88,3 +102,41 @@ def scan(root: str) -> FolderIndex:
               'label index; the model still has an output for them)', file=sys.stderr)
     order = np.random.default_rng(0).permutation(len(files))
     return FolderIndex([files[i] for i in order], [labels[i] for i in order], classes, skipped, empty)
+
+
+class FolderSplits(NamedTuple):
+    splits: dict[str, tuple[list[str], list[int]]]  # split name -> (files, labels)
+    classes: tuple[str, ...]
+    layout: str  # 'split folders' or 'class folders'
+
+
+@functools.lru_cache(maxsize=8)
+def folder_splits(root: str) -> FolderSplits:
+    """The splits of an image folder. ROOT/<split>/<class>/... (split one of train, test, val, validation):
+    one split per folder, the same classes in each. ROOT/<class>/... only: 'train' and 'test' hold
+    1 - HELD_OUT and HELD_OUT of every class (at least one image of each class with two or more goes to
+    'test'), drawn by the fixed shuffle of `scan`, so the same folder always splits the same way; 'all' is
+    the whole folder."""
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if subdirs and set(subdirs) <= set(SPLIT_DIRS):
+        indexes = {d: scan(os.path.join(root, d)) for d in subdirs}
+        classes = {d: ix.classes for d, ix in indexes.items()}
+        if len(set(classes.values())) > 1:
+            raise ValueError(f'{root}: the split folders hold different classes: ' + '; '.join(
+                f'{d}: {", ".join(c)}' for d, c in classes.items()))
+        splits = {d: (ix.files, ix.labels) for d, ix in indexes.items()}
+        return FolderSplits(splits, next(iter(classes.values())), 'split folders')
+    index = scan(root)
+    per_class: dict[int, int] = {}
+    for label in index.labels:
+        per_class[label] = per_class.get(label, 0) + 1
+    held = {k: 0 if n < 2 else max(1, round(n * HELD_OUT)) for k, n in per_class.items()}
+    seen: dict[int, int] = {}
+    train, test = ([], []), ([], [])
+    for f, label in zip(index.files, index.labels):
+        seen[label] = seen.get(label, 0) + 1
+        part = test if seen[label] <= held[label] else train
+        part[0].append(f)
+        part[1].append(label)
+    splits = {'train': train, 'test': test, 'all': (index.files, index.labels)}
+    return FolderSplits(splits, index.classes, 'class folders')

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models import SwinTransformer, VisionTransformer
-from vitjax.registry import img_size_of
+from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
+from vitjax.models.vit import to_2tuple
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
 FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
@@ -146,8 +146,8 @@ def features(model, variables, x: np.ndarray, kind: str = 'pooled') -> dict[str,
         if kind == 'tokens':
             return {kind: f}
         b, h, w = x.shape[:3]
-        p = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
-        return {kind: f[:, model.num_prefix_tokens:].reshape(b, h // p, w // p, -1)}
+        ph, pw = to_2tuple(model.patch_size)  # non-square patches: each axis its own stride
+        return {kind: f[:, model.num_prefix_tokens:].reshape(b, h // ph, w // pw, -1)}
 
     return _batched(jax.jit(run), x)
 
@@ -184,8 +184,8 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
 
     out = _batched(jax.jit(run), x)
     b, h, w = x.shape[:3]
-    p = model.patch_size if isinstance(model.patch_size, int) else model.patch_size[0]
-    grid = (h // p, w // p)
+    ph, pw = to_2tuple(model.patch_size)
+    grid = (h // ph, w // pw)
     normed = {}
     for k, v in out.items():
         v = v.reshape(b, *grid)

@@ -137,6 +137,12 @@ def _locked_main(c, workdir: str) -> int:
         if changes:
             print('--resume with changed settings: ' + ', '.join(f'{k}: {a!r} -> {b!r}'
                                                                   for k, (a, b) in changes.items()))
+    try:  # the final model goes to workdir/model: found unwritable now, not after the training
+        from vitjax.io import check_writable_model_dir
+        check_writable_model_dir(os.path.join(workdir, 'model'))
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     try:
         workdirs.write_config(workdir, config, changes)
     except OSError as e:

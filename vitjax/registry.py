@@ -14,7 +14,8 @@ from typing import Any, Optional, Union
 import jax
 import jax.numpy as jnp
 
-from vitjax.models import ARCHITECTURES, Model, PretrainedCfg
+from vitjax import io
+from vitjax.models import ARCHITECTURES, Model, PretrainedCfg, img_size_of, init_variables  # noqa: F401
 
 # Width / depth / heads for timm's size words.
 SIZES: dict[str, dict[str, Any]] = {
@@ -182,21 +183,11 @@ def create_model(name: str, pretrained: Optional[str] = None, num_classes: Optio
     and adapted: the head is re-initialised when `num_classes` differs, position embeddings are resampled
     when `img_size` differs. Otherwise the variables are a fresh initialisation from `rng`.
     """
-    from vitjax import io  # io imports the registry for names; keep the cycle lazy
-
     rng = jax.random.PRNGKey(0) if rng is None else rng
     if pretrained is not None:
-        return io.load(pretrained, num_classes=num_classes, img_size=img_size, rng=rng, expect_name=name,
-                       **overrides)
+        stored = io.read_config(pretrained).get('model_name') or ''
+        if stored and split_tag(name)[0] != split_tag(stored)[0]:
+            raise ValueError(f'{pretrained} holds {stored!r}, not {name!r}')
+        return io.load(pretrained, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
     model = build_model(name, num_classes, img_size, **overrides)
     return model, init_variables(model, rng)
-
-
-def init_variables(model: Model, rng: jax.Array) -> dict:
-    h, w = img_size_of(model)
-    return jax.jit(model.init)({'params': rng}, jnp.zeros((1, h, w, model.in_chans), jnp.float32))
-
-
-def img_size_of(model: Model) -> tuple[int, int]:
-    s = model.img_size
-    return (s, s) if isinstance(s, int) else tuple(s)

@@ -30,7 +30,9 @@ def check_ours(workdir: str) -> None:
     """A run writes config.json, metrics.jsonl, model/, ... into its workdir and replaces older copies of them:
     refuse a directory that holds anything else (`--workdir .` in a project with its own config.json)."""
     names = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
-    foreign = sorted(n for n in names - RUN_FILES if not n.startswith(f'{CONFIG_FILE}.tmp-'))
+    # also what a killed write leaves: our config.json's temporary, model/'s (vitjax.save clears them itself)
+    ours = lambda n: n.startswith((f'{CONFIG_FILE}.tmp-', '.model.tmp-')) or n == '.model.old'
+    foreign = sorted(n for n in names - RUN_FILES if not ours(n))
     if not foreign and CONFIG_FILE in names:
         try:
             with open(os.path.join(workdir, CONFIG_FILE)) as f:

@@ -46,25 +46,38 @@ def _builder(dataset: str, data_dir: Optional[str]):
     return builder
 
 
-def _slice_bounds(split: str, n: int) -> tuple[int, int]:
-    """tfds split syntax over a list: `name`, `name[a:b]` with a/b absolute or percent."""
-    m = re.fullmatch(r'\w+(?:\[(-?\d+%?)?:(-?\d+%?)?\])?', split.strip())
+def _parse_split(split: str) -> tuple[str, Optional[str], Optional[str]]:
+    """tfds split syntax: `name` or `name[a:b]`, a/b absolute or percent."""
+    m = re.fullmatch(r'(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?', split.strip())
     if not m:
         raise ValueError(f'cannot parse split {split!r} (use e.g. train, train[:80%], train[80%:90%])')
+    return m[1], m[2], m[3]
+
+
+def _slice_bounds(split: str, n: int) -> tuple[int, int]:
+    _, lo, hi = _parse_split(split)
     def bound(text, default):
         if text is None:
             return default
         v = int(text.rstrip('%'))
         v = round(v * n / 100) if text.endswith('%') else v
-        return v + n if v < 0 else v
-    return bound(m[1], 0), bound(m[2], n)
+        return min(max(v + n if v < 0 else v, 0), n)
+    return bound(lo, 0), bound(hi, n)
 
 
 def _folder_split(root, split, process_index, process_count):
-    files, labels, classes, _, _ = images.scan(os.path.abspath(root))
+    """This process's (files, labels) of a folder split, the class names, and the split's size (all processes)."""
+    name = _parse_split(split)[0]
+    found = images.folder_splits(os.path.abspath(root))
+    if name not in found.splits:
+        raise ValueError(f'{root} has no split {name!r} ({found.layout}: its splits are '
+                         f'{", ".join(sorted(found.splits))})')
+    files, labels = found.splits[name]
     lo, hi = _slice_bounds(split, len(files))
     files, labels = files[lo:hi], labels[lo:hi]
-    return files[process_index::process_count], labels[process_index::process_count], classes, hi - lo
+    if not files:
+        raise ValueError(f'{root} split {split!r} is empty ({name!r} holds {len(found.splits[name][0])} images)')
+    return files[process_index::process_count], labels[process_index::process_count], found.classes, len(files)
 
 
 def _decode_file(path, label):
@@ -107,12 +120,16 @@ def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None) -
         return DatasetInfo(len(classes), classes, n)
     builder = _builder(dataset, data_dir)
     label = builder.info.features['label']
-    return DatasetInfo(label.num_classes, tuple(label.names), _num_examples(builder, split))
+    n = _num_examples(builder, split)
+    if n == 0:
+        raise ValueError(f'{dataset} split {split!r} is empty')
+    return DatasetInfo(label.num_classes, tuple(label.names), n)
 
 
 # -- preprocessing -----------------------------------------------------------------------------------------
 def _normalize(image, mean, std):
-    image = tf.cast(image, tf.float32) / 255.0
+    """Resized float pixels (bicubic overshoots 0..255) to the model's normalised input."""
+    image = tf.clip_by_value(tf.cast(image, tf.float32), 0, 255) / 255.0
     return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
@@ -155,8 +172,7 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
         image = _resize(image, (image_size, image_size), interpolation)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
-        image = (tf.clip_by_value(image, 0, 255) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std,
-                                                                                                     tf.float32)
+        image = _normalize(image, mean, std)
         return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
 
     ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
@@ -190,8 +206,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
         image = _resize(image, tf.stack([new_h, new_w]), interpolation)
         top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
         image = image[top:top + image_size, left:left + image_size]
-        image = (tf.clip_by_value(image, 0, 255) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std,
-                                                                                                     tf.float32)
+        image = _normalize(image, mean, std)
         image = tf.ensure_shape(image, (image_size, image_size, 3))
         return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1.0)}
 
