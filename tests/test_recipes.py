@@ -57,7 +57,9 @@ def test_scratch_then_frozen(tmp_path):
     scratch = json.loads((tmp_path / 'runs/scratch/summary.json').read_text())
     assert scratch['test_accuracy'] > 0.6
     evaluation = json.loads(proc.stdout[proc.stdout.index('{\n  "model"'):proc.stdout.index('\n}\n') + 2])
-    assert evaluation['split'] == 'train[90%:]' and evaluation['count'] == 180
+    from vitjax.images import folder_splits
+    held_out = folder_splits(str(tmp_path / 'out/digit_folder')).splits['test'][0]
+    assert evaluation['split'] == 'test' and evaluation['count'] == len(held_out) == 179  # 10% of each digit
     import vitjax
     from vitjax.io import flatten
     _, before = vitjax.load(tmp_path / 'runs/scratch/model')
