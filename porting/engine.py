@@ -19,6 +19,25 @@ class ConversionError(ValueError):
     """Raised with every unmatched / missing / mis-shaped key listed."""
 
 
+class UnsupportedModel(ValueError):
+    """The source model uses an option vitjax has no equivalent for."""
+
+
+def require(ok: bool, what: str) -> None:
+    if not ok:
+        raise UnsupportedModel(f'the source model uses {what}, which vitjax does not support yet')
+
+
+def to_numpy(value):
+    """A state-dict value as numpy; torch bf16/f16 tensors are widened to f32 (numpy has no bf16)."""
+    if hasattr(value, 'detach'):
+        value = value.detach().cpu()
+        if value.is_floating_point() and value.dtype != value.new_zeros(()).float().dtype:
+            value = value.float()
+        return value.numpy()  # a view: apply_rules makes the one copy
+    return np.asarray(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Transform:
     """`forward(src, ctx) -> tuple of targets`; `inverse(targets, ctx) -> src` (exact inverses)."""

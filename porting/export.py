@@ -16,17 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from porting import parity, timm_swin, timm_vit
+from porting import parity, sources
 
-# Module fields that timm.create_model takes under the same name, per architecture.
-TIMM_KWARGS = {
-    'vit': ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
-            'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
-            'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size'),
-    'swin': ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depths', 'num_heads',
-             'head_dim', 'window_size', 'always_partition', 'dynamic_img_size', 'mlp_ratio', 'qkv_bias'),
-}
-FAMILY = {'vit': timm_vit, 'swin': timm_swin}
 MARK = {'written_by': 'vitjax export'}  # in the safetensors metadata: a file we may replace
 
 
@@ -39,20 +30,20 @@ def ours(path: Path) -> bool:
         return False
 
 
-def timm_model_for(name: str, config: dict, arch: str = 'vit'):
+def timm_model_for(name: str, config: dict, source: sources.Source):
     """The timm model with this config: the name gives the class (distilled or not), the kwargs the rest."""
     import functools
     import timm
     from timm.layers import LayerNorm
     from vitjax.io import as_tuples
-    kwargs = as_tuples({k: v for k, v in config.items() if k in TIMM_KWARGS[arch]})
+    kwargs = as_tuples({k: v for k, v in config.items() if k in source.create_kwargs})
     kwargs['norm_layer'] = functools.partial(LayerNorm, eps=config['norm_eps'])
-    if arch == 'vit':
+    if source.arch == 'vit':
         kwargs['act_layer'] = config['act_layer']
     elif config['act_layer'] != 'gelu':  # timm's Swin has no act_layer argument
         raise ValueError(f"timm {name} has exact GELU only, this model uses {config['act_layer']}")
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
-    got = FAMILY[arch].model_config(model)
+    got = source.model_config(model)
     plain = lambda v: json.loads(json.dumps(v))  # tuples and lists compare equal
     mismatched = {k: (v, config.get(k)) for k, v in got.items()
                   if k != 'init_values' and plain(config.get(k)) != plain(v)}
@@ -71,14 +62,15 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     check_output_file(out, ours, inputs=[model_dir])  # before the parity run, which takes a while
     model, variables = vitjax.load(model_dir)
     arch = architecture_of(model)
+    source = sources.get('timm', arch)
     name = name or read_config(model_dir).get('model_name') or ''
     if not name:
         raise ValueError(f'{model_dir} records no timm model name; pass --timm-name')
     config = model_config(model)
     if arch == 'vit':
         config['fc_norm'] = bool(model.use_fc_norm and model.final_norm)  # timm takes the resolved flag
-    state = {k: torch.from_numpy(np.array(v)) for k, v in FAMILY[arch].to_timm(variables['params'], config).items()}
-    torch_model = timm_model_for(name.partition('.')[0], config, arch)
+    state = {k: torch.from_numpy(np.array(v)) for k, v in source.to_state(variables['params'], config).items()}
+    torch_model = timm_model_for(name.partition('.')[0], config, source)
     torch_model.load_state_dict(state, strict=True)
     report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
     if not report['passed']:

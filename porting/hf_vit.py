@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, apply_rules, linear, norm
+from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, UnsupportedModel, linear, norm
 
 LAYER = 'encoder.layer.{i}'
 RULES = (
@@ -54,8 +54,17 @@ def read_state(path) -> dict:
     return {k.removeprefix('vit.'): v for k, v in state.items()}
 
 
+def is_model(model) -> bool:
+    return type(model).__name__ in ('ViTForImageClassification', 'ViTModel')
+
+
+def state_of(model) -> dict:
+    """The tensors of the directory `model` was loaded from: the files keep the hub layout, while the module
+    names in memory change across transformers versions (v5 renames them on load)."""
+    return read_state(model.name_or_path)
+
+
 def model_config(model) -> dict[str, Any]:
-    from porting.timm_vit import UnsupportedModel
     c = model.config
     if c.hidden_act != 'gelu':
         raise UnsupportedModel(f'hidden_act={c.hidden_act!r}')
@@ -72,13 +81,8 @@ def model_config(model) -> dict[str, Any]:
 PRETRAINED_CFG = dict(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], crop_pct=1.0, interpolation='bilinear', tag='hf')
 
 
-def from_hf(state_dict, config: dict[str, Any]) -> dict:
-    from porting.timm_vit import to_numpy
-    from vitjax.io import param_shapes, unflatten
-    from vitjax.models import VisionTransformer
-    expected = param_shapes(VisionTransformer(**config))
-    return unflatten(apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config,
-                                 'hf -> vitjax'))
+def pretrained_cfg(model) -> dict[str, Any]:
+    return dict(PRETRAINED_CFG, input_size=[3, model.config.image_size, model.config.image_size])
 
 
 class ParityAdapter:

@@ -1,12 +1,15 @@
-"""timm SwinTransformer family: the name table and the config reader."""
+"""timm SwinTransformer: the name table and the config reader (a row of porting.sources)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, LINEAR, Rule, apply_rules, invert_rules, linear, norm
-from porting.timm_vit import UnsupportedModel, activation, require, to_numpy
+from porting.engine import CONV, LINEAR, Rule, linear, norm, require
+from porting.timm_vit import activation
 
-ARCH = 'swin'
+# vitjax SwinTransformer fields that timm.create_model takes under the same name.
+CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depths',
+                 'num_heads', 'head_dim', 'window_size', 'always_partition', 'dynamic_img_size', 'mlp_ratio',
+                 'qkv_bias')
 
 BLOCK = (
     *norm('layers.{i}.blocks.{j}.norm1', 'layers_{i}/blocks_{j}/norm1'),
@@ -76,27 +79,8 @@ def model_config(model) -> dict[str, Any]:
     )
 
 
-def from_timm(state_dict, config: dict[str, Any]) -> dict:
-    """Pure conversion: timm Swin state dict + vitjax config -> Flax params (strict). Non-persistent buffers
-    (relative_position_index, attn_mask) are recomputed by the Flax module and may be absent or present."""
-    from vitjax.io import param_shapes, unflatten
-    from vitjax.models import SwinTransformer
-
-    state = {k: to_numpy(v) for k, v in state_dict.items()
-             if not k.endswith(('relative_position_index', 'attn_mask'))}
-    expected = param_shapes(SwinTransformer(**config))
-    return unflatten(apply_rules(state, RULES, expected, config, 'timm swin -> vitjax'))
-
-
-def to_timm(params, config: dict[str, Any]) -> dict:
-    from vitjax.io import flatten
-    return invert_rules(flatten(params), RULES, config, 'vitjax -> timm swin')
-
-
 def reference_state(state: dict, src, dst, ref) -> dict:
     """The source state dict as timm itself adapts it to `ref` (relative-position tables resized per window)."""
     from timm.models.swin_transformer import checkpoint_filter_fn
     return checkpoint_filter_fn(dict(state), ref)
 
-
-__all__ = ['ARCH', 'RULES', 'model_config', 'from_timm', 'to_timm', 'UnsupportedModel']

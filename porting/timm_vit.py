@@ -1,12 +1,11 @@
-"""timm VisionTransformer family (ViT, DeiT, DeiT distilled, MAE): the name table and the config reader."""
+"""timm VisionTransformer (ViT, DeiT, DeiT distilled, MAE, CLIP, SigLIP, DINOv2, DeiT III): the name table, the
+config and preprocessing readers (a row of porting.sources)."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from porting.engine import (CONV, HEADS_BIAS, HEADS_KERNEL, KV_BIAS, KV_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
-                            apply_rules, invert_rules, linear, norm)
+                            UnsupportedModel, linear, norm, require)
 
 BLOCK = (
     *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
@@ -52,16 +51,10 @@ RULES = (
 )
 
 
-ARCH = 'vit'  # the vitjax architecture this table fills
-
-
-class UnsupportedModel(ValueError):
-    pass
-
-
-def require(ok: bool, what: str) -> None:
-    if not ok:
-        raise UnsupportedModel(f'timm model uses {what}, which vitjax does not support yet')
+# vitjax VisionTransformer fields that timm.create_model takes under the same name (export builds timm's model).
+CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
+                 'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
+                 'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size')
 
 
 def activation(mod) -> str:
@@ -146,22 +139,6 @@ def pretrained_cfg(model) -> dict[str, Any]:
     return {k: list(c[k]) if isinstance(c.get(k), tuple) else c[k] for k in keys if c.get(k) is not None}
 
 
-def from_timm(state_dict, config: dict[str, Any]) -> dict:
-    """Pure conversion: timm ViT state dict (numpy or torch values) + vitjax config -> Flax params (strict)."""
-    from vitjax.io import param_shapes, unflatten
-    from vitjax.models import VisionTransformer
-
-    expected = param_shapes(VisionTransformer(**config))
-    flat = apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config, 'timm -> vitjax')
-    return unflatten(flat)
-
-
-def to_timm(params, config: dict[str, Any]) -> dict:
-    """The inverse of `from_timm`: Flax params -> timm state dict (numpy), bit-exact."""
-    from vitjax.io import flatten
-    return invert_rules(flatten(params), RULES, config, 'vitjax -> timm')
-
-
 def reference_state(state: dict, src, dst, ref) -> dict:
     """The source state dict as timm itself adapts it to `dst`'s grid (for the parity reference)."""
     from timm.layers import resample_abs_pos_embed
@@ -172,11 +149,3 @@ def reference_state(state: dict, src, dst, ref) -> dict:
             num_prefix_tokens=0 if src.no_embed_class else src.num_prefix_tokens)
     return state
 
-
-def to_numpy(value):
-    if hasattr(value, 'detach'):  # a torch tensor; bf16/f16 checkpoints are widened, numpy has no bf16
-        value = value.detach().cpu()
-        if value.is_floating_point() and value.dtype != value.new_zeros(()).float().dtype:
-            value = value.float()
-        return value.numpy()  # a view: apply_rules makes the one copy
-    return np.asarray(value)

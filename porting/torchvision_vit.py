@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, apply_rules, linear, norm
+from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear, norm
 
 LAYER = 'encoder.layers.encoder_layer_{i}'
 RULES = (
@@ -26,9 +26,16 @@ RULES = (
 )
 
 
+def is_model(model) -> bool:
+    return type(model).__name__ == 'VisionTransformer' and type(model).__module__.startswith('torchvision.')
+
+
+def is_state(path, state) -> bool:
+    return bool(state) and any(k.startswith('encoder.layers.encoder_layer_') for k in state)
+
+
 def model_config(model) -> dict[str, Any]:
-    from porting.timm_vit import UnsupportedModel
-    if type(model).__name__ != 'VisionTransformer' or not hasattr(model, 'conv_proj'):
+    if not is_model(model):
         raise UnsupportedModel(f'{type(model).__name__} is not a torchvision VisionTransformer')
     if hasattr(model.heads, 'pre_logits'):
         raise UnsupportedModel('torchvision representation_size (pre_logits head)')
@@ -45,13 +52,8 @@ PRETRAINED_CFG = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225], cro
                       interpolation='bilinear', tag='torchvision')
 
 
-def from_torchvision(state_dict, config: dict[str, Any]) -> dict:
-    from porting.timm_vit import to_numpy
-    from vitjax.io import param_shapes, unflatten
-    from vitjax.models import VisionTransformer
-    expected = param_shapes(VisionTransformer(**config))
-    return unflatten(apply_rules({k: to_numpy(v) for k, v in state_dict.items()}, RULES, expected, config,
-                                 'torchvision -> vitjax'))
+def pretrained_cfg(model) -> dict[str, Any]:
+    return dict(PRETRAINED_CFG, input_size=[3, model.image_size, model.image_size])
 
 
 class ParityAdapter:

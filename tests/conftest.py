@@ -16,12 +16,10 @@ jax.config.update('jax_default_matmul_precision', 'highest')
 
 def port(timm_model):
     """(vitjax model, variables) for a timm model, through the public porting functions."""
-    from porting.convert import timm_family
-    from vitjax.io import model_from_config
-    family = timm_family(timm_model)
-    cfg = family.model_config(timm_model)
-    model = model_from_config({'architecture': family.ARCH, 'model': cfg})
-    return model, {'params': family.from_timm(timm_model.state_dict(), cfg)}
+    from porting.sources import source_of
+    source = source_of(timm_model, 'timm')
+    cfg = source.model_config(timm_model)
+    return source.module(cfg), {'params': source.from_state(timm_model.state_dict(), cfg)}
 
 
 def timm_model(name, seed=0, **kwargs):

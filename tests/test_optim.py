@@ -9,6 +9,7 @@ import torch
 
 from conftest import port, timm_model
 from porting import timm_vit
+from porting.sources import TIMM_VIT
 from vitjax.config import default_config
 from vitjax.io import flatten
 from vitjax.optim import create_optimizer, create_schedule, path_mask, trainable_mask
@@ -110,7 +111,7 @@ def test_training_parity_with_pytorch(kw):
     # The chain really clipped: some raw gradient norms were above the threshold.
     assert max(t_norms) > c.clip_norm and np.allclose(j_norms, t_norms, rtol=1e-3)
     ours = flatten(params)
-    theirs = flatten(timm_vit.from_timm(tm.state_dict(), timm_vit.model_config(tm)))
+    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.model_config(tm)))
     for k in filter(comparable, ours):
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-4, atol=5e-5, err_msg=k)
     if c.trainable:
@@ -128,7 +129,7 @@ def test_parity_test_detects_wrong_weight_decay():
     data = batches(STEPS)
     train_torch(tm, c, data)
     *_, params = train_jax(model, variables, config(weight_decay=0.0), data)
-    theirs = flatten(timm_vit.from_timm(tm.state_dict(), timm_vit.model_config(tm)))
+    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.model_config(tm)))
     worst = max(float(np.abs(v - theirs[k]).max()) for k, v in flatten(params).items() if comparable(k))
     assert worst > 5e-5 * 3, worst
 

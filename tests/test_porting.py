@@ -5,7 +5,8 @@ import torch
 
 from conftest import images, max_diff, port, run_timm, timm_model
 from porting import timm_vit
-from porting.engine import ConversionError
+from porting.engine import ConversionError, UnsupportedModel
+from porting.sources import TIMM_VIT
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
 
@@ -21,7 +22,7 @@ def test_missing_key_is_listed(small):
     sd = tm.state_dict()
     del sd['blocks.1.mlp.fc2.bias'], sd['dist_token']
     with pytest.raises(ConversionError) as e:
-        timm_vit.from_timm(sd, cfg)
+        TIMM_VIT.from_state(sd, cfg)
     assert 'missing target: blocks_1/mlp/fc2/bias' in str(e.value)
     assert 'missing target: dist_token' in str(e.value)
 
@@ -32,7 +33,7 @@ def test_extra_key_is_listed(small):
     sd['blocks.0.attn.rope.freqs'] = torch.zeros(4)
     sd['blocks.2.norm1.weight'] = torch.zeros(64)  # a block the config does not have
     with pytest.raises(ConversionError) as e:
-        timm_vit.from_timm(sd, cfg)
+        TIMM_VIT.from_state(sd, cfg)
     assert 'unused source key: blocks.0.attn.rope.freqs' in str(e.value)
     assert 'blocks_2/norm1/scale (no target in this model)' in str(e.value)
 
@@ -42,13 +43,13 @@ def test_wrong_shape_is_listed(small):
     sd = tm.state_dict()
     sd['pos_embed'] = torch.zeros(1, 7, 64)
     with pytest.raises(ConversionError, match=r'wrong shape: pos_embed: \(1, 7, 64\) != \(1, 18, 64\)'):
-        timm_vit.from_timm(sd, cfg)
+        TIMM_VIT.from_state(sd, cfg)
 
 
 def test_config_mismatch_fails_strictly(small):
     tm, cfg = small
     with pytest.raises(ConversionError, match='wrong shape'):
-        timm_vit.from_timm(tm.state_dict(), {**cfg, 'num_heads': 8, 'embed_dim': 32})
+        TIMM_VIT.from_state(tm.state_dict(), {**cfg, 'num_heads': 8, 'embed_dim': 32})
 
 
 @pytest.mark.parametrize('name, kwargs', [
@@ -59,7 +60,7 @@ def test_config_mismatch_fails_strictly(small):
 def test_round_trip_is_bit_exact(name, kwargs):
     tm = timm_model(name, **kwargs)
     cfg = timm_vit.model_config(tm)
-    back = timm_vit.to_timm(timm_vit.from_timm(tm.state_dict(), cfg), cfg)
+    back = TIMM_VIT.to_state(TIMM_VIT.from_state(tm.state_dict(), cfg), cfg)
     sd = tm.state_dict()
     assert set(back) == set(sd)
     for k, v in sd.items():
@@ -68,7 +69,7 @@ def test_round_trip_is_bit_exact(name, kwargs):
 
 def test_unsupported_timm_model_is_named():
     tm = timm_model('vit_tiny_patch16_224', **SMALL, patch_drop_rate=0.1)
-    with pytest.raises(timm_vit.UnsupportedModel, match='patch dropout'):
+    with pytest.raises(UnsupportedModel, match='patch dropout'):
         timm_vit.model_config(tm)
 
 

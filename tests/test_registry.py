@@ -7,7 +7,7 @@ import timm
 
 import vitjax
 from porting import timm_vit
-from porting.convert import timm_family
+from porting.sources import source_of
 from vitjax.models import model_config
 from vitjax.registry import build_model
 
@@ -28,7 +28,7 @@ def _timm(name):
 def test_decoded_config_equals_timm(name):
     tm = _timm(name)
     ours = build_model(name)
-    expected = timm_family(tm).model_config(tm)
+    expected = source_of(tm).model_config(tm)
     decoded = model_config(ours)
     if 'fc_norm' in decoded:
         decoded['fc_norm'] = ours.use_fc_norm  # timm's reading is the resolved flag

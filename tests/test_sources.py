@@ -99,3 +99,37 @@ def test_foreign_state_dicts_name_file_and_keys(tmp_path, capsys, good, edit, ex
 def test_half_precision_checkpoints_are_widened(tmp_path, good):
     f = _edited(tmp_path, good, lambda s: s.update({k: v.half() for k, v in s.items()}))
     assert _convert(f, tmp_path / 'out') == 0
+
+
+def test_the_source_table_routes_checkpoints_and_models(tmp_path):
+    """One table serves convert and export: each library's checkpoint is detected by its own row, each built
+    model finds its row, and anything else is refused naming the rows we have."""
+    import torchvision
+    from porting.engine import UnsupportedModel
+    tv = torchvision.models.vit_b_16(weights=None, image_size=32, num_classes=3)
+    timm_vit = random_init.create('vit_tiny_patch16_224', depth=1)
+    swin = random_init.create('swin_tiny_patch4_window7_224', depths=(1, 1, 1, 1))
+    (tmp_path / 'hf').mkdir()
+    (tmp_path / 'hf' / 'config.json').write_text('{}')
+    assert sources.detect(None, None) == 'timm'  # hub weights
+    assert sources.detect(str(tmp_path / 'x.safetensors'), tv.state_dict()) == 'torchvision'
+    assert sources.detect(str(tmp_path / 'x.safetensors'), timm_vit.state_dict()) == 'timm'
+    assert sources.detect(str(tmp_path / 'hf'), None) == 'hf'
+    assert sources.source_of(tv) is sources.TORCHVISION_VIT
+    assert sources.source_of(timm_vit) is sources.TIMM_VIT
+    assert sources.source_of(swin) is sources.TIMM_SWIN
+    assert sources.get('timm', 'swin') is sources.TIMM_SWIN
+    with pytest.raises(UnsupportedModel, match=r'torch.nn.modules.linear.Linear .*supported: hf vit; torchvision vit'):
+        sources.source_of(torch.nn.Linear(2, 2))
+    with pytest.raises(UnsupportedModel, match='supported: timm vit; timm swin'):
+        sources.source_of(tv, 'timm')
+    with pytest.raises(ValueError, match="no torchvision source for vitjax architecture 'swin'"):
+        sources.get('torchvision', 'swin')
+    # Each row's table maps its model both ways, exactly.
+    for m in (tv, timm_vit, swin):
+        row = sources.source_of(m)
+        cfg = row.model_config(m)
+        back = row.to_state(row.from_state(row.state_of(m), cfg), cfg)
+        want = {k: v for k, v in m.state_dict().items() if not k.endswith(row.buffers)}
+        assert back.keys() == want.keys()
+        assert all((back[k] == want[k].numpy()).all() for k in want)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import vitjax
 from conftest import images, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init, timm_swin
+from porting.sources import TIMM_SWIN
 from porting.engine import ConversionError
 from vitjax.models.swin import resize_rel_pos_bias_table
 
@@ -93,10 +94,10 @@ def test_strict_table_errors(tiny):
     sd = dict(tm.state_dict())
     sd['layers.1.blocks.0.attn.extra'] = sd.pop('layers.1.blocks.0.attn.proj.bias')
     with pytest.raises(ConversionError) as e:
-        timm_swin.from_timm(sd, cfg)
+        TIMM_SWIN.from_state(sd, cfg)
     assert 'layers.1.blocks.0.attn.extra' in str(e.value) and 'layers_1/blocks_0/attn/proj/bias' in str(e.value)
     with pytest.raises(ConversionError, match='wrong shape'):
-        timm_swin.from_timm(tm.state_dict(), {**cfg, 'window_size': 8})
+        TIMM_SWIN.from_state(tm.state_dict(), {**cfg, 'window_size': 8})
 
 
 def test_cli_new_size_window_and_head_then_export(tmp_path):

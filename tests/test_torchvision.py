@@ -8,6 +8,7 @@ import torchvision
 import vitjax
 from conftest import images, max_diff
 from porting import convert, random_init, torchvision_vit
+from porting.sources import TORCHVISION_VIT
 
 
 def tv_model(name, seed=0, **kwargs):
@@ -44,7 +45,7 @@ def test_table_is_strict_and_names_the_keys(tmp_path):
     del sd['encoder.layers.encoder_layer_3.mlp.3.bias']
     from porting.engine import ConversionError
     with pytest.raises(ConversionError, match='missing target: blocks_3/mlp/fc2/bias'):
-        torchvision_vit.from_torchvision(sd, torchvision_vit.model_config(m))
+        TORCHVISION_VIT.from_state(sd, torchvision_vit.model_config(m))
 
 
 def test_img_size_change_is_refused_for_torchvision(tmp_path, capsys):
