@@ -91,8 +91,9 @@ def write_markdown(result: dict, path: Path) -> None:
     for r in recs:
         if r['name'] == 'fsdp':
             lines.append(f"| {r['model']} | {r['device']} | {r['batch']} | {r['state_mb_per_device']} | "
-                         f"{r['baseline_state_mb_per_device']} | {_fmt(r['vitjax_img_s'])} | "
-                         f"{_fmt(r['baseline_img_s'])} | {r['compile_s']} | {r['baseline_compile_s']} |")
+                         f"{r['baseline_state_mb_per_device']} | {_fmt(r['vitjax_img_s']) or r.get('note', '')} | "
+                         f"{_fmt(r['baseline_img_s']) or r.get('baseline_note', '')} | {_fmt(r['compile_s'])} | "
+                         f"{_fmt(r['baseline_compile_s'])} |")
     lines += ['', '## Targets', '', '| target | measured | verdict |', '|---|---|---|']
     lines += [f'| {t} | {m} | {v} |' for t, m, v in targets(result)]
     lines += ['', 'Raw records: `benchmarks/results/`.', '']

@@ -73,10 +73,48 @@ def train_step_times(name: str, batch: int, repeats: int, devices: int = 1, mode
     return tuple(step_timer(name, batch, repeats, devices, mode, **kwargs)[k] for k in ('compile_s', 'step_s'))
 
 
-def step_timer(name: str, batch: int, repeats: int, devices: int = 1, mode: str = 'pmap', **kwargs) -> dict:
-    out = subprocess.run([sys.executable, '-m', 'benchmarks.step_timer', name, str(batch), str(repeats),
-                          str(devices), mode, json.dumps(kwargs)], capture_output=True, text=True, check=True, cwd=ROOT)
-    r = json.loads(out.stdout.splitlines()[-1])
+def _rss(pid: int) -> int:
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('VmRSS:'))
+    except (OSError, StopIteration):  # the process is gone, or not Linux
+        return 0
+
+
+def host_memory_available() -> Optional[int]:
+    try:
+        with open('/proc/meminfo') as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
+        return None
+
+
+def step_timer(name: str, batch: int, repeats: int, devices: int = 1, mode: str = 'pmap',
+               memory_limit: Optional[int] = None, fsdp_min_bytes: int = 4 << 20, **kwargs) -> dict:
+    """benchmarks/step_timer.py in a fresh process. With `memory_limit` (bytes of RSS) a step that does not fit
+    is killed by us, not by the kernel's OOM killer (which may pick another process), and the result says so:
+    {'state_bytes_per_device', 'oom_rss_bytes'} (the state is measured before the first step)."""
+    cmd = [sys.executable, '-m', 'benchmarks.step_timer', name, str(batch), str(repeats), str(devices), mode,
+           json.dumps(kwargs), str(fsdp_min_bytes)]
+    with tempfile.TemporaryFile('w+') as out, tempfile.TemporaryFile('w+') as err:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, cwd=ROOT)
+        peak = 0
+        while p.poll() is None:
+            peak = max(peak, _rss(p.pid))
+            if memory_limit and peak > memory_limit:
+                p.kill()
+                p.wait()
+                break
+            time.sleep(0.05)
+        out.seek(0)
+        lines = [json.loads(line) for line in out.read().splitlines() if line.startswith('{')]
+        if memory_limit and peak > memory_limit:
+            return {'state_bytes_per_device': lines[0]['state_bytes_per_device'] if lines else None,
+                    'oom_rss_bytes': peak}
+        if p.returncode != 0:
+            err.seek(0)
+            raise RuntimeError(f'{" ".join(cmd)} failed ({p.returncode}):\n{err.read()[-3000:]}')
+    r = lines[-1]
     assert r['compilations'] == {'train': 1}, r
     return r
 
@@ -102,13 +140,20 @@ def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
                    path='train.py pmap step; compile_s = first call minus a step')]
 
 
-def bench_fsdp(name: str, batch: int, repeats: int, devices: int = 4) -> list[dict]:
-    """train.py's step under pmap and fsdp on the same simulated devices: state bytes per device and img/s."""
-    pmap, fsdp = (step_timer(name, batch, repeats, devices, mode) for mode in ('pmap', 'fsdp'))
+def bench_fsdp(name: str, batch: int, repeats: int, devices: int = 4, fsdp_min_bytes: int = 4 << 20) -> list[dict]:
+    """train.py's step under pmap and fsdp on the same simulated devices: state bytes per device and img/s.
+    Simulated devices share the host's memory, so a mode whose replicas do not fit is reported, not run."""
+    available = host_memory_available()
+    limit = int(0.85 * available) if available else None
+    pmap, fsdp = (step_timer(name, batch, repeats, devices, mode, memory_limit=limit, fsdp_min_bytes=fsdp_min_bytes)
+                  for mode in ('pmap', 'fsdp'))
+    img_s = lambda r: round(batch / r['step_s'], 3) if 'step_s' in r else None
+    compile_s = lambda r: round(r['compile_s'], 1) if 'compile_s' in r else None
+    mb = lambda r: round(r['state_bytes_per_device'] / 2**20, 1) if r['state_bytes_per_device'] else None
+    oom = lambda r: f"out of host memory: killed at {r['oom_rss_bytes'] / 2**30:.1f} GiB RSS" if 'oom_rss_bytes' in r else ''
     return [record(name='fsdp', model=name, batch=batch, dtype='float32', device=f'cpu x{devices} (simulated)',
-                   vitjax_img_s=round(batch / fsdp['step_s'], 2), baseline='pmap',
-                   baseline_img_s=round(batch / pmap['step_s'], 2), compile_s=round(fsdp['compile_s'], 1),
-                   baseline_compile_s=round(pmap['compile_s'], 1),
-                   state_mb_per_device=round(fsdp['state_bytes_per_device'] / 2**20, 1),
-                   baseline_state_mb_per_device=round(pmap['state_bytes_per_device'] / 2**20, 1),
+                   vitjax_img_s=img_s(fsdp), baseline='pmap', baseline_img_s=img_s(pmap),
+                   compile_s=compile_s(fsdp), baseline_compile_s=compile_s(pmap),
+                   state_mb_per_device=mb(fsdp), baseline_state_mb_per_device=mb(pmap),
+                   note=oom(fsdp), baseline_note=oom(pmap), memory_limit_gib=round(limit / 2**30, 1) if limit else None,
                    path='train.py step, --config.parallelism=fsdp vs pmap; state bytes from addressable shards')]

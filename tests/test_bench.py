@@ -34,3 +34,18 @@ def test_report_checks_targets(tmp_path):
     md = (tmp_path / 'B.md').read_text()
     assert 'CPU training step >= 1.2x timm eager (ViT-S/16) | 1.10x at batch 32 | not met: 1.09x short' in md
     assert 'training >= 60% of the measured GEMM peak | 50% (35.0 of 70.0 GFLOP/s) | not met' in md
+
+
+@pytest.mark.slow
+def test_fsdp_row_measures_both_modes(tmp_path):
+    from benchmarks import system
+    (r,) = system.bench_fsdp('vit_tiny_patch16_224', 2, 1, devices=2, fsdp_min_bytes=2**16)
+    assert r['vitjax_img_s'] > 0 and r['baseline_img_s'] > 0 and not r['note'] and not r['baseline_note']
+    # ViT-Ti's params and both moments, halved by fsdp (tensors under 64 KiB stay whole).
+    assert 0.45 * r['baseline_state_mb_per_device'] < r['state_mb_per_device'] < 0.6 * r['baseline_state_mb_per_device']
+
+
+def test_a_step_that_does_not_fit_is_stopped_and_reported():
+    from benchmarks import system
+    r = system.step_timer('vit_tiny_patch16_224', 2, 1, devices=1, memory_limit=50 * 2**20)
+    assert r['oom_rss_bytes'] > 50 * 2**20 and 'step_s' not in r
