@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $(STAMP)
 
+# Two workers (these machines have 2 cores); a test file stays on one worker so its module fixtures (a
+# reference run, a converted model) are built once. XLA's compilation cache is shared (tests/conftest.py).
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile
+
 test: install
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # Offline default: timm deit_tiny with random (perturbed) weights -> safetensors -> vitjax, with a parity report.
 convert: install

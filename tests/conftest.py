@@ -3,12 +3,25 @@
 Import order matters: importing torchvision (which timm pulls in) after tensorflow segfaults the process,
 so torch and timm are imported here, before any test module can import tensorflow.
 """
+import os
+import pathlib
+
 import numpy as np
 import pytest
 import timm  # noqa: F401
 import torch  # noqa: F401
 
-import jax
+# One persistent XLA compilation cache for this process, the xdist workers and every train.py subprocess they
+# start (they inherit the environment): dozens of tests compile the same small train steps, and a cache hit
+# skips XLA's compile (~10 s of a 22 s train.py run here). The max size turns on jax's file lock, which the
+# parallel workers need. Entries are keyed by the HLO, jax version and flags, so a hit is the same program.
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / '.pytest_cache' / 'jax-compilation-cache'
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')  # not the many tiny eager-op programs
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
+
+import jax  # noqa: E402
 
 # Parity needs true f32 matmuls (TPU/GPU default to bf16 passes); a no-op on CPU but kept for GPU runs.
 jax.config.update('jax_default_matmul_precision', 'highest')

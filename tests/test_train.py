@@ -60,6 +60,12 @@ def test_outputs(quick_run):
     assert model.num_classes == 10 and model.depth == 1
     cfg = json.loads((workdir / 'model' / 'config.json').read_text())
     assert cfg['class_names'] == [str(i) for i in range(10)]
+    import tensorflow as tf  # the TensorBoard events hold every logged scalar, tagged for the scalars plugin
+    events = [e for f in sorted((workdir / 'tensorboard').iterdir())
+              for e in tf.compat.v1.train.summary_iterator(str(f))]
+    losses = {e.step: float(tf.make_ndarray(v.tensor)) for e in events for v in e.summary.value
+              if v.tag == 'train/loss' and v.metadata.plugin_data.plugin_name == 'scalars'}
+    assert losses == pytest.approx({r['step']: r['loss'] for r in records(workdir, 'train')})
 
 
 def test_it_learns(quick_run):
