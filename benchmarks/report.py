@@ -85,7 +85,10 @@ def write_markdown(result: dict, path: Path) -> None:
         if r['name'] == 'convert_verify':
             lines.append(f"| {r['model']} | {r['wall_s']} | {r['peak_rss_mb']} | {r['weights_mb']} | "
                          f"{r['rss_over_weights']} | {'passed' if r['passed'] else 'FAILED'} |")
+    fsdp_dates = {r['measured'] for r in recs if r['name'] == 'fsdp' and r.get('measured')}
     lines += ['', '## Parallelism: fsdp vs pmap (train step, simulated devices)', '',
+              *([f"Measured in a separate `--sections fsdp` run at {', '.join(sorted(fsdp_dates))}.", '']
+                if fsdp_dates else []),
               '| model | devices | batch | state MB / device fsdp | pmap | img/s fsdp | pmap | compile s fsdp | pmap |',
               '|---|---|---|---|---|---|---|---|---|']
     for r in recs:
@@ -103,6 +106,19 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text('\n'.join(lines))
 
 
+def merge(result: dict, later: dict) -> dict:
+    """`result` with the sections a later run (`--sections ...`) measured replaced by that run's records, each
+    marked with when it was measured."""
+    names = {r['name'] for r in later['records']}
+    return {**result, 'records': [r for r in result['records'] if r['name'] not in names]
+            + [{**r, 'measured': later['date']} for r in later['records']]}
+
+
 if __name__ == '__main__':
-    src = Path(sys.argv[1])
-    write_markdown(json.loads(src.read_text()), Path(sys.argv[2] if len(sys.argv) > 2 else 'BENCHMARKS.md'))
+    # python -m benchmarks.report RESULT.json [LATER_SECTIONS.json ...]: rewrites BENCHMARKS.md
+    result = json.loads(Path(sys.argv[1]).read_text())
+    for later in sys.argv[2:]:
+        result = merge(result, json.loads(Path(later).read_text()))
+    out = Path('BENCHMARKS.md')
+    write_markdown(result, out)
+    print(f'wrote {out}')
