@@ -3,6 +3,7 @@
 Import order matters: importing torchvision (which timm pulls in) after tensorflow segfaults the process,
 so torch and timm are imported here, before any test module can import tensorflow.
 """
+import functools
 import os
 import pathlib
 
@@ -51,6 +52,14 @@ def run_timm(m, x, fn=None):
     with torch.no_grad():
         t = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
         return (fn or m)(t) if fn is None else fn(m, t)
+
+
+def jit_apply(model, **kw):
+    """`model.apply` with fixed keyword arguments (method, flags) as one jitted function of (variables, x).
+
+    Eager apply compiles and dispatches every op on its own, several times slower on XLA:CPU than one compile;
+    the variables stay arguments because closed-over arrays get baked into the program as constants (slower)."""
+    return jax.jit(functools.partial(model.apply, **kw))
 
 
 def max_diff(a, b):

@@ -90,7 +90,9 @@ def test_features_of_every_kind_match_timm(deit):
 
 
 def test_features_swin_and_registers():
-    swin, sv = vitjax.create_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2))
+    # Ported random timm weights: create_model's jitted Swin init compiles for ~7 s (create_model is tested in
+    # test_swin). features() bakes the weights into its programs as constants, so they are the slow part here.
+    swin, sv = port(timm_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2)))
     x = np.zeros((1, 224, 224, 3), np.float32)
     assert inference.features(swin, sv, x, 'map')['map'].shape == (1, 7, 7, 768)
     stages = inference.features(swin, sv, x, 'intermediates')

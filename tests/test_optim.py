@@ -176,8 +176,10 @@ def test_accumulation_equals_full_batch():
     out = []
     for k in (1, 4):
         state = create_train_state(model, variables, tx, jax.random.PRNGKey(0))
-        state, m = train_step(state, {'image': x, 'label': y}, model=model, tx=tx, lr_fn=lambda s: 1.0,
-                              num_classes=5, accum_steps=k)
+        # Jitted, as train.py runs it: the eager step compiled every op (and the scan body) on its own.
+        step = jax.jit(lambda s, b: train_step(s, b, model=model, tx=tx, lr_fn=lambda s: 1.0, num_classes=5,
+                                               accum_steps=k))
+        state, m = step(state, {'image': x, 'label': y})
         out.append((flatten(state.params), float(m['loss']), float(m['grad_norm'])))
     assert out[0][1] == pytest.approx(out[1][1], rel=1e-6)
     assert out[0][2] == pytest.approx(out[1][2], rel=1e-5) and out[0][2] > 0.1

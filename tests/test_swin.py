@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import vitjax
-from conftest import images, max_diff, port, run_timm, timm_model
+from conftest import images, jit_apply, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init, timm_swin
 from porting.sources import TIMM_SWIN
 from porting.engine import ConversionError
@@ -32,26 +32,43 @@ def tiny():
 def test_logits_features_and_pre_logits(tiny):
     tm, model, variables = tiny
     x = images(model)
-    assert _rel(model.apply(variables, x), run_timm(tm, x)) < 1e-5
-    feats = model.apply(variables, x, method=model.forward_features)
+    # Logits and features in one jitted program: one compile, and XLA computes the shared trunk once.
+    logits, feats = jax.jit(lambda v, x: (model.apply(v, x), model.apply(v, x, method=model.forward_features)))(
+        variables, x)
+    assert _rel(logits, run_timm(tm, x)) < 1e-5
     ref = run_timm(tm, x, lambda m, t: m.forward_features(t))
     assert feats.shape == (2, 7, 7, 768) and _rel(feats, ref) < 1e-5
-    pre = model.apply(variables, feats, pre_logits=True, method=model.forward_head)
+    pre = jit_apply(model, pre_logits=True, method=model.forward_head)(variables, feats)
     assert _rel(pre, run_timm(tm, x, lambda m, t: m.forward_head(m.forward_features(t), pre_logits=True))) < 1e-5
 
 
-@pytest.mark.parametrize('kw', [dict(), dict(indices=2, norm=True), dict(indices=[0, 2], stop_early=True)])
-def test_forward_intermediates(tiny, kw):
-    tm, model, variables = tiny
+INTERMEDIATES = [dict(), dict(indices=2, norm=True), dict(indices=[0, 2], stop_early=True)]
+
+
+@pytest.fixture(scope='module')
+def tiny_intermediates(tiny):
+    """Per case: forward_intermediates(**kw) and its NHWC intermediates_only twin, all cases in one jitted program:
+    one compile, and XLA computes the trunk they share once (a program per case compiled it per case)."""
+    _, model, variables = tiny
     x = images(model, batch=1)
-    final, maps = model.apply(variables, x, method=model.forward_intermediates, **kw)
+    no_stop = lambda kw: {k: v for k, v in kw.items() if k != 'stop_early'}
+    run = jax.jit(lambda v, x: [(model.apply(v, x, method=model.forward_intermediates, **kw),
+                                 model.apply(v, x, method=model.forward_intermediates, output_fmt='NHWC',
+                                             intermediates_only=True, **no_stop(kw)))
+                                for kw in INTERMEDIATES])
+    return x, run(variables, x)
+
+
+@pytest.mark.parametrize('kw', INTERMEDIATES)
+def test_forward_intermediates(tiny, tiny_intermediates, kw):
+    tm = tiny[0]
+    x, outs = tiny_intermediates
+    (final, maps), nhwc = outs[INTERMEDIATES.index(kw)]
     t_final, t_maps = run_timm(tm, x, lambda m, t: m.forward_intermediates(t, **kw))
     assert len(maps) == len(t_maps)
     for a, b in zip(maps, t_maps):
         assert a.shape == tuple(b.shape) and _rel(a, b) < 1e-5
     assert final.shape == tuple(t_final.shape) and _rel(final, t_final) < 1e-5
-    nhwc = model.apply(variables, x, method=model.forward_intermediates, output_fmt='NHWC', intermediates_only=True,
-                       **{k: v for k, v in kw.items() if k != 'stop_early'})
     assert [m.shape for m in nhwc] == [tuple(m.permute(0, 2, 3, 1).shape) for m in t_maps]
 
 
@@ -61,20 +78,23 @@ def test_swin_b_at_512_feature_maps():
     model, variables = port(tm)
     assert model.img_size == 512
     x = images(model, batch=1)
-    maps = model.apply(variables, x, method=model.forward_intermediates, intermediates_only=True)
+    # Maps and logits in one jitted program: one compile, and XLA computes the shared trunk once.
+    maps, logits = jax.jit(lambda v, x: (model.apply(v, x, method=model.forward_intermediates, intermediates_only=True),
+                                         model.apply(v, x)))(variables, x)
     assert [m.shape for m in maps] == [(1, 128, 128, 128), (1, 256, 64, 64), (1, 512, 32, 32), (1, 1024, 16, 16)]
     t_maps = run_timm(tm, x, lambda m, t: m.forward_intermediates(t, intermediates_only=True))
     assert max(_rel(a, b) for a, b in zip(maps, t_maps)) < 1e-5
-    assert _rel(model.apply(variables, x), run_timm(tm, x)) < 1e-5
+    assert _rel(logits, run_timm(tm, x)) < 1e-5
 
 
 def test_dynamic_img_size_odd_input():
     tm = timm_model('swin_tiny_patch4_window7_224', seed=5, dynamic_img_size=True, depths=(2, 2, 2, 2))
     model, variables = port(tm)
     assert model.dynamic_img_size
+    apply = jax.jit(model.apply)  # traced and compiled once per input size
     for size in ((196, 228), (100, 60)):
         x = images(model, batch=1, size=size)
-        assert _rel(model.apply(variables, x), run_timm(tm, x)) < 1e-5
+        assert _rel(apply(variables, x), run_timm(tm, x)) < 1e-5
 
 
 @pytest.mark.parametrize('old, new', [((7, 7), (12, 12)), ((12, 12), (7, 7)), ((7, 7), (16, 16)),
@@ -126,12 +146,12 @@ def test_cli_new_size_window_and_head_then_export(tmp_path):
 def test_create_model_load_and_resize(tmp_path):
     model, variables = vitjax.create_model('swin_tiny_patch4_window7_224', num_classes=3, depths=(1, 1, 2, 1))
     x = images(model, batch=1)
-    assert model.apply(variables, x).shape == (1, 3)
+    assert jax.jit(model.apply)(variables, x).shape == (1, 3)
     vitjax.save(tmp_path / 'm', model, variables, name='swin_tiny_patch4_window7_224')
     again, v2 = vitjax.load(tmp_path / 'm', img_size=256, window_size=8)
     table = v2['params']['layers_0']['blocks_0']['attn']['relative_position_bias_table']
     assert (again.img_size, table.shape) == (256, (225, 3))
-    assert again.apply(v2, images(again, batch=1)).shape == (1, 3)
+    assert jax.jit(again.apply)(v2, images(again, batch=1)).shape == (1, 3)
 
 
 def test_stochastic_depth_and_dropout_only_in_training():
@@ -140,9 +160,10 @@ def test_stochastic_depth_and_dropout_only_in_training():
     x = images(model, batch=2)
     rngs = {'dropout': jax.random.PRNGKey(1)}
     # Give the zero-initialised head weights so the head dropout shows in the logits.
-    variables = jax.tree.map(lambda p: p + 0.05, variables)
-    eval_a, eval_b = model.apply(variables, x), model.apply(variables, x, rngs=rngs)
-    train = model.apply(variables, x, train=True, rngs=rngs)
+    variables = jax.jit(lambda v: jax.tree.map(lambda p: p + 0.05, v))(variables)
+    # All three in one jitted program; an eval pass that used the rng would still differ from the one without.
+    eval_a, eval_b, train = jax.jit(lambda v, x, rngs: (model.apply(v, x), model.apply(v, x, rngs=rngs),
+                                                        model.apply(v, x, train=True, rngs=rngs)))(variables, x, rngs)
     assert np.array_equal(eval_a, eval_b) and not np.allclose(train, eval_a)
 
 

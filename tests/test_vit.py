@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from timm.layers import LayerNorm
 
-from conftest import images, max_diff, port, run_timm, timm_model
+from conftest import images, jit_apply, max_diff, port, run_timm, timm_model
 from vitjax.models import VisionTransformer
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
@@ -121,11 +121,15 @@ def test_wrong_input_size_is_a_clear_error():
 def test_dropout_and_drop_path_only_in_train():
     model = VisionTransformer(**SMALL, drop_rate=0.3, proj_drop_rate=0.2, attn_drop_rate=0.2, drop_path_rate=0.5)
     x = images(model, batch=4)
-    variables = model.init(jax.random.PRNGKey(0), x)
-    variables = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), variables)
-    eval_a, eval_b = model.apply(variables, x), model.apply(variables, x, train=False)
+    # Jitted throughout: eager init/apply compile every op on its own. The rng key is an argument, so the
+    # train pass compiles once for all keys. numpy noise: a jax.random.normal per param shape took ~4 s to compile.
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    noise = np.random.default_rng(1)
+    variables = jax.tree.map(lambda p: p + 0.05 * noise.standard_normal(p.shape).astype(np.float32), variables)
+    eval_a, eval_b = jit_apply(model)(variables, x), jit_apply(model, train=False)(variables, x)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train = lambda k: model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(k)})
+    train_apply = jax.jit(lambda v, x, key: model.apply(v, x, train=True, rngs={'dropout': key}))
+    train = lambda k: train_apply(variables, x, jax.random.PRNGKey(k))
     assert max_diff(train(0), eval_a) > 1e-3 and max_diff(train(0), train(1)) > 1e-3
     np.testing.assert_array_equal(train(2), train(2))
 
@@ -184,16 +188,19 @@ def test_scan_blocks_matches_timm_and_the_unrolled_model():
     scan = model.clone(scan_blocks=True)
     stacked = {'params': stack_blocks(variables['params'], 3)}
     x = images(model)
-    assert jax.tree.structure(scan.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(stacked)
+    # Jitted throughout (eager apply/grad compile every op on its own); the tree structure needs only shapes.
+    assert jax.tree.structure(jax.eval_shape(scan.init, jax.random.PRNGKey(0), x)) == jax.tree.structure(stacked)
     ref = run_timm(tm, x, lambda m, t: m(t))
-    assert max_diff(scan.apply(stacked, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
-    for kw in (dict(indices=[0, 2], norm=True), dict(indices=[1], stop_early=True)):
-        a, b = (m.apply(v, x, output_fmt='NLC', method='forward_intermediates', **kw)
-                for m, v in ((model, variables), (scan, stacked)))
+    assert max_diff(jit_apply(scan)(stacked, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
+    kws = (dict(indices=[0, 2], norm=True), dict(indices=[1], stop_early=True))
+    # Both cases in one program per model: one compile, and XLA computes the blocks they share once.
+    inter = lambda m: jax.jit(lambda v, x: [m.apply(v, x, output_fmt='NLC', method='forward_intermediates', **kw)
+                                            for kw in kws])
+    for a, b in zip(inter(model)(variables, x), inter(scan)(stacked, x)):
         for p, q in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             assert max_diff(p, q) < 1e-5
     loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
-    g0, g1 = jax.grad(loss(model))(variables['params']), jax.grad(loss(scan))(stacked['params'])
+    g0, g1 = jax.jit(jax.grad(loss(model)))(variables['params']), jax.jit(jax.grad(loss(scan)))(stacked['params'])
     g1 = unstack_blocks(g1)
     assert jax.tree.structure(g0) == jax.tree.structure(g1)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
