@@ -19,7 +19,6 @@ def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
 
     from vitjax import data
     out = []
-    norm = dict(mean=(0.5,) * 3, std=(0.5,) * 3)
     with tempfile.TemporaryDirectory() as tmp:
         cases = [('input_digits', 'vitjax_digits', 16, 128, None),
                  ('input_mock_224', 'cifar10', 224, 64, tfds.testing.mock_data(num_examples=512))]
@@ -28,7 +27,7 @@ def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
                 ctx.__enter__()
             try:
                 it = data.create_train_dataset(ds_name, 'train', global_batch_size=batch, image_size=size,
-                                               data_dir=tmp, **norm)
+                                               data_dir=tmp)
                 next(it)
                 n = 3 * repeats
                 t0 = time.perf_counter()

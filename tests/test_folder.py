@@ -11,7 +11,6 @@ from PIL import Image
 from vitjax import data, images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def _fill(root, counts, seed=0):

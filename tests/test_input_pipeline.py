@@ -8,9 +8,6 @@ from PIL import Image
 
 from vitjax import data
 
-NORM = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-
-
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp('tfds'))
@@ -18,12 +15,12 @@ def data_dir(tmp_path_factory):
 
 def train_iter(data_dir, **kw):
     args = dict(global_batch_size=32, image_size=16, data_dir=data_dir, crop='random_resized_crop', flip=True,
-                scale=(0.5, 1.0), **NORM)
+                scale=(0.5, 1.0))
     return data.create_train_dataset('vitjax_digits', 'train', **{**args, **kw})
 
 
 def eval_batches(dataset, split, data_dir=None, **kw):
-    args = dict(global_batch_size=64, image_size=16, crop_pct=1.0, data_dir=data_dir, **NORM)
+    args = dict(global_batch_size=64, image_size=16, crop_pct=1.0, data_dir=data_dir)
     return list(data.create_eval_dataset(dataset, split, **{**args, **kw}))
 
 
@@ -39,9 +36,9 @@ def test_digits_builder(data_dir):
 
 def test_train_batches_shape_and_range(data_dir):
     b = next(train_iter(data_dir))
-    assert b['image'].shape == (32, 16, 16, 3) and b['image'].dtype == np.float32
+    assert b['image'].shape == (32, 16, 16, 3) and b['image'].dtype == np.uint8  # normalised on the device
     assert b['label'].shape == (32,) and b['label'].dtype == np.int32
-    assert -1.0 <= b['image'].min() < 0 < b['image'].max() <= 1.0
+    assert b['image'].min() < 20 and b['image'].max() > 200  # digits: ink (255) on a black ground, resized
     assert set(b['label'].tolist()) <= set(range(10))
 
 
@@ -56,11 +53,34 @@ def test_train_stream_is_deterministic_and_seeded(data_dir):
 
 
 def test_start_step_resumes_exactly(data_dir):
-    stream = list(itertools.islice(train_iter(data_dir, seed=3), 50))  # past one epoch (1437 / 32 = 44.9)
-    for k in (7, 48):
+    stream = list(itertools.islice(train_iter(data_dir, seed=3), 95))  # past two epochs (1437 / 32 = 44.9)
+    for k in (7, 48, 94):
         resumed = next(train_iter(data_dir, seed=3, start_step=k))
         np.testing.assert_array_equal(resumed['image'], stream[k]['image'])
         np.testing.assert_array_equal(resumed['label'], stream[k]['label'])
+
+
+def test_undecoded_records_give_the_cached_stream(data_dir, capsys):
+    """cache_bytes=0: records flow encoded through the shuffle and the resume skip and are decoded after it;
+    the stream is the cached one (PNG digits: the same pixels), from the start and resumed past an epoch."""
+    cached = list(itertools.islice(train_iter(data_dir, seed=4, verbose=True), 47))
+    assert 'cached decoded' in capsys.readouterr().out
+    fresh = list(itertools.islice(train_iter(data_dir, seed=4, cache_bytes=0, verbose=True), 3))
+    out = capsys.readouterr().out
+    assert 'decoded every epoch' in out and 'shuffle buffer 1437 x' in out and 'GiB of host memory' in out
+    resumed = next(train_iter(data_dir, seed=4, cache_bytes=0, start_step=46))
+    for a, b in zip(fresh + [resumed], cached[:3] + [cached[46]]):
+        np.testing.assert_array_equal(a['image'], b['image'])
+        np.testing.assert_array_equal(a['label'], b['label'])
+
+
+def test_epochs_are_permutations_in_new_orders(data_dir):
+    """Every epoch holds each example once (crop='resize', no flip: an example's pixels identify it), and the
+    next epoch is another order."""
+    it = train_iter(data_dir, seed=5, crop='resize', flip=False, global_batch_size=479)  # 1437 = 3 * 479
+    epochs = [np.concatenate([next(it)['image'] for _ in range(3)]) for _ in range(2)]
+    keys = [[x.tobytes() for x in e] for e in epochs]
+    assert sorted(keys[0]) == sorted(keys[1]) and keys[0] != keys[1]
 
 
 def test_eval_counts_every_example_once(data_dir):
@@ -85,7 +105,7 @@ def test_named_tfds_dataset_with_mock_data():
     with tfds.testing.mock_data(num_examples=40):  # mock data has no split slicing; digits test that below
         info = data.get_dataset_info('cifar10', 'train')
         assert info.num_classes == 10 and info.num_examples == 40
-        b = next(data.create_train_dataset('cifar10', 'train', global_batch_size=8, image_size=24, **NORM))
+        b = next(data.create_train_dataset('cifar10', 'train', global_batch_size=8, image_size=24))
         assert b['image'].shape == (8, 24, 24, 3) and np.isfinite(b['image']).all()
         batches = eval_batches('cifar10', 'test', image_size=24, global_batch_size=6, crop_pct=0.875)
         assert len(batches) == 7 and sum(b['mask'].sum() for b in batches) == 40
@@ -130,11 +150,10 @@ def test_folder_dataset_and_80_10_10_split(image_folder):
     whole = [b['image'][i].tobytes() for b in eval_batches(root, 'all', global_batch_size=4, crop_pct=0.875)
              for i in np.flatnonzero(b['mask'])]
     assert len(seen) == 20 and sorted(seen) == sorted(whole)
-    b = next(data.create_train_dataset(root, 'all[:80%]', global_batch_size=4, image_size=16, **NORM))
+    b = next(data.create_train_dataset(root, 'all[:80%]', global_batch_size=4, image_size=16))
     assert b['image'].shape == (4, 16, 16, 3)
 
 
 def test_dataset_smaller_than_a_batch(image_folder):
     with pytest.raises(ValueError, match='fewer than one batch'):
-        next(data.create_train_dataset(str(image_folder), 'all[90%:]', global_batch_size=4, image_size=16,
-                                       **NORM))
+        next(data.create_train_dataset(str(image_folder), 'all[90%:]', global_batch_size=4, image_size=16))

@@ -36,7 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.crop_scale = (0.08, 1.0)
     c.flip = True
     c.eval_crop_pct = 0.0  # 0: the model's pretrained_cfg.crop_pct
-    c.shuffle_buffer = 10_000
+    c.shuffle_buffer = 10_000  # examples; each holds its encoded bytes (start-up prints the host memory)
+    c.cache_bytes = 4 * 2**30  # per process: a split that decodes to at most this is decoded once and cached
     c.batch_size = 128  # global, over all devices and processes
 
     # Schedule (steps; total_steps 0 derives it from num_epochs).
@@ -91,7 +92,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     'eval_every': _POS, 'checkpoint_every': _POS, 'keep_checkpoints': _POS, 'shuffle_buffer': _POS,
     'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
     'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
-    'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG,
+    'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG, 'cache_bytes': _NONNEG,
 }
 # Fields whose change does not change what a resumed run computes: everything else is refused by --resume
 # unless allow_changes names it.

@@ -35,11 +35,10 @@ def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size:
     devices = jax.local_device_count() * jax.process_count()
     batch = -(-batch_size // devices) * devices
     ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=cfg.input_size[1],
-                                  mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                                  data_dir=data_dir)
+                                  crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, data_dir=data_dir)
     par = parallel.create('pmap')
     params = par.replicate(variables['params'])
-    _, eval_fn = train_step.step_functions(model, None, None, model.num_classes)
+    _, eval_fn = train_step.step_functions(model, None, None, model.num_classes, mean=cfg.mean, std=cfg.std)
     _, p_eval = par.compile(None, eval_fn, None)
     r = run_eval(lambda b: par.get(p_eval(params, par.put_batch(b))), ds)
     return {'dataset': dataset, 'split': split, 'top1': r['accuracy'], 'top5': r['top5'], 'loss': r['loss'],

@@ -17,6 +17,7 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
+import numpy as np
 from absl import app, flags, logging
 
 from vitjax import trainer
@@ -63,7 +64,8 @@ class FaultHooks(trainer.Hooks):
         return cls(**faults)
 
     def batch(self, step, batch):
-        return dict(batch, image=batch['image'] * float('nan')) if step in self.nan_at else batch
+        # float NaN pixels (the steps take float images as normalised): one extra compile, in fault tests only
+        return dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32)) if step in self.nan_at else batch
 
     def after_step(self, step):
         if step in self.sigterm_at:

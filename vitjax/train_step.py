@@ -8,7 +8,7 @@ and XLA places the collectives.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
@@ -35,9 +35,21 @@ def create_train_state(model, variables: dict, tx: optax.GradientTransformation,
                       nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite=jnp.full((), -1, jnp.int32))
 
 
+def model_input(image: jax.Array, mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> jax.Array:
+    """The input pipeline's uint8 pixels as the model's normalised input: on the device, inside the jitted step,
+    where XLA fuses it into the patch embedding's input (the host ships 1 byte per value instead of 4). Float
+    images are taken as already normalised (benchmarks, tests, injected faults)."""
+    if image.dtype != jnp.uint8:
+        return image
+    if mean is None or std is None:
+        raise ValueError('uint8 images need the model\'s mean and std to be normalised')
+    return (image.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
 def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTransformation,
                lr_fn: Callable, num_classes: int, label_smoothing: float = 0., accum_steps: int = 1,
-               trainable: Any = None, axis_name: Optional[str] = None) -> tuple[TrainState, dict]:
+               trainable: Any = None, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+               axis_name: Optional[str] = None) -> tuple[TrainState, dict]:
     """One optimizer update. With accum_steps=k the batch is split into k micro-batches whose gradients are
     averaged (a scan, so only one micro-batch of activations is alive at a time). `trainable` (a tree of
     bools) zeroes frozen gradients, so `grad_norm` is the norm that clipping sees."""
@@ -46,7 +58,8 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
         rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params, micro, rng):
-        logits = model.apply({'params': params}, micro['image'], train=True, rngs={'dropout': rng})
+        image = model_input(micro['image'], mean, std)
+        logits = model.apply({'params': params}, image, train=True, rngs={'dropout': rng})
         loss = cross_entropy(logits, micro['label'], num_classes, label_smoothing).mean()
         return loss, jnp.mean(jnp.argmax(logits, -1) == micro['label'])
 
@@ -89,9 +102,10 @@ def train_step(state: TrainState, batch: dict, *, model, tx: optax.GradientTrans
                          first_nonfinite=first), metrics
 
 
-def eval_step(params: Any, batch: dict, *, model, num_classes: int, axis_name: Optional[str] = None) -> dict:
+def eval_step(params: Any, batch: dict, *, model, num_classes: int, mean: Optional[Sequence[float]] = None,
+              std: Optional[Sequence[float]] = None, axis_name: Optional[str] = None) -> dict:
     """Sums over the real (mask 1) examples, so padded batches count every example exactly once."""
-    logits = model.apply({'params': params}, batch['image']).astype(jnp.float32)
+    logits = model.apply({'params': params}, model_input(batch['image'], mean, std)).astype(jnp.float32)
     mask = batch['mask'].astype(jnp.float32)
     labels = batch['label']
     top5 = jnp.argsort(logits, -1)[:, -5:]
@@ -114,11 +128,14 @@ def counting(fn: Callable, traces: dict, key: str) -> Callable:
 
 def step_functions(model, tx: optax.GradientTransformation, lr_fn: Callable, num_classes: int, *,
                    label_smoothing: float = 0., accum_steps: int = 1, trainable: Any = None,
+                   mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    traces: Optional[dict] = None) -> tuple[Callable, Callable]:
     """(train_fn(state, batch, axis_name), eval_fn(params, batch, axis_name)) for `vitjax.parallel` to compile.
-    Pass a dict as `traces` to have the compilations of each step counted into it ('train', 'eval')."""
+    `mean` / `std` normalise uint8 batches on the device (`model_input`). Pass a dict as `traces` to have the
+    compilations of each step counted into it ('train', 'eval')."""
     traces = {} if traces is None else traces
     train = functools.partial(counting(train_step, traces, 'train'), model=model, tx=tx, lr_fn=lr_fn,
                               num_classes=num_classes, label_smoothing=label_smoothing, accum_steps=accum_steps,
-                              trainable=trainable)
-    return train, functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes)
+                              trainable=trainable, mean=mean, std=std)
+    return train, functools.partial(counting(eval_step, traces, 'eval'), model=model, num_classes=num_classes,
+                                    mean=mean, std=std)

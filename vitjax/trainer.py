@@ -159,18 +159,19 @@ def setup(c, workdir: str, resume: bool) -> Run:
         print(f'resumed from step {start} of {total_steps}')
     writer = MetricWriter(workdir, resume_step=start if resume else None)
 
-    data_kw = dict(global_batch_size=c.batch_size, image_size=cfg.input_size[1], mean=cfg.mean, std=cfg.std,
-                   interpolation=cfg.interpolation, data_dir=c.data_dir)
+    data_kw = dict(global_batch_size=c.batch_size, image_size=cfg.input_size[1], interpolation=cfg.interpolation,
+                   data_dir=c.data_dir)
     train_ds = data.create_train_dataset(c.dataset, c.train_split, seed=c.seed, crop=c.crop, flip=c.flip,
                                          scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
-                                         start_step=start, **data_kw)
+                                         cache_bytes=int(c.cache_bytes), start_step=start,
+                                         verbose=jax.process_index() == 0, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
     traces: dict[str, int] = {}
     train_fn, eval_fn = train_step.step_functions(
         model, tx, optim.create_schedule(c, total_steps), info.num_classes, label_smoothing=c.label_smoothing,
         accum_steps=c.accum_steps, trainable=optim.trainable_mask(par.restore_target(state).params, c),
-        traces=traces)
+        mean=cfg.mean, std=cfg.std, traces=traces)
     p_train, p_eval = par.compile(train_fn, eval_fn, state)
     return Run(c, workdir, model, info, par, state, p_train, p_eval, par.batches(train_ds), eval_ds, ckpt, writer,
                start, total_steps, traces)

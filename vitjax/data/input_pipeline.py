@@ -1,8 +1,10 @@
 """tf.data pipelines for training and evaluation, from a tfds name, `vitjax_digits`, or a folder of images.
 
-Train: a seeded shuffle, per-example random-resized crop + flip from stateless ops keyed by (seed, example
-index), so the stream is identical on every run and `start_step=k` resumes exactly at batch k. Eval: resize +
-center crop by the model's crop_pct, padded to whole batches with a `mask`, so every example counts once.
+Encoded records (tfds with `SkipDecoding`, folder file paths) flow through the per-epoch shuffle and the resume
+skip; decoding happens after them, fused with the crop (`vitjax.data.decode`). Train: a random-resized crop +
+flip from stateless ops keyed by (seed, example index), so the stream is identical on every run and
+`start_step=k` resumes exactly at batch k. Eval: timm's resize + center crop by the model's crop_pct, padded to
+whole batches with a `mask`, so every example counts once. Both yield uint8; the steps normalise on the device.
 Each process reads its own shard; batch sizes here are per process.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vitjax import images
+from vitjax.data import decode
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -80,24 +83,46 @@ def _folder_split(root, split, process_index, process_count):
     return files[process_index::process_count], labels[process_index::process_count], found.classes, len(files)
 
 
-def _decode_file(path, label):
-    # PIL, not tf.io.decode_image: any mode to RGB (CMYK, 16-bit, palette, alpha), EXIF rotation, huge files
-    image = tf.numpy_function(lambda p: images.load_rgb(p.decode()), [path], tf.uint8, stateful=False)
-    image.set_shape((None, None, 3))
-    return {'image': image, 'label': label}
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """This process's shard as records in a fixed order (see `vitjax.data.decode`), before any decoding."""
+    records: tf.data.Dataset
+    num_examples: int
+    encoded_bytes: float  # mean bytes per record as stored (what a shuffle buffer holds)
+    decoded_bytes: int  # the whole shard decoded to uint8 at full size (what a cache would hold)
+    kind: str  # 'tfds' or 'folder'
 
 
-def _source(dataset, split, data_dir, process_index, process_count) -> tuple[tf.data.Dataset, int]:
-    """Undecoded-order examples {'image': uint8 HWC, 'label': int} of this process's shard, and its size."""
+SAMPLE = 64  # records read to estimate the byte sizes of a tfds split whose image shape varies
+
+
+def _source(dataset, split, data_dir, process_index, process_count) -> Source:
     if _is_folder(dataset):
         files, labels, _, _ = _folder_split(dataset, split, process_index, process_count)
-        ds = tf.data.Dataset.from_tensor_slices((files, np.asarray(labels, np.int64)))
-        return ds.map(_decode_file, num_parallel_calls=AUTOTUNE, deterministic=True), len(files)
+        probes = images.folder_splits(os.path.abspath(dataset)).probes
+        records = tf.data.Dataset.from_tensor_slices({
+            'path': files, 'label': np.asarray(labels, np.int64),
+            'pil': np.asarray([probes[f].pil for f in files], bool)})
+        encoded = float(np.mean([os.path.getsize(f) for f in files[:SAMPLE]]))
+        return Source(records, len(files), encoded, 3 * sum(probes[f].pixels for f in files), 'folder')
     builder = _builder(dataset, data_dir)
     shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-    ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0))
-    ds = ds.map(lambda e: {'image': e['image'], 'label': e['label']})
-    return ds, _num_examples(builder, shard)
+    ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0),
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    records = ds.map(lambda e: {'image': e['image'], 'label': e['label']})
+    n = _num_examples(builder, shard)
+    sample = list(records.take(SAMPLE).map(lambda r: (tf.strings.length(r['image']), _pixels(r['image'])))
+                  .as_numpy_iterator())
+    encoded = float(np.mean([e for e, _ in sample])) if sample else 0.0
+    pixels = float(np.mean([p for _, p in sample])) if sample else 0.0
+    return Source(records, n, encoded, int(3 * pixels * n), 'tfds')
+
+
+def _pixels(encoded):
+    """Height * width from a JPEG's header; other formats are decoded (only for the SAMPLE records)."""
+    shape = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded),
+                    lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False)))
+    return tf.cast(shape[0], tf.int64) * tf.cast(shape[1], tf.int64)
 
 
 def _num_examples(builder, split) -> int:
@@ -126,97 +151,109 @@ def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None) -
     return DatasetInfo(label.num_classes, tuple(label.names), n)
 
 
-# -- preprocessing -----------------------------------------------------------------------------------------
-def _normalize(image, mean, std):
-    """Resized float pixels (bicubic overshoots 0..255) to the model's normalised input."""
-    image = tf.clip_by_value(tf.cast(image, tf.float32), 0, 255) / 255.0
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+# -- pipelines ---------------------------------------------------------------------------------------------
+CACHE_BYTES = 4 << 30  # per process: a split that decodes to more than this is decoded every epoch
 
 
-def _resize(image, size, interpolation):
-    return tf.image.resize(image, size, method=interpolation, antialias=True)
+def _epoch_seed(seed, epoch):
+    return tf.cast(seed, tf.int64) * 1_000_003 + epoch
 
 
-def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
-                         mean: Sequence[float], std: Sequence[float], seed: int = 0,
+def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int, seed: int = 0,
                          data_dir: Optional[str] = None, crop: str = 'random_resized_crop', flip: bool = True,
                          scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                          interpolation: str = 'bicubic', shuffle_buffer: int = 10_000,
-                         process_index: Optional[int] = None, process_count: Optional[int] = None,
-                         start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """An endless iterator of {'image': (B, H, W, 3) float32, 'label': (B,) int32}, B = this process's share."""
+                         cache_bytes: int = CACHE_BYTES, process_index: Optional[int] = None,
+                         process_count: Optional[int] = None, start_step: int = 0, verbose: bool = False,
+                         threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+    """An endless iterator of {'image': (B, H, W, 3) uint8, 'label': (B,) int32}, B = this process's share.
+
+    Epoch e is the shard in a shuffle seeded by (seed, e); example i of the stream gets its crop and flip from
+    stateless ops keyed by (seed, i). Records flow undecoded through the shuffle and the resume skip, and are
+    decoded after them, so `start_step=k` starts at batch k of the same stream having read at most one epoch
+    of records and decoded none of them. A shard that decodes to at most `cache_bytes` is decoded once and
+    cached instead (the same crops; JPEG pixels at a crop's edge can differ by a few levels, as a fused crop
+    upsamples chroma at its border). `threads` bounds tf.data's threads (default: one per core)."""
+    if crop not in ('random_resized_crop', 'resize'):
+        raise ValueError(f"crop must be 'random_resized_crop' or 'resize', got {crop!r}")
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
         raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
     batch = global_batch_size // process_count
-    ds, n = _source(dataset, split, data_dir, process_index, process_count)
+    src = _source(dataset, split, data_dir, process_index, process_count)
+    n = src.num_examples
     if n < batch:
         raise ValueError(f'{dataset} {split} has {n} examples for this process, fewer than one batch of {batch}')
-    if n <= 200_000:
-        ds = ds.cache()  # small datasets: decode once
-    ds = ds.repeat().shuffle(min(shuffle_buffer, n), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.enumerate().skip(start_step * batch)  # skip before decoding work: resume costs only reads
+    records, cached = src.records, src.decoded_bytes <= cache_bytes
+    if cached:
+        records = records.map(lambda r: {'decoded': decode.decode(r, decode.full_window), 'label': r['label']},
+                              num_parallel_calls=AUTOTUNE, deterministic=True).cache()
+    # A folder's records are paths (~100 bytes): shuffle the whole split. Encoded tfds records are images.
+    buffer = n if src.kind == 'folder' and not cached else min(shuffle_buffer, n)
+    if verbose:
+        held = (src.decoded_bytes / n if cached else src.encoded_bytes) * buffer
+        print(f'input: {dataset} {split}: {n} examples on this process, '
+              + (f'cached decoded ({src.decoded_bytes / 2**30:.2f} GiB <= cache_bytes {cache_bytes / 2**30:.2f} GiB)'
+                 if cached else f'decoded every epoch ({src.decoded_bytes / 2**30:.1f} GiB decoded > cache_bytes '
+                 f'{cache_bytes / 2**30:.2f} GiB)')
+              + f'; shuffle buffer {buffer} x {held / buffer / 1024:.1f} KiB = {held / 2**30:.2f} GiB of host memory')
+
+    first_epoch, offset = divmod(start_step * batch, n)
+    epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(
+        lambda e: records.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False))
+    stream = tf.data.Dataset.zip(tf.data.Dataset.counter(start_step * batch), epochs.skip(offset))
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings here
-    def preprocess(index, example):
-        image = example['image']
+    def preprocess(index, record):
         key = tf.stack([tf.cast(seed, tf.int64), index])
-        if crop == 'random_resized_crop':
-            begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-                tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=key,
-                min_object_covered=0.0, aspect_ratio_range=tuple(ratio), area_range=tuple(scale),
-                max_attempts=10, use_image_if_no_bounding_boxes=True)
-            image = tf.slice(image, begin, size)
-        elif crop != 'resize':
-            raise ValueError(f"crop must be 'random_resized_crop' or 'resize', got {crop!r}")
-        image = _resize(image, (image_size, image_size), interpolation)
+        window = decode.random_resized_window(key, scale, ratio) if crop == 'random_resized_crop' \
+            else decode.full_window
+        image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation)
         if flip:
             image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
-        image = _normalize(image, mean, std)
-        return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+        return {'image': image, 'label': tf.cast(record['label'], tf.int32)}
 
-    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE)
-    return _numpy(ds)
+    ds = stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _numpy(ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE), threads)
 
 
 def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
-                        mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875,
-                        interpolation: str = 'bicubic', data_dir: Optional[str] = None,
+                        crop_pct: float = 0.875, interpolation: str = 'bicubic', data_dir: Optional[str] = None,
                         process_index: Optional[int] = None, process_count: Optional[int] = None,
-                        ) -> Iterator[dict[str, np.ndarray]]:
-    """Full batches {'image', 'label', 'mask'}; padding rows are zero with mask 0. Every process yields the
-    same number of batches (collectives over devices need that)."""
+                        threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+    """Full batches {'image' uint8, 'label', 'mask'}; padding rows are zero with mask 0. Every process yields
+    the same number of batches (collectives over devices need that). The crop is timm's (short side to
+    image_size / crop_pct, center image_size), taken from the original image so only it is decoded."""
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
         raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
     batch = global_batch_size // process_count
-    ds, _ = _source(dataset, split, data_dir, process_index, process_count)
+    src = _source(dataset, split, data_dir, process_index, process_count)
     total = get_dataset_info(dataset, split, data_dir).num_examples
     steps = math.ceil(math.ceil(total / process_count) / batch)
-    resize_to = int(math.floor(image_size / crop_pct))
+    window = decode.center_window(image_size, crop_pct)
 
     @tf.autograph.experimental.do_not_convert
-    def preprocess(example):
-        image = example['image']
-        h, w = tf.shape(image)[0], tf.shape(image)[1]
-        short = tf.cast(tf.minimum(h, w), tf.float32)
-        new_h = tf.cast(tf.round(tf.cast(h, tf.float32) * resize_to / short), tf.int32)
-        new_w = tf.cast(tf.round(tf.cast(w, tf.float32) * resize_to / short), tf.int32)
-        image = _resize(image, tf.stack([new_h, new_w]), interpolation)
-        top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-        image = image[top:top + image_size, left:left + image_size]
-        image = _normalize(image, mean, std)
-        image = tf.ensure_shape(image, (image_size, image_size, 3))
-        return {'image': image, 'label': tf.cast(example['label'], tf.int32), 'mask': tf.constant(1.0)}
+    def preprocess(record):
+        image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation)
+        return {'image': image, 'label': tf.cast(record['label'], tf.int32), 'mask': tf.constant(1.0)}
 
-    pad = tf.data.Dataset.from_tensors({'image': tf.zeros((image_size, image_size, 3)),
+    pad = tf.data.Dataset.from_tensors({'image': tf.zeros((image_size, image_size, 3), tf.uint8),
                                         'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}).repeat()
-    ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).concatenate(pad)
-    return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE))
+    ds = src.records.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).concatenate(pad)
+    return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads)
 
 
-def _numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """uint8 pixels to the model's input on the host, as the steps do it on the device (`vitjax.train_step`)."""
+    return (np.asarray(image, np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std,
+                                                                                                      np.float32)
+
+
+def _numpy(ds: tf.data.Dataset, threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
     options = tf.data.Options()
     options.deterministic = True
+    if threads:
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
     return iter(tfds.as_numpy(ds.with_options(options)))
