@@ -194,6 +194,9 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_scan('vit_large_patch16_224' if full else 'vit_base_patch16_224', 2 if full else 4, repeats)
     if 'fsdp' in sections:
         records += bench_fsdp('vit_large_patch16_224', 4, repeats)
+    if 'input_scale' in sections:
+        from benchmarks.input_scale import bench_input_scale
+        records += bench_input_scale(Path(os.environ.get('VITJAX_BENCH_DATA', ROOT / '.bench-data')))
     result = {'host': socket.gethostname(), 'date': datetime.datetime.now().isoformat(timespec='seconds'),
               'mode': 'full' if full else 'quick', 'platform': platform.platform(), 'python': sys.version.split()[0],
               'jax': jax.__version__, 'torch': torch.__version__, 'peak_gflops': round(peak, 2),
@@ -214,7 +217,7 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
-    ap.add_argument('--sections', default='models,input,convert,pmap,scan,fsdp')
+    ap.add_argument('--sections', default='models,input,convert,pmap,scan,fsdp,input_scale')
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)

@@ -85,19 +85,21 @@ def measure_vitjax(pipe: str, source: str, threads: int, root: Path, batches: in
     return {'img_s': img_s, 'bytes_per_image': nbytes}
 
 
-def measure_timm(pipe: str, threads: int, root: Path, batches: int) -> dict:
-    """timm's own loader path: ImageDataset + its train / eval transform + fast_collate in a DataLoader with
-    `threads` worker processes. use_prefetcher=True: uint8 out, normalised on the device by timm's
-    PrefetchLoader, the same split of work as vitjax's (and the faster of timm's two paths)."""
+def measure_timm(pipe: str, threads: int, root: Path, batches: int, prefetcher: bool = True) -> dict:
+    """timm's own loader path: ImageDataset + its train / eval transform in a DataLoader with `threads` worker
+    processes. prefetcher (timm's GPU default): uint8 out + fast_collate, normalised on the device by timm's
+    PrefetchLoader, the same split of work as vitjax's and the faster of timm's two paths; without it
+    (timm on CPU): ToTensor + Normalize in the workers, float32 out."""
     import torch
     from timm.data import ImageDataset, create_transform
     from timm.data.loader import fast_collate
     torch.set_num_threads(1)
     transform = create_transform(SIZE, is_training=pipe == 'train', interpolation='bicubic', color_jitter=None,
-                                 crop_pct=0.875, use_prefetcher=True)
+                                 crop_pct=0.875, use_prefetcher=prefetcher)
     ds = ImageDataset(str(root / 'photos'), transform=transform)
     loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=pipe == 'train', num_workers=threads,
-                                         collate_fn=fast_collate, drop_last=True, persistent_workers=True,
+                                         collate_fn=fast_collate if prefetcher else None, drop_last=True,
+                                         persistent_workers=True,
                                          prefetch_factor=4)
     it = ({'image': x.numpy()} for epoch in range(100) for x, _ in loader)
     img_s, nbytes = _img_s(it, batches)
@@ -150,15 +152,18 @@ def bench_input_scale(root: Path, batches: int = 12) -> list[dict]:
     for pipe in ('train', 'eval'):
         for threads in (1, 2):
             timm = _run('measure', 'timm', pipe, 'folder', threads, root, batches)
+            timm_float = _run('measure', 'timm_float', pipe, 'folder', threads, root, batches)
             for source in ('tfds', 'folder'):
                 jx = _run('measure', 'vitjax', pipe, source, threads, root, batches)
                 out.append(record(name=f'input_scale_{pipe}', model=source, batch=BATCH, dtype='uint8',
                                   device=f'host, {threads} thread(s)', vitjax_img_s=round(jx['img_s'], 1),
                                   baseline=f'timm loader, {threads} worker(s)', baseline_img_s=round(timm['img_s'], 1),
                                   image_size=SIZE, threads=threads, bytes_per_image=jx['bytes_per_image'],
-                                  baseline_bytes_per_image=timm['bytes_per_image']))
+                                  baseline_bytes_per_image=timm['bytes_per_image'],
+                                  timm_float_img_s=round(timm_float['img_s'], 1),
+                                  timm_float_bytes_per_image=timm_float['bytes_per_image']))
                 print(f"  {pipe} {source} {threads} thread(s): vitjax {jx['img_s']:.0f} img/s, timm "
-                      f"{timm['img_s']:.0f} img/s", flush=True)
+                      f"{timm['img_s']:.0f} img/s (uint8), {timm_float['img_s']:.0f} img/s (float32)", flush=True)
     for source in ('tfds', 'folder'):
         for step in (100_000, 100_039):  # 100,039 * 128 examples: an offset of 4,992 into the epoch to skip
             r = _run('resume', source, step, root)
@@ -179,7 +184,7 @@ def main(argv: list[str]) -> int:
     if cmd == 'measure':
         side, pipe, source, threads, root, batches = args
         r = measure_vitjax(pipe, source, int(threads), Path(root), int(batches)) if side == 'vitjax' else \
-            measure_timm(pipe, int(threads), Path(root), int(batches))
+            measure_timm(pipe, int(threads), Path(root), int(batches), prefetcher=side == 'timm')
     elif cmd == 'resume':
         r = measure_resume(args[0], Path(args[2]), int(args[1]))
     elif cmd == 'scan':

@@ -103,6 +103,8 @@ try:
 
     def pytest_xdist_make_scheduler(config, log):
         if config.getoption('dist') == 'loadfile':
+            # xdist would otherwise re-sort the units by test count, which puts each one-test recipe last
+            config.option.loadscopereorder = False
             return _Scheduling(config, log)
 except ImportError:  # pytest-xdist not installed: plain serial pytest
     pass

@@ -96,7 +96,8 @@ class Source:
 SAMPLE = 64  # records read to estimate the byte sizes of a tfds split whose image shape varies
 
 
-def _source(dataset, split, data_dir, process_index, process_count) -> Source:
+def _source(dataset, split, data_dir, process_index, process_count, sizes: bool = True) -> Source:
+    """`sizes=False` skips reading SAMPLE records to estimate a tfds split's byte sizes (eval needs none)."""
     if _is_folder(dataset):
         files, labels, _, _ = _folder_split(dataset, split, process_index, process_count)
         probes = images.folder_splits(os.path.abspath(dataset)).probes
@@ -107,10 +108,13 @@ def _source(dataset, split, data_dir, process_index, process_count) -> Source:
         return Source(records, len(files), encoded, 3 * sum(probes[f].pixels for f in files), 'folder')
     builder = _builder(dataset, data_dir)
     shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-    ds = builder.as_dataset(split=shard, shuffle_files=False, read_config=tfds.ReadConfig(shuffle_seed=0),
-                            decoders={'image': tfds.decode.SkipDecoding()})
+    # no tfds autocache: whether a split is cached is decided here, by its decoded bytes
+    ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
+                            read_config=tfds.ReadConfig(shuffle_seed=0, try_autocache=False))
     records = ds.map(lambda e: {'image': e['image'], 'label': e['label']})
     n = _num_examples(builder, shard)
+    if not sizes:
+        return Source(records, n, 0.0, 0, 'tfds')
     sample = list(records.take(SAMPLE).map(lambda r: (tf.strings.length(r['image']), _pixels(r['image'])))
                   .as_numpy_iterator())
     encoded = float(np.mean([e for e, _ in sample])) if sample else 0.0
@@ -228,7 +232,7 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     if global_batch_size % process_count:
         raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
     batch = global_batch_size // process_count
-    src = _source(dataset, split, data_dir, process_index, process_count)
+    src = _source(dataset, split, data_dir, process_index, process_count, sizes=False)
     total = get_dataset_info(dataset, split, data_dir).num_examples
     steps = math.ceil(math.ceil(total / process_count) / batch)
     window = decode.center_window(image_size, crop_pct)
