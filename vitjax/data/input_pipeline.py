@@ -202,6 +202,8 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
                  f'{cache_bytes / 2**30:.2f} GiB)')
               + f'; shuffle buffer {buffer} x {held / buffer / 1024:.1f} KiB = {held / 2**30:.2f} GiB of host memory')
 
+    # Each epoch fills its shuffle buffer anew (reads only; the prefetch below hides part of that pause), the
+    # price of epochs that can be skipped without reading them.
     first_epoch, offset = divmod(start_step * batch, n)
     epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(
         lambda e: records.shuffle(buffer, seed=_epoch_seed(seed, e), reshuffle_each_iteration=False))
