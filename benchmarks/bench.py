@@ -1,6 +1,6 @@
 """Side-by-side benchmarks on this machine: vitjax against timm, interleaved A/B (each side in its own process).
 
-    python -m benchmarks.bench            # quick (make bench): every kind of row, < 10 min on 2 CPU cores
+    python -m benchmarks.bench            # quick (make bench): every kind of row (input_scale alone ~7 min here)
     python -m benchmarks.bench --full     # make bench-full: larger batches, torch.compile for every model
 
 Writes benchmarks/results/<host>-<date>.json and regenerates BENCHMARKS.md from it. Timings are medians over

@@ -49,3 +49,20 @@ def test_a_step_that_does_not_fit_is_stopped_and_reported():
     from benchmarks import system
     r = system.step_timer('vit_tiny_patch16_224', 2, 1, devices=1, memory_limit=50 * 2**20)
     assert r['oom_rss_bytes'] > 50 * 2**20 and 'step_s' not in r
+
+
+def test_input_scale_photos_are_distinct_real_size_jpegs(tmp_path):
+    """The input-at-scale data: photo-like JPEGs of ~500x375 in ten classes, all different, all on the fast
+    (TensorFlow) decode path, readable through the folder pipeline."""
+    from PIL import Image
+
+    from benchmarks.input_scale import build_folder
+    from vitjax import images
+    folder = build_folder(tmp_path, n=20)
+    files = sorted(folder.glob('*/*.jpg'))
+    assert len(files) == 20 and len({f.parent.name for f in files}) == 10
+    assert len({f.read_bytes() for f in files}) == 20
+    for f in files:
+        with Image.open(f) as im:
+            assert im.format == 'JPEG' and 330 <= min(im.size) <= 420 and 450 <= max(im.size) <= 550
+        assert not images.probe(str(f)).pil
