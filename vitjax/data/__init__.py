@@ -8,6 +8,6 @@ except (RuntimeError, ValueError):
 
 from vitjax.data import digits  # noqa: F401  (registers the `vitjax_digits` tfds builder)
 from vitjax.data.input_pipeline import (DatasetInfo, create_eval_dataset, create_train_dataset,
-                                        get_dataset_info, normalize)
+                                        get_dataset_info)
 
-__all__ = ['DatasetInfo', 'get_dataset_info', 'create_train_dataset', 'create_eval_dataset', 'normalize']
+__all__ = ['DatasetInfo', 'get_dataset_info', 'create_train_dataset', 'create_eval_dataset']

@@ -39,8 +39,8 @@ def full_window(shape):
 
 def center_window(image_size: int, crop_pct: float) -> Window:
     """timm's eval crop (torchvision's Resize of the short side to image_size / crop_pct, then CenterCrop of
-    image_size) expressed in the original image: the square that becomes the crop, rounded to whole pixels, so
-    only it is decoded and resized."""
+    image_size) expressed in the original image: the window that becomes the crop (each axis through its own
+    scale, as torchvision truncates the long side), rounded to whole pixels, so only it is decoded and resized."""
     resize_to = int(image_size / crop_pct)
 
     def window(shape):

@@ -250,12 +250,6 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads)
 
 
-def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 pixels to the model's input on the host, as the steps do it on the device (`vitjax.train_step`)."""
-    return (np.asarray(image, np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std,
-                                                                                                      np.float32)
-
-
 def _numpy(ds: tf.data.Dataset, threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
     options = tf.data.Options()
     options.deterministic = True
