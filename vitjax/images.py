@@ -14,6 +14,8 @@ IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.
 SPLIT_DIRS = ('train', 'test', 'val', 'validation')  # ROOT/<split>/<class>/<image>, as ImageNet-style folders
 HELD_OUT = 0.1  # a folder of class folders only: this share of each class is its 'test' split
 MAX_SIDE = 4096  # larger images are decoded at reduced size (JPEG draft mode) and shrunk to this
+# timm's interpolation names -> PIL's resampling filters (timm.data.transforms.str_to_pil_interp)
+RESAMPLE = {'bicubic': 3, 'bilinear': 2, 'nearest': 0, 'lanczos': 1, 'box': 4, 'hamming': 5}
 
 
 class FolderIndex(NamedTuple):

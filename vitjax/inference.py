@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.images import RESAMPLE
 from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
 from vitjax.models.vit import to_2tuple
 
@@ -25,9 +26,6 @@ _INFO = Path(__file__).parent / 'data' / 'imagenet'
 # Class lists by head size (WordNet synsets; names from timm's ImageNet metadata, Apache-2.0).
 _SUBSETS = {1000: 'imagenet_synsets.txt.gz', 11821: 'imagenet12k_synsets.txt.gz',
             21843: 'imagenet21k_goog_synsets.txt.gz', 21841: 'imagenet22k_synsets.txt.gz'}
-_RESAMPLE = {'bicubic': 3, 'bilinear': 2, 'nearest': 0, 'lanczos': 1, 'box': 4, 'hamming': 5}  # PIL codes
-
-
 def _read_lines(name: str) -> list[str]:
     with gzip.open(_INFO / name, 'rt') as f:
         return [line.rstrip('\n') for line in f]
@@ -70,7 +68,7 @@ def preprocess(images: Sequence[ImageLike], model) -> np.ndarray:
     cfg = model.pretrained_cfg
     h, w = input_size(model)
     scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
-    resample = _RESAMPLE.get(cfg.interpolation, 3)
+    resample = RESAMPLE.get(cfg.interpolation, 3)
     mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
     out = []
     for image in images:

@@ -96,8 +96,19 @@ def decode(record: dict, window: Window) -> tf.Tensor:
     return decode_and_crop(record['image'], window)
 
 
-def resize_uint8(image: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
-    """Antialiased resize to size x size, rounded back to uint8 (bicubic overshoots 0..255: clipped), as PIL's
-    resize in timm's loader returns uint8."""
-    image = tf.image.resize(image, (size, size), method=interpolation, antialias=True)
-    return tf.cast(tf.round(tf.clip_by_value(image, 0, 255)), tf.uint8)
+def resize_uint8(image: tf.Tensor, size: int, interpolation: str, flip=False) -> tf.Tensor:
+    """Resize to size x size with PIL's filter for `interpolation` (antialiased, in fixed point on uint8), then
+    mirror left-right where `flip` (a bool tensor) is true: the resize and flip timm's loader applies to a crop,
+    pixel for pixel. PIL releases the GIL while it resamples, and it costs about half of TensorFlow's float
+    `ScaleAndTranslate` on these crops (benchmarks/notes.md)."""
+    if interpolation not in images.RESAMPLE:
+        raise ValueError(f'interpolation {interpolation!r} is not one of {sorted(images.RESAMPLE)}')
+    resample = images.RESAMPLE[interpolation]
+
+    def resize(pixels, mirror):
+        from PIL import Image
+        out = Image.fromarray(pixels).resize((size, size), resample)
+        return np.asarray(out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if mirror else out)
+
+    out = tf.numpy_function(resize, [image, tf.convert_to_tensor(flip, tf.bool)], tf.uint8, stateful=False)
+    return tf.ensure_shape(out, (size, size, 3))

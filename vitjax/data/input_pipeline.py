@@ -214,9 +214,8 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
         key = tf.stack([tf.cast(seed, tf.int64), index])
         window = decode.random_resized_window(key, scale, ratio) if crop == 'random_resized_crop' \
             else decode.full_window
-        image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation)
-        if flip:
-            image = tf.image.stateless_random_flip_left_right(image, seed=key + 1)
+        mirror = tf.random.stateless_uniform((), key + 1) < 0.5 if flip else False
+        image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation, mirror)
         return {'image': image, 'label': tf.cast(record['label'], tf.int32)}
 
     ds = stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
