@@ -19,6 +19,20 @@ def train_iter(data_dir, **kw):
     return data.create_train_dataset('vitjax_digits', 'train', **{**args, **kw})
 
 
+def test_stream_depends_on_data_shards_not_on_processes(data_dir):
+    """Two processes' batches side by side are what one process reading both shards yields, resumed too."""
+    one = train_iter(data_dir, process_index=0, process_count=1, data_shards=2, start_step=3)
+    two = [train_iter(data_dir, process_index=p, process_count=2, start_step=3) for p in (0, 1)]
+    for _ in range(3):
+        a, b, c = next(one), next(two[0]), next(two[1])
+        for key in ('image', 'label'):
+            np.testing.assert_array_equal(a[key], np.concatenate([b[key], c[key]]))
+    plain = next(train_iter(data_dir, process_index=0, process_count=1, start_step=3))
+    assert not np.array_equal(plain['image'], a['image'])  # one shard is another stream
+    with pytest.raises(ValueError, match='multiple of the process count'):
+        train_iter(data_dir, process_index=0, process_count=2, data_shards=3)
+
+
 def eval_batches(dataset, split, data_dir=None, **kw):
     args = dict(global_batch_size=64, image_size=16, crop_pct=1.0, data_dir=data_dir)
     return list(data.create_eval_dataset(dataset, split, **{**args, **kw}))

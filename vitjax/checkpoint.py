@@ -71,10 +71,14 @@ class Checkpointer:
                 first_line = (str(e).strip().splitlines() or [''])[0][:300]
                 problems.append((step, f'{type(e).__name__}: {first_line}'))
                 continue
-            for bad, why in problems:
-                os.replace(os.path.join(self.directory, str(bad)), os.path.join(self.directory, f'{bad}.corrupt'))
+            for bad, why in problems:  # every process finds the same damage; process 0 moves it
+                if jax.process_index() == 0:
+                    os.replace(os.path.join(self.directory, str(bad)),
+                               os.path.join(self.directory, f'{bad}.corrupt'))
                 report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{bad}.corrupt')
             if problems:
+                from vitjax.parallel import barrier
+                barrier('vitjax-checkpoints-set-aside')
                 self.manager.reload()
                 report(f'resuming from step {step}, the newest intact checkpoint')
             return state, meta

@@ -73,7 +73,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.nan_policy = 'stop'  # 'stop' | 'skip'
-    c.distributed = False  # call jax.distributed.initialize() (multi-host)
+    # Multi-host: call jax.distributed.initialize(), which finds the cluster itself on Cloud TPU, SLURM and
+    # Open MPI; elsewhere name it: the coordinator (process 0's host:port), the process count and this process.
+    c.distributed = False
+    # The split is read as this many shards (0: one per process), each process reading its own; the stream
+    # depends on the shard count only, so 1 process with data_shards=N reproduces an N-process run's batches.
+    c.data_shards = 0
+    c.coordinator_address = ''
+    c.num_processes = 0  # 0: auto-detected
+    c.process_id = -1  # -1: auto-detected
     # 'pmap': replicated state; 'fsdp': params and Adam moments sharded over all devices (jit + NamedSharding),
     # arrays under fsdp_min_size_mb replicated (vitjax/parallel.py)
     c.parallelism = 'pmap'
@@ -92,13 +100,13 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     'eval_every': _POS, 'checkpoint_every': _POS, 'keep_checkpoints': _POS, 'shuffle_buffer': _POS,
     'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
     'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
-    'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG, 'cache_bytes': _NONNEG,
+    'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG, 'cache_bytes': _NONNEG, 'data_shards': _NONNEG,
 }
 # Fields whose change does not change what a resumed run computes: everything else is refused by --resume
 # unless allow_changes names it.
 RESUME_SAFE = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'nan_policy', 'data_dir',
                'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name',
-               'parallelism', 'fsdp_min_size_mb')
+               'parallelism', 'fsdp_min_size_mb', 'coordinator_address', 'num_processes', 'process_id')
 CHOICES = {'decay': ('cosine', 'linear', 'constant'), 'crop': ('random_resized_crop', 'resize'),
            'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip'), 'parallelism': ('pmap', 'fsdp')}
 
@@ -133,6 +141,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         errors.append('set total_steps or num_epochs')
     if c.total_steps and c.warmup_steps >= c.total_steps:
         errors.append(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({c.total_steps})')
+    named = (c.coordinator_address, c.num_processes, c.process_id >= 0)
+    if any(named) and not c.distributed:
+        errors.append('coordinator_address / num_processes / process_id need --config.distributed=True')
+    if any(named) and not all(named):
+        errors.append('name the cluster with all three of coordinator_address, num_processes and process_id (or '
+                      'none, to auto-detect it)')
+    elif c.num_processes and not 0 <= c.process_id < c.num_processes:
+        errors.append(f'process_id ({c.process_id}) must be in [0, num_processes={c.num_processes})')
     if c.batch_size % c.accum_steps:
         errors.append(f'accum_steps ({c.accum_steps}) must divide batch_size ({c.batch_size})')
     for key in ('lr', 'head_lr'):  # the schedule decays from the peak to end_lr: above it, the 'decay' rises

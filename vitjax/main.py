@@ -76,6 +76,20 @@ class FaultHooks(trainer.Hooks):
             os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
 
 
+def init_distributed(c) -> None:
+    """jax.distributed.initialize, auto-detected (Cloud TPU, SLURM, Open MPI) or from the three config fields."""
+    import jax
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts; GPUs and TPUs bring their own
+    named = dict(coordinator_address=c.coordinator_address, num_processes=c.num_processes,
+                 process_id=c.process_id) if c.coordinator_address else {}
+    jax.distributed.initialize(**named)
+
+
+def _process_index() -> int:
+    import jax
+    return jax.process_index()
+
+
 def main(argv) -> int:
     FLAGS = flags.FLAGS
     if len(argv) > 1:
@@ -92,8 +106,11 @@ def main(argv) -> int:
         return 2
     workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     if c.distributed:
-        import jax
-        jax.distributed.initialize()
+        try:
+            init_distributed(c)
+        except (ValueError, RuntimeError) as e:
+            print(f'error: jax.distributed.initialize: {e}', file=sys.stderr)
+            return 2
     if FLAGS.stop_after < 0:
         print(f'error: --stop_after must be >= 0 (got {FLAGS.stop_after})', file=sys.stderr)
         return 2
@@ -105,7 +122,7 @@ def main(argv) -> int:
     try:
         os.makedirs(workdir, exist_ok=True)
         # one lock per run: on a shared filesystem the other processes of a multi-host run would collide
-        lock = workdirs.Lock(workdir) if not c.distributed or jax.process_index() == 0 else workdirs.NoLock()
+        lock = workdirs.Lock(workdir) if not c.distributed or _process_index() == 0 else workdirs.NoLock()
     except workdirs.WorkdirInUse as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
@@ -145,8 +162,9 @@ def _locked_main(c, workdir: str) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    try:
-        workdirs.write_config(workdir, config, changes)
+    try:  # one copy of each run file: process 0 writes them (the workdir is shared by all processes)
+        if _process_index() == 0:
+            workdirs.write_config(workdir, config, changes)
     except OSError as e:
         print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
         return 2

@@ -51,6 +51,16 @@ class MetricWriter:
         self._tb.close()
 
 
+class NoWriter:
+    """What the processes other than process 0 log to: one copy of metrics.jsonl and the events per run."""
+
+    def write(self, step: int, split: str, **scalars: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _scalar_metadata():
     """What TensorBoard's scalars plugin looks for (tensorboard.plugins.scalar.metadata writes the same)."""
     from tensorflow.core.framework import summary_pb2

@@ -35,6 +35,31 @@ def create(mode: str, fsdp_min_bytes: int = 4 << 20) -> 'Parallel':
     raise ValueError(f'parallelism must be one of {", ".join(MODES)} (got {mode!r})')
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process, the same answer on all (a tiny all-gather; every process must
+    call it at the same point). With one process, no collective."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.int32(bool(flag)))))
+
+
+def same_on_all_processes(digest: str) -> bool:
+    """Whether every process holds the same hex `digest` (e.g. of its final params)."""
+    if jax.process_count() == 1:
+        return True
+    from jax.experimental import multihost_utils
+    mine = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    return bool((multihost_utils.process_allgather(mine) == mine).all())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process gets here (after process 0 alone wrote or renamed files the others read)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
+
+
 class Parallel:
     mode: str
     axis_name: Any  # what the step functions get as `axis_name`: 'batch' under pmap, None under jit
@@ -124,10 +149,11 @@ class Pmap(Parallel):
         return jax.tree.map(put, batch)
 
     def get(self, tree):
-        return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), tree)
+        # this process's first replica: `x[0]` would be a program over every host's devices, which a host that
+        # reaches it alone (e.g. before a checkpoint the others are already writing) waits on forever
+        return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)).reshape(x.shape[1:]), tree)
 
-    def host_state(self, state):
-        return jax.device_get(jax.tree.map(lambda x: x[0], state))
+    host_state = get
 
     checkpoint_view = host_state
 

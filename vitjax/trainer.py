@@ -82,6 +82,7 @@ class Interrupt:
 
     def __init__(self):
         self.signal = None
+        self.agreed = False  # several processes: one of them was signalled, all stop
         self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
@@ -90,6 +91,23 @@ class Interrupt:
     def restore(self):
         for s, h in self._old.items():
             signal.signal(s, h)
+
+
+def report_devices() -> None:
+    """Which devices this run uses, and a warning when jax sees only the CPU on a host with an accelerator
+    (a CPU-only jax install on a GPU/TPU machine trains, slowly, without saying so)."""
+    import glob
+    import shutil
+
+    import jax
+    devices = jax.devices()
+    print(f'devices: {len(devices)} x {devices[0].device_kind} ({devices[0].platform}), '
+          f'{jax.local_device_count()} on process {jax.process_index()} of {jax.process_count()}', flush=True)
+    accelerator = shutil.which('nvidia-smi') and glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/accel*') \
+        or glob.glob('/dev/vfio/[0-9]*')
+    if devices[0].platform == 'cpu' and accelerator:
+        print(f'warning: jax runs on the CPU, but this host has an accelerator ({accelerator[0]}): install jax '
+              'for it (pip install -e ".[cuda]" or ".[tpu]", README "On GPUs and TPUs")', file=sys.stderr)
 
 
 def check_free_space(directory: str, needed: int) -> None:
@@ -125,19 +143,24 @@ def setup(c, workdir: str, resume: bool) -> Run:
 
     from vitjax import data, optim, parallel, train_step
     from vitjax.checkpoint import Checkpointer
-    from vitjax.metrics import MetricWriter
+    from vitjax.metrics import MetricWriter, NoWriter
 
+    report_devices()
     devices = jax.local_device_count()
     if c.batch_size % (devices * jax.process_count() * c.accum_steps):
         raise ValueError(f'batch_size {c.batch_size} does not split into {devices * jax.process_count()} devices '
                          f'x {c.accum_steps} micro-batches')
+    if jax.process_index() == 0:  # a tfds dataset not yet prepared is prepared once, not raced by every host
+        data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
+    parallel.barrier('vitjax-dataset-prepared')
     info = data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
     for split in {c.eval_split, c.test_split} - {c.train_split}:  # a bad eval split found now, not after training
         if data.get_dataset_info(c.dataset, split, c.data_dir).num_examples == 0:
             raise ValueError(f'{c.dataset} split {split!r} is empty')
     model, variables = build_model(c, info.num_classes)
     cfg = model.pretrained_cfg
-    total_steps = c.total_steps or math.ceil(c.num_epochs * info.num_examples * jax.process_count() / c.batch_size)
+    # num_examples counts the whole split (every process's shard); batch_size is global
+    total_steps = c.total_steps or math.ceil(c.num_epochs * info.num_examples / c.batch_size)
     if c.warmup_steps >= total_steps:
         raise ValueError(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({total_steps})')
 
@@ -157,14 +180,15 @@ def setup(c, workdir: str, resume: bool) -> Run:
         state = par.adopt(restored)
         start = int(meta['step'])
         print(f'resumed from step {start} of {total_steps}')
-    writer = MetricWriter(workdir, resume_step=start if resume else None)
+    main = jax.process_index() == 0  # the one process that writes run files (the workdir is shared)
+    writer = MetricWriter(workdir, resume_step=start if resume else None) if main else NoWriter()
 
     data_kw = dict(global_batch_size=c.batch_size, image_size=cfg.input_size[1], interpolation=cfg.interpolation,
                    data_dir=c.data_dir)
     train_ds = data.create_train_dataset(c.dataset, c.train_split, seed=c.seed, crop=c.crop, flip=c.flip,
                                          scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
-                                         cache_bytes=int(c.cache_bytes), start_step=start,
-                                         verbose=jax.process_index() == 0, **data_kw)
+                                         cache_bytes=int(c.cache_bytes), data_shards=c.data_shards,
+                                         start_step=start, verbose=main, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
     traces: dict[str, int] = {}
@@ -182,9 +206,15 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
     import numpy as np
     from tqdm import tqdm
 
+    import jax
+
+    from vitjax.parallel import any_process
+
     c, par = run.c, run.par
+    main = jax.process_index() == 0
     bar = tqdm(total=run.total_steps, initial=run.start, desc='train', unit='step', dynamic_ncols=True,
-               disable=not sys.stderr.isatty() and os.environ.get('VITJAX_PROGRESS') != '1')
+               disable=not main or not sys.stderr.isatty() and os.environ.get('VITJAX_PROGRESS') != '1')
+    say = bar.write if main else (lambda text: None)
 
     def check_finite():
         """nan_policy='stop': end the run at the first non-finite step, before anything more is written."""
@@ -194,6 +224,17 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
                 f'non-finite loss or gradients at step {first}; the update was not applied and training stopped '
                 f"(nan_policy='stop'); the last good checkpoint is step {run.ckpt.latest_step()} in "
                 f"{run.workdir}/checkpoints. nan_policy='skip' skips such steps instead.")
+
+    def signalled(step):
+        """A signal seen by any process stops all of them at the same step: with several processes they agree
+        at log and checkpoint steps (a tiny all-gather where the loop syncs with the devices anyway), so every
+        host saves the same checkpoint and none waits in a collective for one that left."""
+        if jax.process_count() == 1:
+            return interrupt.signal is not None
+        if step % c.log_every and step % c.checkpoint_every:
+            return False
+        interrupt.agreed = any_process(interrupt.signal is not None)
+        return interrupt.agreed
 
     window, t_window = [], time.time()
     for step in range(run.start + 1, run.total_steps + 1):
@@ -209,7 +250,7 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
             m = {k: float(np.mean([h[k] for h in good])) for k in ('loss', 'accuracy', 'grad_norm') if good}
             m.update(lr=host[-1]['lr'], skipped_steps=int(par.get(run.state.nonfinite_steps)))
             if len(good) < len(host):
-                bar.write(f'step {step}: {len(host) - len(good)} update(s) skipped in this window for non-finite '
+                say(f'step {step}: {len(host) - len(good)} update(s) skipped in this window for non-finite '
                           f"loss or gradients (nan_policy='skip'); {m['skipped_steps']} so far")
             img_s = len(window) * c.batch_size / (time.time() - t_window)
             run.writer.write(step, 'train', **m, img_per_s=img_s)
@@ -218,9 +259,9 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
         if step % c.eval_every == 0 or last:
             e = evaluate(run, c.eval_split)
             run.writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
-            bar.write(f"step {step}/{run.total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
+            say(f"step {step}/{run.total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
                       f"({int(e['count'])} examples)")
-        stopping = (stop_after and step - run.start >= stop_after or interrupt.signal) and not last
+        stopping = (stop_after and step - run.start >= stop_after or signalled(step)) and not last
         if step % c.checkpoint_every == 0 or last or stopping:
             check_finite()
             run.ckpt.save(step, par.checkpoint_view(run.state), {'step': step, 'config': c.name})
@@ -245,8 +286,18 @@ def finish(run: Run, wall: float) -> dict:
     if skipped >= steps:  # nan_policy='skip' and not one update applied: the params are the initial ones
         raise FloatingPointError(f'all {steps} steps were non-finite and skipped: no update was applied, so '
                                  'no model is saved')
+    from vitjax.checkpoint import state_digest
+    from vitjax.parallel import same_on_all_processes
+
     test = evaluate(run, c.test_split)
     params = run.par.host_state(run.state.params)
+    digest = state_digest(params)
+    if not same_on_all_processes(digest):  # replicas that drifted apart: the saved model is process 0's
+        print(f'warning: the final params differ between processes (process {jax.process_index()}: sha256 '
+              f'{digest[:16]}...); the saved model is process 0\'s', file=sys.stderr)
+        digest = None
+    if jax.process_index():  # the run files are process 0's to write
+        return {}
     # The saved preprocessing is the one this run evaluated with, so `vitjax evaluate` / `predict` agree with it.
     cfg = model.pretrained_cfg
     eval_cfg = dataclasses.replace(cfg, crop_pct=c.eval_crop_pct or cfg.crop_pct)
@@ -258,7 +309,8 @@ def finish(run: Run, wall: float) -> dict:
     summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],
                'test_examples': int(test['count']), 'steps': steps, 'examples_seen': seen, 'wall_s': round(wall, 2),
                'img_per_s': round(seen / wall, 1), 'devices': jax.device_count(), 'parallelism': c.parallelism,
-               'skipped_steps': skipped, 'compilations': dict(run.traces)}
+               'processes': jax.process_count(), 'params_sha256': digest, 'skipped_steps': skipped,
+               'compilations': dict(run.traces)}
     if max(run.traces.values()) > 1:  # every batch has the same shapes: a retrace is a bug worth hearing about
         print(f'warning: steps compiled more than once: {run.traces}', file=sys.stderr)
     with open(os.path.join(run.workdir, 'summary.json'), 'w') as f:
@@ -286,7 +338,8 @@ def train(c, workdir: str, resume: bool = False, stop_after: int = 0, hooks: Opt
             run.ckpt.close()
             run.writer.close()
     if stopped is not None:
-        why = f'received {interrupt.signal}' if interrupt.signal else f'--stop_after {stop_after}'
+        why = f'received {interrupt.signal}' if interrupt.signal else \
+            'another process was signalled' if interrupt.agreed else f'--stop_after {stop_after}'
         print(f'{why}: stopped after step {stopped} of {run.total_steps} with a checkpoint; continue with '
               f'--resume --workdir {workdir}', flush=True)
         return {}

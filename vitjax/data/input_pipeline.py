@@ -168,26 +168,46 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
                          scale: Sequence[float] = (0.08, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
                          interpolation: str = 'bicubic', shuffle_buffer: int = 10_000,
                          cache_bytes: int = CACHE_BYTES, process_index: Optional[int] = None,
-                         process_count: Optional[int] = None, start_step: int = 0, verbose: bool = False,
-                         threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+                         process_count: Optional[int] = None, data_shards: int = 0, start_step: int = 0,
+                         verbose: bool = False, threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
     """An endless iterator of {'image': (B, H, W, 3) uint8, 'label': (B,) int32}, B = this process's share.
 
-    Epoch e is the shard in a shuffle seeded by (seed, e); example i of the stream gets its crop and flip from
-    stateless ops keyed by (seed, i). Records flow undecoded through the shuffle and the resume skip, and are
-    decoded after them, so `start_step=k` starts at batch k of the same stream having read at most one epoch
-    of records and decoded none of them. A shard that decodes to at most `cache_bytes` is decoded once and
-    cached instead (the same crops; JPEG pixels at a crop's edge can differ by a few levels, as a fused crop
-    upsamples chroma at its border). `threads` bounds tf.data's threads (default: one per core)."""
+    The split is read as `data_shards` shards (default: one per process), each process reading its own; a
+    global batch is row-block k from shard k, so the stream depends on the shard count, not on how many
+    processes read it (one process with data_shards=2 yields what two processes yield together). Epoch e of
+    a shard is a shuffle seeded by (seed, e); example i of shard k gets its crop and flip from stateless ops
+    keyed by (seed, i * data_shards + k). Records flow undecoded through the shuffle and the resume skip, and
+    are decoded after them, so `start_step=k` starts at batch k of the same stream having read at most one
+    epoch of records and decoded none of them. A shard that decodes to at most its part of `cache_bytes` is
+    decoded once and cached instead (the same crops; JPEG pixels at a crop's edge can differ by a few levels,
+    as a fused crop upsamples chroma at its border). `threads` bounds tf.data's threads (default: one per core)."""
     if crop not in ('random_resized_crop', 'resize'):
         raise ValueError(f"crop must be 'random_resized_crop' or 'resize', got {crop!r}")
     process_index, process_count = _process(process_index, process_count)
-    if global_batch_size % process_count:
-        raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
-    batch = global_batch_size // process_count
-    src = _source(dataset, split, data_dir, process_index, process_count)
+    shards = data_shards or process_count
+    if shards % process_count:
+        raise ValueError(f'data_shards ({shards}) must be a multiple of the process count ({process_count})')
+    if global_batch_size % shards:
+        raise ValueError(f'batch size {global_batch_size} does not split over {shards} data shards')
+    mine = range(process_index * shards // process_count, (process_index + 1) * shards // process_count)
+    kw = dict(batch=global_batch_size // shards, image_size=image_size, seed=seed, crop=crop, flip=flip,
+              scale=scale, ratio=ratio, interpolation=interpolation, shuffle_buffer=shuffle_buffer,
+              cache_bytes=cache_bytes // len(mine), start_step=start_step)
+    streams = [_shard_stream(dataset, split, data_dir, k, shards, verbose=verbose and k == mine[0], **kw)
+               for k in mine]
+    ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
+        lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]})
+    return _numpy(ds.prefetch(AUTOTUNE), threads)
+
+
+def _shard_stream(dataset, split, data_dir, shard, shards, *, batch, image_size, seed, crop, flip, scale, ratio,
+                  interpolation, shuffle_buffer, cache_bytes, start_step, verbose) -> tf.data.Dataset:
+    """Shard `shard` of `shards` as batches of `batch`, from batch `start_step` on."""
+    src = _source(dataset, split, data_dir, shard, shards)
     n = src.num_examples
     if n < batch:
-        raise ValueError(f'{dataset} {split} has {n} examples for this process, fewer than one batch of {batch}')
+        raise ValueError(f'{dataset} {split} has {n} examples in data shard {shard} of {shards}, fewer than one '
+                         f'batch of {batch}')
     records, cached = src.records, src.decoded_bytes <= cache_bytes
     if cached:
         records = records.map(lambda r: {'decoded': decode.decode(r, decode.full_window), 'label': r['label']},
@@ -196,7 +216,7 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
     buffer = n if src.kind == 'folder' and not cached else min(shuffle_buffer, n)
     if verbose:
         held = (src.decoded_bytes / n if cached else src.encoded_bytes) * buffer
-        print(f'input: {dataset} {split}: {n} examples on this process, '
+        print(f'input: {dataset} {split}: {n} examples in data shard {shard} of {shards}, '
               + (f'cached decoded ({src.decoded_bytes / 2**30:.2f} GiB <= cache_bytes {cache_bytes / 2**30:.2f} GiB)'
                  if cached else f'decoded every epoch ({src.decoded_bytes / 2**30:.1f} GiB decoded > cache_bytes '
                  f'{cache_bytes / 2**30:.2f} GiB)')
@@ -211,15 +231,14 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
 
     @tf.autograph.experimental.do_not_convert  # plain graph code; autograph only adds warnings here
     def preprocess(index, record):
-        key = tf.stack([tf.cast(seed, tf.int64), index])
+        key = tf.stack([tf.cast(seed, tf.int64), index * shards + shard])  # no two shards share a crop
         window = decode.random_resized_window(key, scale, ratio) if crop == 'random_resized_crop' \
             else decode.full_window
         mirror = tf.random.stateless_uniform((), key + 1) < 0.5 if flip else False
         image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation, mirror)
         return {'image': image, 'label': tf.cast(record['label'], tf.int32)}
 
-    ds = stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _numpy(ds.batch(batch, drop_remainder=True).prefetch(AUTOTUNE), threads)
+    return stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch, drop_remainder=True)
 
 
 def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
