@@ -92,6 +92,11 @@ def pytest_collection_modifyitems(config, items):
     rank = lambda item: next((i for i, name in enumerate(LONGEST_FIRST) if item.path.stem == name),
                              len(LONGEST_FIRST))
     items.sort(key=rank)  # stable: tests keep their order inside a file
+    if not any(d.platform == 'gpu' for d in jax.devices()):
+        skip = pytest.mark.skip(reason='needs a GPU (jax sees none)')
+        for item in items:
+            if 'gpu' in item.keywords:
+                item.add_marker(skip)
 
 
 try:
