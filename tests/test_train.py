@@ -159,6 +159,19 @@ def test_batch_not_divisible_by_devices(tmp_path, data_dir):
     assert proc.returncode == 1 and 'batch_size 6 does not split into 4 devices' in proc.stderr
 
 
+def test_memory_checked_before_the_first_step(quick_run, tmp_path, data_dir):
+    """Every run prints the compiled step's memory per device; one that does not fit the device (here a
+    pretend 1 MiB device) stops before step 1 with advice; --compile_only prepares no data, writes nothing."""
+    _, proc = quick_run
+    line = next(x for x in proc.stdout.splitlines() if x.startswith('memory: the train step needs'))
+    assert float(line.split()[5]) > 0 and 'the device reports no limit' in line
+    small = run_train(tmp_path / 'r', *QUICK, '--config.device_memory_gb=0.001', '--compile_only',
+                      data_dir=str(tmp_path / 'no-data'))  # the digits not prepared there: not prepared
+    assert small.returncode == 1 and 'GiB per device and the device has 0.00 GiB; try --config.accum_steps=2' in \
+        small.stderr and 'grad_checkpointing=True' in small.stderr, small.stderr[-2000:]
+    assert not (tmp_path / 'r').exists() and not (tmp_path / 'no-data').exists()
+
+
 def test_existing_run_needs_resume(quick_run, data_dir):
     workdir, _ = quick_run
     proc = run_train(workdir, *QUICK, data_dir=data_dir)

@@ -85,6 +85,9 @@ def default_config() -> ml_collections.ConfigDict:
     # 'pmap': replicated state; 'fsdp': params and Adam moments sharded over all devices (jit + NamedSharding),
     # arrays under fsdp_min_size_mb replicated (vitjax/parallel.py)
     c.parallelism = 'pmap'
+    # The device memory a run is checked against before its first step (0: what jax reports; CPUs report none):
+    # set it to size a run for another accelerator, e.g. 40 for a 40 GB GPU, from any host with --compile_only.
+    c.device_memory_gb = 0.0
     c.fsdp_min_size_mb = 4.0
     # --resume refuses a config whose meaning differs from the run's (see RESUME_SAFE); name the fields whose
     # change is intended here, comma-separated ('batch_size,lr'), or 'all'.
@@ -101,12 +104,14 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
     'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
     'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG, 'cache_bytes': _NONNEG, 'data_shards': _NONNEG,
+    'device_memory_gb': _NONNEG,
 }
 # Fields whose change does not change what a resumed run computes: everything else is refused by --resume
 # unless allow_changes names it.
 RESUME_SAFE = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'nan_policy', 'data_dir',
                'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name',
-               'parallelism', 'fsdp_min_size_mb', 'coordinator_address', 'num_processes', 'process_id')
+               'parallelism', 'fsdp_min_size_mb', 'device_memory_gb', 'coordinator_address', 'num_processes',
+               'process_id')
 CHOICES = {'decay': ('cosine', 'linear', 'constant'), 'crop': ('random_resized_crop', 'resize'),
            'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip'), 'parallelism': ('pmap', 'fsdp')}
 

@@ -31,6 +31,9 @@ def define_flags() -> None:
     flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir (from step 0 if it has none)')
     flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
                          'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
+    flags.DEFINE_bool('compile_only', False, 'build the model, compile the train step, print its memory per device '
+                      '(checked against --config.device_memory_gb or the device) and exit; reads no data, writes '
+                      'nothing')
     try:  # ml_collections applies the --config.field overrides from sys.argv here, at definition
         config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
                                         'training config file', lock_config=True)
@@ -111,6 +114,13 @@ def main(argv) -> int:
         except (ValueError, RuntimeError) as e:
             print(f'error: jax.distributed.initialize: {e}', file=sys.stderr)
             return 2
+    if FLAGS.compile_only:
+        try:
+            trainer.compile_only(c)
+        except ValueError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 1
+        return 0
     if FLAGS.stop_after < 0:
         print(f'error: --stop_after must be >= 0 (got {FLAGS.stop_after})', file=sys.stderr)
         return 2

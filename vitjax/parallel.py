@@ -76,6 +76,20 @@ class Parallel:
     def put_batch(self, batch: dict) -> dict:
         raise NotImplementedError
 
+    def precompile(self, train: Callable, state: Any, batch: dict) -> tuple[Callable, Any]:
+        """`train` compiled ahead of time for device batches like `put_batch(batch)`, and XLA's memory analysis
+        of it (per device). A batch of another shape or dtype (the fault tests' float NaN images) goes to
+        `train` itself, which compiles for it."""
+        example = self.put_batch(batch)
+        compiled = train.lower(state, example).compile()
+        signature = lambda b: [(x.shape, x.dtype) for x in jax.tree.leaves(b)]
+        expected = signature(example)
+        del example
+
+        def step(state, batch):
+            return (compiled if signature(batch) == expected else train)(state, batch)
+        return step, compiled.memory_analysis()
+
     def get(self, tree: Any) -> Any:
         """Numpy copies of what the steps return (metrics, eval sums, counters): one value, not per replica."""
         raise NotImplementedError

@@ -45,7 +45,7 @@ def build_model(c, num_classes: int):
             print(f'--config.init: the architecture is the one in {c.init}; model_overrides '
                   f'{sorted(set(overrides) - {"img_size"})} are not used')
         stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
-        if stored != num_classes:
+        if num_classes is not None and stored != num_classes:
             print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
                   'training a new zero-initialised head (the backbone is loaded as is)')
         return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
@@ -138,18 +138,63 @@ class Run:
     traces: dict
 
 
-def setup(c, workdir: str, resume: bool) -> Run:
+def _state_and_steps(c, model, params, num_classes: int, total_steps: int):
+    """The train state where it lives and the steps compiled for it, the train step ahead of time so its
+    memory per device is known (and checked) before the first batch is read."""
     import jax
+    import numpy as np
 
-    from vitjax import data, optim, parallel, train_step
-    from vitjax.checkpoint import Checkpointer
-    from vitjax.metrics import MetricWriter, NoWriter
+    from vitjax import memory, optim, parallel, train_step
 
+    tx = optim.create_optimizer(c, params, total_steps)
+    par = parallel.create(c.parallelism, int(c.fsdp_min_size_mb * 2**20))
+    state = par.create_state(lambda p: train_step.create_train_state(model, {'params': p}, tx,
+                                                                     jax.random.PRNGKey(c.seed + 1)), params)
+    cfg, traces = model.pretrained_cfg, {}
+    train_fn, eval_fn = train_step.step_functions(
+        model, tx, optim.create_schedule(c, total_steps), num_classes, label_smoothing=c.label_smoothing,
+        accum_steps=c.accum_steps, trainable=optim.trainable_mask(par.restore_target(state).params, c),
+        mean=cfg.mean, std=cfg.std, traces=traces)
+    p_train, p_eval = par.compile(train_fn, eval_fn, state)
+    rows = c.batch_size // jax.process_count()
+    p_train, stats = par.precompile(p_train, state, {'image': np.zeros((rows, *cfg.input_size[1:], 3), np.uint8),
+                                                     'label': np.zeros(rows, np.int32)})
+    memory.check(stats, c)
+    return par, state, p_train, p_eval, traces
+
+
+def compile_only(c) -> None:
+    """`train.py --compile_only`: the model, its state on the devices and the compiled train step with its
+    memory per device; no data read (the classes come from the dataset when it is at hand), nothing written."""
+    from vitjax import data
     report_devices()
+    check_batch_split(c)
+    try:
+        num_classes = data.get_dataset_info(c.dataset, c.train_split, c.data_dir, prepare=False).num_classes
+    except Exception as e:  # not prepared here (e.g. imagenet2012 on a laptop): the model's own head
+        print(f'compile_only: {c.dataset} is not at hand ({e}); the model\'s own head is used')
+        num_classes = None
+    model, variables = build_model(c, num_classes)
+    _state_and_steps(c, model, variables['params'], model.num_classes, c.total_steps or c.warmup_steps + 1000)
+
+
+def check_batch_split(c) -> None:
+    import jax
     devices = jax.local_device_count()
     if c.batch_size % (devices * jax.process_count() * c.accum_steps):
         raise ValueError(f'batch_size {c.batch_size} does not split into {devices * jax.process_count()} devices '
                          f'x {c.accum_steps} micro-batches')
+
+
+def setup(c, workdir: str, resume: bool) -> Run:
+    import jax
+
+    from vitjax import data, parallel
+    from vitjax.checkpoint import Checkpointer
+    from vitjax.metrics import MetricWriter, NoWriter
+
+    report_devices()
+    check_batch_split(c)
     if jax.process_index() == 0:  # a tfds dataset not yet prepared is prepared once, not raced by every host
         data.get_dataset_info(c.dataset, c.train_split, c.data_dir)
     parallel.barrier('vitjax-dataset-prepared')
@@ -164,11 +209,8 @@ def setup(c, workdir: str, resume: bool) -> Run:
     if c.warmup_steps >= total_steps:
         raise ValueError(f'warmup_steps ({c.warmup_steps}) must be < total_steps ({total_steps})')
 
-    tx = optim.create_optimizer(c, variables['params'], total_steps)
-    par = parallel.create(c.parallelism, int(c.fsdp_min_size_mb * 2**20))
-    state = par.create_state(lambda p: train_step.create_train_state(model, {'params': p}, tx,
-                                                                     jax.random.PRNGKey(c.seed + 1)),
-                             variables['params'])
+    par, state, p_train, p_eval, traces = _state_and_steps(c, model, variables['params'], info.num_classes,
+                                                           total_steps)
     del variables
     # params + two Adam moments per checkpoint kept (plus one being written), and the final model
     state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(par.restore_target(state)))
@@ -191,12 +233,6 @@ def setup(c, workdir: str, resume: bool) -> Run:
                                          start_step=start, verbose=main, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
-    traces: dict[str, int] = {}
-    train_fn, eval_fn = train_step.step_functions(
-        model, tx, optim.create_schedule(c, total_steps), info.num_classes, label_smoothing=c.label_smoothing,
-        accum_steps=c.accum_steps, trainable=optim.trainable_mask(par.restore_target(state).params, c),
-        mean=cfg.mean, std=cfg.std, traces=traces)
-    p_train, p_eval = par.compile(train_fn, eval_fn, state)
     return Run(c, workdir, model, info, par, state, p_train, p_eval, par.batches(train_ds), eval_ds, ckpt, writer,
                start, total_steps, traces)
 

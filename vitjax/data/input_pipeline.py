@@ -38,13 +38,15 @@ def _is_folder(dataset: str) -> bool:
     return os.path.isdir(dataset)
 
 
-def _builder(dataset: str, data_dir: Optional[str]):
+def _builder(dataset: str, data_dir: Optional[str], prepare: bool = True):
     if dataset not in tfds.list_builders():
         close = difflib.get_close_matches(dataset, tfds.list_builders(), n=5, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else ''
         raise ValueError(f'unknown dataset {dataset!r}: not a tfds name nor a folder{hint}')
     builder = tfds.builder(dataset, data_dir=data_dir)
     if not builder.is_prepared() if hasattr(builder, 'is_prepared') else False:
+        if not prepare:
+            raise ValueError(f'{dataset} is not prepared in {builder.data_dir}')
         builder.download_and_prepare()
     return builder
 
@@ -143,11 +145,14 @@ def _process(process_index, process_count) -> tuple[int, int]:
     return process_index, process_count
 
 
-def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None) -> DatasetInfo:
+def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None,
+                     prepare: bool = True) -> DatasetInfo:
+    """Classes and size of a split; a tfds dataset not yet prepared is prepared first unless `prepare=False`
+    (then ValueError)."""
     if _is_folder(dataset):
         _, _, classes, n = _folder_split(dataset, split, 0, 1)
         return DatasetInfo(len(classes), classes, n)
-    builder = _builder(dataset, data_dir)
+    builder = _builder(dataset, data_dir, prepare)
     label = builder.info.features['label']
     n = _num_examples(builder, split)
     if n == 0:
