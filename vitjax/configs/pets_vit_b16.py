@@ -3,7 +3,8 @@
     python train.py --config configs/pets_vit_b16.py --config.init=out/vitb
 
 `out/vitb` from `python -m porting.convert --model vit_base_patch16_224.augreg_in21k_ft_in1k --out out/vitb`.
-Needs the oxford_iiit_pet tfds data.
+Needs the oxford_iiit_pet tfds data. Sized for any GPU: the head-only step at batch 64 needs 1.2 GiB per device
+(`--compile_only`, XLA:CPU's analysis).
 """
 from vitjax.config import default_config
 
