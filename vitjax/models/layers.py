@@ -1,7 +1,14 @@
-"""Transformer building blocks shared by the ViT family (names follow timm: norm1, attn, ls1, mlp, ...)."""
+"""Transformer building blocks shared by the ViT family (names follow timm: norm1, attn, ls1, mlp, ...).
+
+Mixed precision, as timm under torch.autocast and big_vision's `dtype_mm` do it: a module's `dtype` is the
+compute dtype of its matmuls (inputs and kernels cast to it, outputs in it). Params stay float32, and so do the
+residual stream, LayerNorm statistics, attention logits and softmax; each branch's output is cast back to the
+stream's dtype before it is added.
+"""
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, Callable, Optional, Sequence, Union
 
 import flax.linen as nn
@@ -10,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+# cuDNN's fused attention takes only half-precision operands (jax/_src/cudnn/fused_attention_stablehlo.py).
+CUDNN_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
 
 
 def gelu(x: jax.Array) -> jax.Array:
@@ -62,7 +71,11 @@ _layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with PyTorch's numerics; params `scale`, `bias` as Flax's nn.LayerNorm."""
+    """LayerNorm over the last axis with PyTorch's numerics; params `scale`, `bias` as Flax's nn.LayerNorm.
+
+    Statistics are always f32; `dtype` is the output's: the compute dtype where a matmul reads it, float32 where
+    the residual stream or the head does. A bf16 input is widened first when the output is f32, so its one
+    rounding is the output's."""
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
 
@@ -71,7 +84,8 @@ class LayerNorm(nn.Module):
         d = x.shape[-1]
         scale = self.param('scale', nn.initializers.ones, (d,))
         bias = self.param('bias', nn.initializers.zeros, (d,))
-        return _layer_norm(x.astype(self.dtype), scale, bias, self.epsilon)
+        x = x.astype(jnp.promote_types(x.dtype, self.dtype))
+        return _layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
 def layer_norm(eps: float, dtype: Dtype, name: str) -> LayerNorm:
@@ -98,6 +112,36 @@ class ProjParams(nn.Module):
         return kernel, bias
 
 
+def attention_implementation(platform: str, dtype: Dtype, head_dim: int,
+                             compute_capability: Optional[str] = None) -> str:
+    """The `implementation` for jax.nn.dot_product_attention: 'cudnn' where cuDNN's fused (flash) kernel takes
+    the case, else 'xla' (jax's default, None, is always 'xla'; asking for 'cudnn' where it does not apply
+    raises). The rules are jax's checks (check_layout, check_is_flash_attention in
+    jax/_src/cudnn/fused_attention_stablehlo.py): an NVIDIA GPU (a CUDA compute capability, 'major.minor'),
+    fp16/bf16 operands, a head dim that is a multiple of 8 and at most 128, or 256 from Hopper (9.0) on; and
+    cuDNN's own: flash attention from Ampere (8.0) on."""
+    m = re.match(r'(\d+)\.(\d+)', compute_capability or '')
+    if platform != 'gpu' or not m or jnp.dtype(dtype) not in CUDNN_DTYPES:
+        return 'xla'
+    cc = (int(m[1]), int(m[2]))
+    max_head_dim = 256 if cc >= (9, 0) else 128
+    ok = cc >= (8, 0) and head_dim % 8 == 0 and 0 < head_dim <= max_head_dim
+    return 'cudnn' if ok else 'xla'
+
+
+def backend_info() -> tuple[str, Optional[str]]:
+    """(platform, CUDA compute capability or None) of the default backend, read when a model is traced."""
+    return jax.default_backend(), getattr(jax.devices()[0], 'compute_capability', None)
+
+
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """jax.nn.dot_product_attention on (B, N, heads, hd) operands, with cuDNN's kernel where it takes the case.
+    Logits and softmax are f32 on either path."""
+    platform, cc = backend_info()
+    impl = attention_implementation(platform, q.dtype, q.shape[-1], cc)
+    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with per-head query/key/value kernels of shape (D, heads, head_dim)."""
     num_heads: int
@@ -118,22 +162,23 @@ class Attention(nn.Module):
         # per-head attention GEMMs 2.6x faster on (B, H, N, hd) operands than on (B, N, H, hd) ones.
         kb = [ProjParams(dim, (self.num_heads, head_dim), self.qkv_bias, name=n)() for n in ('query', 'key', 'value')]
         kernel = jnp.stack([k for k, _ in kb], axis=1).astype(self.dtype)
-        q, k, v = jnp.einsum('bnd,dthk->tbhnk', x.astype(self.dtype), kernel)  # each (B, H, N, hd)
+        q, k, v = jnp.einsum('bnd,dthk->tbhnk', x.astype(self.dtype), kernel)  # each (B, H, N, hd), compute dtype
         if self.qkv_bias:
             q, k, v = (t + b[:, None].astype(self.dtype) for t, (_, b) in zip((q, k, v), kb))
         if self.qk_norm:
             q = layer_norm(self.norm_eps, self.dtype, 'q_norm')(q)
             k = layer_norm(self.norm_eps, self.dtype, 'k_norm')(k)
         weights_needed = (train and self.attn_drop > 0.) or self.is_mutable_collection('intermediates')
-        if weights_needed or jax.default_backend() == 'cpu':
-            logits = jnp.einsum('bhqd,bhkd->bhqk', q * head_dim ** -0.5, k)
+        if weights_needed or backend_info()[0] == 'cpu':
+            # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do
+            logits = jnp.einsum('bhqd,bhkd->bhqk', q * head_dim ** -0.5, k, preferred_element_type=jnp.float32)
             weights = jax.nn.softmax(logits, axis=-1)
             if weights_needed:  # attention maps under `mutable=['intermediates']`: (B, heads, N, N) as 'attn'
                 self.sow('intermediates', 'attn', weights)
                 weights = nn.Dropout(self.attn_drop)(weights, deterministic=not train)
-            o = jnp.einsum('bhqk,bhkd->bhqd', weights, v)
-        else:  # GPU/TPU: the fused (cuDNN / flash) kernel where XLA has one
-            o = jax.nn.dot_product_attention(*(t.swapaxes(1, 2) for t in (q, k, v))).swapaxes(1, 2)
+            o = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
+        else:  # GPU/TPU: jax's attention, cuDNN's fused kernel where it takes the case (attention_implementation)
+            o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v))).swapaxes(1, 2)
         x = nn.DenseGeneral(dim, axis=(1, 3), dtype=self.dtype, kernel_init=dense_init, name='out')(o)
         return nn.Dropout(self.proj_drop)(x, deterministic=not train)
 
@@ -148,7 +193,9 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         dim = x.shape[-1]
         x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=dense_init, name='fc1')(x)
-        x = nn.Dropout(self.drop)(ACTIVATIONS[self.act_layer](x), deterministic=not train)
+        # The activation in f32, rounded once on the way out (PyTorch's bf16 GELU computes in float too).
+        x = ACTIVATIONS[self.act_layer](x.astype(jnp.promote_types(x.dtype, jnp.float32))).astype(x.dtype)
+        x = nn.Dropout(self.drop)(x, deterministic=not train)
         x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name='fc2')(x)
         return nn.Dropout(self.drop)(x, deterministic=not train)
 
@@ -159,7 +206,7 @@ class LayerScale(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         gamma = self.param('gamma', nn.initializers.constant(self.init_values), (x.shape[-1],))
-        return x * gamma.astype(x.dtype)
+        return x * gamma  # f32 (promoted) for a bf16 branch: the scale is applied before the rounding to the stream
 
 
 class Block(nn.Module):
@@ -191,13 +238,14 @@ class Block(nn.Module):
 
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
+        # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
         y = layer_norm(self.norm_eps, self.dtype, 'norm1')(x)
         y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.attn_drop, self.proj_drop, self.norm_eps,
                       self.dtype, name='attn')(y, train)
-        x = x + drop(ls('ls1')(y))
+        x = x + drop(ls('ls1')(y).astype(x.dtype))
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
         y = Mlp(self.mlp_hidden, self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
-        return x + drop(ls('ls2')(y))
+        return x + drop(ls('ls2')(y).astype(x.dtype))
 
 
 class AttentionPoolLatent(nn.Module):
@@ -218,10 +266,11 @@ class AttentionPoolLatent(nn.Module):
         proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim), use_bias=self.qkv_bias,
                                  dtype=self.dtype, kernel_init=dense_init)
         q = proj(name='query')(jnp.broadcast_to(latent, (b, 1, dim)).astype(x.dtype))
-        o = jax.nn.dot_product_attention(q, proj(name='key')(x), proj(name='value')(x))
-        y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o)
+        o = fused_attention(q, proj(name='key')(x), proj(name='value')(x))
+        # The pooled features are the head's input: kept in x's dtype (f32), as the residual stream is.
+        y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o).astype(x.dtype)
         y = y + Mlp(self.mlp_hidden, self.act_layer, dtype=self.dtype, name='mlp')(
-            layer_norm(self.norm_eps, self.dtype, 'norm')(y))
+            layer_norm(self.norm_eps, self.dtype, 'norm')(y)).astype(y.dtype)
         return y[:, 0]
 
 

@@ -144,13 +144,14 @@ class WindowAttention(nn.Module):
         qkv = nn.Dense(3 * self.num_heads * hd, use_bias=self.qkv_bias, dtype=self.dtype, kernel_init=dense_init,
                        name='qkv')(x)
         q, k, v = qkv.reshape(bw, n, 3, self.num_heads, hd).transpose(2, 0, 3, 1, 4)  # each (B*nW, h, N, hd)
-        attn = (q * hd ** -0.5) @ k.swapaxes(-2, -1) + bias.astype(q.dtype)
+        # f32 logits, bias, mask and softmax from compute-dtype q, k (the table is an f32 param)
+        attn = jnp.matmul(q * hd ** -0.5, k.swapaxes(-2, -1), preferred_element_type=jnp.float32) + bias
         if mask is not None:
             nw = mask.shape[0]
             attn = attn.reshape(-1, nw, self.num_heads, n, n) + jnp.asarray(mask, attn.dtype)[None, :, None]
             attn = attn.reshape(-1, self.num_heads, n, n)
         attn = nn.Dropout(self.attn_drop)(jax.nn.softmax(attn, axis=-1), deterministic=not train)
-        x = (attn @ v).transpose(0, 2, 1, 3).reshape(bw, n, -1)
+        x = (attn.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(bw, n, -1)
         x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name='proj')(x)
         return nn.Dropout(self.proj_drop)(x, deterministic=not train)
 
@@ -186,12 +187,13 @@ class SwinBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
         drop_path = nn.Dropout(self.drop_path, broadcast_dims=(1, 2, 3))
-        x = x + drop_path(self._attn(layer_norm(self.norm_eps, self.dtype, 'norm1')(x), train),
-                          deterministic=not train)
+        y = self._attn(layer_norm(self.norm_eps, self.dtype, 'norm1')(x), train)
+        x = x + drop_path(y.astype(x.dtype), deterministic=not train)
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
         y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
-        return x + drop_path(y, deterministic=not train)
+        return x + drop_path(y.astype(x.dtype), deterministic=not train)
 
 
 class PatchMerging(nn.Module):
@@ -206,8 +208,9 @@ class PatchMerging(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
         h, w = x.shape[1:3]
         x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
-        x = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
-        return nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name='reduction')(x)
+        y = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+        y = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name='reduction')(y)
+        return y.astype(x.dtype)  # the next stage's residual stream: f32, where timm's autocast leaves it bf16
 
 
 class SwinStage(nn.Module):
@@ -255,7 +258,7 @@ class PatchEmbedNorm(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = nn.Conv(self.embed_dim, self.patch_size, strides=self.patch_size, padding='VALID', dtype=self.dtype,
                     name='proj')(x)
-        return layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+        return layer_norm(self.norm_eps, jnp.float32, 'norm')(x)  # starts the residual stream: f32
 
 
 class SwinTransformer(nn.Module):
@@ -282,7 +285,7 @@ class SwinTransformer(nn.Module):
     drop_path_rate: float = 0.
     norm_eps: float = 1e-5
     act_layer: str = 'gelu'
-    dtype: Any = jnp.float32
+    dtype: Any = jnp.float32  # the matmuls' compute dtype; params, residual stream, norms and head stay float32
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
 
     @property
@@ -323,9 +326,9 @@ class SwinTransformer(nn.Module):
                       act_layer=self.act_layer, dtype=self.dtype, grad_checkpointing=self.grad_checkpointing,
                       name=f'layers_{i}')
             for i, (d, res) in enumerate(zip(self.depths, stage_resolutions(self.grid_size, len(self.depths))))]
-        self.norm = layer_norm(self.norm_eps, self.dtype, 'norm')
+        self.norm = layer_norm(self.norm_eps, jnp.float32, 'norm')
         self.head_drop = nn.Dropout(self.drop_rate)
-        self.head = (nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros, name='head')
+        self.head = (nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name='head')
                      if self.num_classes > 0 else None)
 
     def _embed(self, x: jax.Array) -> jax.Array:

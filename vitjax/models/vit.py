@@ -89,6 +89,8 @@ class VisionTransformer(nn.Module):
     drop_path_rate: float = 0.
     norm_eps: float = 1e-6
     act_layer: str = 'gelu'
+    # The matmuls' compute dtype (bfloat16: mixed precision). Params, the residual stream, position embeddings,
+    # norms, softmax and the head (final norm, pooling, classifier) stay float32, as under timm's autocast.
     dtype: Any = jnp.float32
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
 
@@ -131,7 +133,7 @@ class VisionTransformer(nn.Module):
         else:
             raise ValueError(f"pos_embed={self.pos_embed!r} is not 'learn' or 'none'")
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
-        self.norm_pre = layer_norm(self.norm_eps, self.dtype, 'norm_pre') if self.pre_norm else None
+        self.norm_pre = layer_norm(self.norm_eps, jnp.float32, 'norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
         make = lambda rate, name: block(
             num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio), qkv_bias=self.qkv_bias,
@@ -142,13 +144,14 @@ class VisionTransformer(nn.Module):
         self.blocks = (make(0., 'blocks') if self.scan_blocks else
                        [make(r, f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
         final = self.final_norm and not self.use_fc_norm
-        self.norm = layer_norm(self.norm_eps, self.dtype, 'norm') if final else None
-        self.fc_norm_layer = (layer_norm(self.norm_eps, self.dtype, 'fc_norm')
+        self.norm = layer_norm(self.norm_eps, jnp.float32, 'norm') if final else None
+        self.fc_norm_layer = (layer_norm(self.norm_eps, jnp.float32, 'fc_norm')
                               if self.final_norm and self.use_fc_norm else None)
         self.attn_pool = (AttentionPoolLatent(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.norm_eps,
                                               self.act_layer, self.dtype) if self.global_pool == 'map' else None)
         self.head_drop = nn.Dropout(self.drop_rate)
-        head = lambda name: nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+        # f32 logits: a bf16 classifier would round them to 3 significant digits (timm's autocast does)
+        head = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
                                      name=name)
         self.head = head('head') if self.num_classes > 0 else None
         self.head_dist = head('head_dist') if self.num_classes > 0 and self.distilled else None
@@ -156,7 +159,7 @@ class VisionTransformer(nn.Module):
     # -- embedding -------------------------------------------------------------------------------------
     def _embed(self, x: jax.Array, train: bool) -> jax.Array:
         check_images(x, self.in_chans, to_2tuple(self.img_size), to_2tuple(self.patch_size), self.dynamic_img_size)
-        x = self.patch_embed(x)
+        x = self.patch_embed(x).astype(jnp.float32)  # the residual stream is f32 whatever the compute dtype
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         prefix = [t for t in (self.cls_token, self.reg_token, self.dist_token) if t is not None]
