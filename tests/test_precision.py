@@ -194,3 +194,17 @@ def test_bf16_train_step_on_gpu():
         assert {p.dtype for p in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
         assert int(state.nonfinite_steps) == 0
     assert losses[jnp.bfloat16] == pytest.approx(losses[jnp.float32], rel=5e-2)
+
+
+@pytest.mark.gpu
+def test_converted_vit_b16_parity_on_the_gpu():
+    """The converter's parity check on the GPU at 'highest' matmul precision (tests/conftest.py sets it): a
+    perturbed timm ViT-B/16 converted, logits within the README's bound of timm's (on the CPU)."""
+    from conftest import images, port, run_timm
+    assert jax.default_backend() == 'gpu'
+    m = timm_model('vit_base_patch16_224')
+    model, variables = port(m)
+    x = images(model, batch=2)
+    ref = run_timm(m, x).numpy()
+    out = np.asarray(jax.jit(model.apply)(jax.device_put(variables), x))
+    assert np.all(np.abs(out - ref) <= 1e-4 * np.maximum(1, np.abs(ref))), max_diff(out, ref)

@@ -3,6 +3,13 @@
 Adam β1 0.9, β2 0.999, batch 4096, weight decay 0.1 (PyTorch/optax AdamW: multiplied by the lr), 10k warmup
 steps then linear decay, global-norm clipping at 1.0, dropout 0.1, 300 epochs. For a TPU/GPU host with the
 imagenet2012 tfds data prepared:  python train.py --config configs/imagenet_vit_b16.py
+
+Sized for 8 x 40 GB GPUs (A100 40GB): 512 images per device per step, in 4 micro-batches of 128
+(accum_steps=4; the same gradient as one batch of 512). XLA's analysis of the compiled step, 8 simulated
+devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8 python train.py --config
+configs/imagenet_vit_b16.py --compile_only --config.device_memory_gb=40`): 26.7 GiB per device; 100.7 GiB
+without accumulation. That analysis is XLA:CPU's (GPU fusion differs, and XLA:CPU's figure does not shrink
+with grad_checkpointing), so take it as an estimate; on the GPUs the check runs against their real memory.
 """
 from vitjax.config import default_config
 
@@ -14,6 +21,7 @@ def get_config():
     c.dataset = 'imagenet2012'
     c.train_split, c.eval_split, c.test_split = 'train[:99%]', 'train[99%:]', 'validation'
     c.batch_size = 4096
+    c.accum_steps = 4
     c.num_epochs = 300.0
     c.warmup_steps = 10_000
     c.decay = 'linear'
