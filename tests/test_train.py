@@ -151,6 +151,13 @@ def test_unknown_names_suggest_close_matches(tmp_path, data_dir, args, message):
         assert 'did you mean vit_base_patch16_224' in proc.stderr
 
 
+def test_url_workdir_refused_not_made_locally(tmp_path, data_dir):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--workdir=gs://bucket/run', *QUICK],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 2 and 'URL workdirs (gs://, s3://, ...) are not supported yet' in proc.stderr
+    assert os.listdir(tmp_path) == []  # no local 'gs:' directory
+
+
 def test_batch_not_divisible_by_devices(tmp_path, data_dir):
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4')
     proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "r"}', *QUICK,

@@ -108,6 +108,10 @@ def main(argv) -> int:
         print('error: --resume needs --workdir (the run to continue)', file=sys.stderr)
         return 2
     workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if '://' in workdir:  # os.makedirs('gs://b/run') would quietly make a local directory named 'gs:'
+        print(f'error: --workdir {workdir}: URL workdirs (gs://, s3://, ...) are not supported yet; pass a path on '
+              'a filesystem every host mounts (a bucket through gcsfuse, NFS, Filestore, Lustre)', file=sys.stderr)
+        return 2
     if c.distributed:
         try:
             init_distributed(c)
