@@ -148,6 +148,12 @@ class Pmap(Parallel):
         return jax.tree.map(lambda x: jax.device_put(np.broadcast_to(x, (self.n, *np.shape(x))), self.sharding),
                             jax.device_get(tree))
 
+    def precompile(self, train, state, batch):
+        step, stats = super().precompile(train, state, batch)
+        # Across processes the AOT executable expects global avals while pmap is handed each process's local
+        # replicas: there the analysis is all it gives, and the pmapped step compiles once more on first call.
+        return (train if jax.process_count() > 1 else step), stats
+
     def compile(self, train_fn, eval_fn, state):
         train = train_fn and jax.pmap(functools.partial(train_fn, axis_name=AXIS), axis_name=AXIS,
                                       donate_argnums=(0,))
