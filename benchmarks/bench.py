@@ -28,7 +28,14 @@ QUICK = {'vit_tiny_patch16_224': (32, 16, False), 'vit_small_patch16_224': (32, 
 FULL = {'vit_tiny_patch16_224': (64, 32, True), 'vit_small_patch16_224': (32, 32, True),
         'vit_base_patch16_224': (16, 8, True)}
 CONVERT = ['vit_base_patch16_224', 'vit_large_patch16_224']
+SECTIONS = ('models', 'input', 'convert', 'pmap', 'scan', 'fsdp', 'input_scale')
 __all__ = ['FIELDS', 'main', 'run']
+
+
+def _accelerator() -> bool:
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')  # see run()
+    import jax
+    return jax.devices()[0].platform != 'cpu'
 
 
 def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, dict]:
@@ -165,6 +172,8 @@ def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, pea
 def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, sections: set[str],
         batch: Optional[int] = None) -> dict:
     import torch  # noqa: F401  (torch before tensorflow: the other order crashes torchvision)
+    # Each side runs in a process of its own next to this one: no process may take 75% of a GPU up front.
+    os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
     import jax
     jax.config.update('jax_default_matmul_precision', 'highest')
     sizes = FULL if full else QUICK
@@ -194,6 +203,9 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_scan('vit_large_patch16_224' if full else 'vit_base_patch16_224', 2 if full else 4, repeats)
     if 'fsdp' in sections:
         records += bench_fsdp('vit_large_patch16_224', 4, repeats)
+    if 'accel' in sections:
+        from benchmarks.accel import bench_accel
+        records += bench_accel(batch=batch, repeats=repeats)
     if 'input_scale' in sections:
         from benchmarks.input_scale import bench_input_scale
         records += bench_input_scale(Path(os.environ.get('VITJAX_BENCH_DATA', ROOT / '.bench-data')))
@@ -217,14 +229,16 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
-    ap.add_argument('--sections', default='models,input,convert,pmap,scan,fsdp,input_scale')
+    ap.add_argument('--sections', help="comma-separated, of: models,input,convert,pmap,scan,fsdp,input_scale,accel "
+                    "(default: all; accel only where jax sees a GPU or TPU)")
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)
     if argv is None:  # the command line, not a test: both sides get train.py's malloc settings (vitjax/hostmem.py)
         from vitjax.hostmem import reexec_with_tuned_malloc
         reexec_with_tuned_malloc()
-    result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(args.sections.split(',')),
+    sections = args.sections or ','.join(SECTIONS + (('accel',) if _accelerator() else ()))
+    result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(sections.split(',')),
                  args.batch)
     if args.markdown:
         from benchmarks.report import write_markdown

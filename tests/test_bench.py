@@ -66,3 +66,28 @@ def test_input_scale_photos_are_distinct_real_size_jpegs(tmp_path):
         with Image.open(f) as im:
             assert im.format == 'JPEG' and 330 <= min(im.size) <= 420 and 450 <= max(im.size) <= 550
         assert not images.probe(str(f)).pil
+
+
+def _accel_row(name, batch, compile_torch):
+    from benchmarks.accel import bench_accel
+    (r,) = bench_accel(name, batch, 1, compile_torch=compile_torch)
+    assert r['name'] == 'train_step_bf16' and r['dtype'] == 'bfloat16' and r['devices'] == 1
+    assert r['vitjax_img_s'] > 0 and r['baseline_img_s'] > 0 and r['flops_per_img'] > 1e9
+    return r
+
+
+@pytest.mark.slow
+def test_accelerator_row_runs_both_bf16_steps():
+    """The GPU row's code on this CPU (ViT-Ti, timm eager): both sides train in bf16, no MFU without a spec peak."""
+    r = _accel_row('vit_tiny_patch16_224', 2, compile_torch=False)
+    assert r['baseline'] == 'timm_eager_amp' and r['mfu'] is None and r['attention'] == 'xla'
+
+
+@pytest.mark.gpu
+def test_gpu_row_vit_b16_bf16_against_timm_compile():
+    """`make bench`'s GPU row as it runs there: ViT-B/16, cuDNN attention, MFU against the spec peak."""
+    from benchmarks.accel import peak_bf16_tflops
+    r = _accel_row('vit_base_patch16_224', 64, compile_torch=True)
+    assert r['baseline'] == 'timm_compile_amp' and r['attention'] == 'cudnn'
+    assert peak_bf16_tflops(r['device']) is None or 0 < r['mfu'] < 1
+    print(r)
