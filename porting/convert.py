@@ -82,7 +82,8 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
         new_kwargs['window_size'] = window_size
     ref = timm.create_model(name, pretrained=False, **{**create_kwargs, **new_kwargs}).eval()
     ref_state = source.resize_state(state, model, new, ref)
-    heads = {k: torch.from_numpy(np.array(v)) for k, v in source.to_state(params, dict(config, **new_kwargs)).items()
+    heads = {k: torch.from_numpy(np.array(v))
+             for k, v in source.to_state(params, dict(config, **new_kwargs), ref.state_dict().keys()).items()
              if k.startswith('head')}
     ref_state = {k: v for k, v in ref_state.items() if not k.startswith('head')} | heads
     ref.load_state_dict(ref_state, strict=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Collection, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,8 +46,8 @@ class Transform:
     inverse: Callable[[Sequence[np.ndarray], Ctx], np.ndarray]
 
 
-def _heads(ctx: Ctx, dim: int) -> tuple[int, int]:
-    h = int(ctx['num_heads'])
+def _heads(ctx: Ctx, dim: int, key: str = 'num_heads') -> tuple[int, int]:
+    h = int(ctx.get(key) or ctx['num_heads'])  # e.g. the attention pool's own head count, None: the blocks'
     return h, dim // h
 
 
@@ -56,28 +56,34 @@ IDENTITY = Transform('identity', lambda x, c: (x,), lambda t, c: t[0])
 LINEAR = Transform('linear', lambda x, c: (x.T,), lambda t, c: t[0].T)
 # torch Conv2d weight is OIHW; Flax Conv kernel is HWIO.
 CONV = Transform('conv', lambda x, c: (x.transpose(2, 3, 1, 0),), lambda t, c: t[0].transpose(3, 2, 0, 1))
-def fused_heads(n: int, name: str) -> tuple[Transform, Transform]:
+def fused_heads(n: int, name: str, key: str = 'num_heads') -> tuple[Transform, Transform]:
     """Kernel and bias transforms for a Linear fusing n projections ((n*D, D), e.g. qkv n=3, kv n=2, q n=1)
     into n DenseGeneral params of shape (D, heads, head_dim) / (heads, head_dim)."""
     kernel = Transform(
         f'{name}_kernel',
-        lambda x, c: tuple(w.T.reshape(w.shape[1], *_heads(c, w.shape[0])) for w in np.split(x, n, axis=0)),
+        lambda x, c: tuple(w.T.reshape(w.shape[1], *_heads(c, w.shape[0], key)) for w in np.split(x, n, axis=0)),
         lambda t, c: np.concatenate([k.reshape(k.shape[0], -1).T for k in t], axis=0))
     bias = Transform(
         f'{name}_bias',
-        lambda x, c: tuple(b.reshape(_heads(c, b.shape[0])) for b in np.split(x, n)),
+        lambda x, c: tuple(b.reshape(_heads(c, b.shape[0], key)) for b in np.split(x, n)),
         lambda t, c: np.concatenate([b.reshape(-1) for b in t]))
     return kernel, bias
 
 
 QKV_KERNEL, QKV_BIAS = fused_heads(3, 'qkv')
-KV_KERNEL, KV_BIAS = fused_heads(2, 'kv')
 HEADS_KERNEL, HEADS_BIAS = fused_heads(1, 'heads')
-# Attention output Linear (D, D) -> DenseGeneral kernel (heads, head_dim, D) contracting both head axes.
-OUT_KERNEL = Transform(
-    'out_kernel',
-    lambda x, c: (x.T.reshape(*_heads(c, x.shape[1]), x.shape[0]),),
-    lambda t, c: t[0].reshape(-1, t[0].shape[-1]).T)
+# The attention pool (MAP head) may have a head count of its own (Perception Encoder: 8).
+POOL_KV_KERNEL, POOL_KV_BIAS = fused_heads(2, 'pool_kv', 'attn_pool_num_heads')
+POOL_HEADS_KERNEL, POOL_HEADS_BIAS = fused_heads(1, 'pool_heads', 'attn_pool_num_heads')
+
+
+def out_kernel(key: str = 'num_heads') -> Transform:
+    """Attention output Linear (D, D) -> DenseGeneral kernel (heads, head_dim, D) contracting both head axes."""
+    return Transform('out_kernel', lambda x, c: (x.T.reshape(*_heads(c, x.shape[1], key), x.shape[0]),),
+                     lambda t, c: t[0].reshape(-1, t[0].shape[-1]).T)
+
+
+OUT_KERNEL, POOL_OUT_KERNEL = out_kernel(), out_kernel('attn_pool_num_heads')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,16 +154,23 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: Sequence[Rule], expected
     return {k: np.array(v, order='C', copy=True) for k, v in out.items()}
 
 
-def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx,
-                 what: str = 'export') -> dict[str, np.ndarray]:
-    """Flat target dict -> source state dict: the exact inverse of `apply_rules`."""
-    by_first_target = [(r.targets[0], r) for r in rules]
+def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx, what: str = 'export',
+                 source_keys: Optional[Collection[str]] = None) -> dict[str, np.ndarray]:
+    """Flat target dict -> source state dict: the exact inverse of `apply_rules`. Where one table holds two
+    layouts of the same params (Eva's fused or separate q/k/v), `source_keys` (the PyTorch model's) picks."""
     out: dict[str, np.ndarray] = {}
     used: set[str] = set()
     for key in flat:
-        rule, idx = _match(key, by_first_target)
-        if rule is None:
+        # The rule whose first target this is and whose other targets are all here: Eva's fused qkv bias and its
+        # separate q/v biases both start at the query bias, and the key bias decides which one wrote it.
+        if key in used:
             continue
+        found = [(r, m.groupdict()) for r in rules if (m := _compile(r.targets[0]).fullmatch(key))
+                 and (source_keys is None or r.source.format(**m.groupdict()) in source_keys)]
+        if not found:
+            continue
+        complete = [(r, idx) for r, idx in found if all(t.format(**idx) in flat for t in r.targets)]
+        rule, idx = (complete or found)[0]
         names = [t.format(**idx) for t in rule.targets]
         absent = [n for n in names if n not in flat]
         if absent:

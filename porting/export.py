@@ -67,10 +67,11 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     if not name:
         raise ValueError(f'{model_dir} records no timm model name; pass --timm-name')
     config = model_config(model)
-    if arch == 'vit':
+    if arch in ('vit', 'eva'):
         config['fc_norm'] = bool(model.use_fc_norm and model.final_norm)  # timm takes the resolved flag
-    state = {k: torch.from_numpy(np.array(v)) for k, v in source.to_state(variables['params'], config).items()}
     torch_model = timm_model_for(name.partition('.')[0], config, source)
+    state = {k: torch.from_numpy(np.array(v))
+             for k, v in source.to_state(variables['params'], config, torch_model.state_dict().keys()).items()}
     torch_model.load_state_dict(state, strict=True)
     report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
     if not report['passed']:

@@ -18,7 +18,7 @@ def perturb_(model, seed: int = 0) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith('gamma') or ('norm' in name and name.endswith('weight')):
+            if name.endswith(('gamma', 'gamma_1', 'gamma_2')) or ('norm' in name and name.endswith('weight')):
                 p.copy_(torch.empty_like(p).uniform_(0.5, 1.5, generator=g))
             else:
                 p.add_(torch.randn(p.shape, generator=g) * 0.02)

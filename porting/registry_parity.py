@@ -1,6 +1,7 @@
 """Convert every registry model at full size through the public CLI and tabulate the parity it reports.
 
     python -m porting.registry_parity --readme README.md   # rewrites the table between the markers
+    python -m porting.registry_parity --pattern 'eva02_*' 'vit_*rope*' --readme README.md   # only those rows
 
 Weights are timm random-init (perturbed) safetensors files: no network needed. Exits non-zero if any fails.
 """
@@ -34,28 +35,39 @@ def run(name: str, work: Path) -> dict:
     return report
 
 
+HEADER = ['| model | max abs logit diff | max abs logit | pre-logits max diff | passed |', '|---|---|---|---|---|']
+
+
+def row(r: dict) -> str:
+    if 'max_abs_diff' not in r:
+        return f"| `{r['model']}` | error: {r.get('error')} | | | no |"
+    return (f"| `{r['model']}` | {r['max_abs_diff']:.1e} | {r['max_abs_logit']:.3g} | "
+            f"{r['pre_logits']['max_abs_diff']:.1e} | {'yes' if r['passed'] else 'NO'} |")
+
+
+def merge(old_table: str, reports: list[dict], order: list[str]) -> str:
+    """The table with the rows of these reports replaced or added, in registry order; other rows kept."""
+    rows = {m[1]: line for line in old_table.splitlines() if (m := re.match(r'\| `([^`]+)` \|', line))}
+    rows.update({r['model']: row(r) for r in reports})
+    names = [n for n in order if n in rows] + sorted(n for n in rows if n not in order)
+    return '\n'.join(HEADER + [rows[n] for n in names])
+
+
 def table(reports: list[dict]) -> str:
-    rows = ['| model | max abs logit diff | max abs logit | pre-logits max diff | passed |',
-            '|---|---|---|---|---|']
-    for r in reports:
-        if 'max_abs_diff' not in r:
-            rows.append(f"| `{r['model']}` | error: {r.get('error')} | | | no |")
-            continue
-        rows.append(f"| `{r['model']}` | {r['max_abs_diff']:.1e} | {r['max_abs_logit']:.3g} | "
-                    f"{r['pre_logits']['max_abs_diff']:.1e} | {'yes' if r['passed'] else 'NO'} |")
-    return '\n'.join(rows)
+    return '\n'.join(HEADER + [row(r) for r in reports])
 
 
 def main(argv=None) -> int:
     import vitjax
     ap = argparse.ArgumentParser(prog='python -m porting.registry_parity', description=__doc__.split('\n')[0])
-    ap.add_argument('--pattern', default='*')
+    ap.add_argument('--pattern', nargs='+', default=['*'], help='registry names to run (shell patterns)')
     ap.add_argument('--readme', help='rewrite the table between the parity-table markers of this file')
     ap.add_argument('--json', help='also write all reports to this file')
     args = ap.parse_args(argv)
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in vitjax.list_models(args.pattern):
+        names = list(dict.fromkeys(n for p in args.pattern for n in vitjax.list_models(p)))
+        for name in names:
             reports.append(run(name, Path(tmp)))
             r = reports[-1]
             print(f"{name:40s} {'ok ' if r['passed'] else 'FAIL'} {r.get('max_abs_diff', r.get('error'))}",
@@ -70,7 +82,9 @@ def main(argv=None) -> int:
         if START not in body or END not in body:
             print(f'error: {readme} has no {START} ... {END} markers', file=sys.stderr)
             return 1
-        body = re.sub(re.escape(START) + '.*?' + re.escape(END), f'{START}\n{text}\n{END}', body, flags=re.S)
+        old = body[body.index(START) + len(START):body.index(END)]
+        text = merge(old, reports, vitjax.list_models())
+        body = body.replace(old, f'\n{text}\n')
         readme.write_text(body)
     return 0 if all(r['passed'] for r in reports) else 1
 

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from porting import hf_vit, timm_swin, timm_vit, torchvision_vit
+from porting import hf_vit, timm_eva, timm_swin, timm_vit, torchvision_vit
 from porting.engine import ConversionError, Rule, UnsupportedModel, apply_rules, invert_rules, to_numpy
 
 
@@ -128,10 +128,11 @@ class Source:
         expected = param_shapes(self.module(config))
         return unflatten(apply_rules(state, self.rules, expected, config, f'{self.name} -> vitjax'))
 
-    def to_state(self, params, config: dict) -> dict:
-        """The exact inverse of `from_state`: Flax params -> state dict (numpy)."""
+    def to_state(self, params, config: dict, source_keys=None) -> dict:
+        """The exact inverse of `from_state`: Flax params -> state dict (numpy); `source_keys`, the PyTorch
+        model's state-dict keys, pick the layout where the table holds two (Eva's fused or separate q/k/v)."""
         from vitjax.io import flatten
-        return invert_rules(flatten(params), self.rules, config, f'vitjax -> {self.name}')
+        return invert_rules(flatten(params), self.rules, config, f'vitjax -> {self.name}', source_keys)
 
 
 def _timm_class(*names: str):
@@ -147,6 +148,9 @@ TIMM_SWIN = Source(
     timm_vit.pretrained_cfg, load_timm, lambda path, state: True,
     buffers=('relative_position_index', 'attn_mask'), create_kwargs=timm_swin.CREATE_KWARGS,
     resize_state=timm_swin.reference_state)
+TIMM_EVA = Source(
+    'timm', 'eva', timm_eva.RULES, _timm_class('Eva'), timm_eva.model_config, timm_vit.pretrained_cfg, load_timm,
+    lambda path, state: True, create_kwargs=timm_eva.CREATE_KWARGS, resize_state=timm_vit.reference_state)
 TORCHVISION_VIT = Source(
     'torchvision', 'vit', torchvision_vit.RULES, torchvision_vit.is_model, torchvision_vit.model_config,
     torchvision_vit.pretrained_cfg, load_torchvision, torchvision_vit.is_state, torchvision_vit.ParityAdapter)
@@ -155,7 +159,7 @@ HF_VIT = Source(
     lambda path, state: hf_vit.is_hf_dir(path), hf_vit.ParityAdapter, hf_vit.state_of)
 
 # Detection tries rows in order: the specific checkpoint layouts first, timm (which takes anything) last.
-SOURCES = (HF_VIT, TORCHVISION_VIT, TIMM_VIT, TIMM_SWIN)
+SOURCES = (HF_VIT, TORCHVISION_VIT, TIMM_VIT, TIMM_SWIN, TIMM_EVA)
 LIBRARIES = tuple(dict.fromkeys(s.library for s in SOURCES))
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import (CONV, HEADS_BIAS, HEADS_KERNEL, KV_BIAS, KV_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
+from porting.engine import (CONV, OUT_KERNEL, POOL_HEADS_BIAS, POOL_HEADS_KERNEL, POOL_KV_BIAS, POOL_KV_KERNEL,
+                            POOL_OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
                             UnsupportedModel, linear, norm, require)
 
 BLOCK = (
@@ -37,11 +38,11 @@ RULES = (
     *norm('fc_norm', 'fc_norm'),
     # MAP head (global_pool='map', SigLIP)
     Rule('attn_pool.latent', 'attn_pool/latent'),
-    Rule('attn_pool.q.weight', 'attn_pool/query/kernel', HEADS_KERNEL),
-    Rule('attn_pool.q.bias', 'attn_pool/query/bias', HEADS_BIAS),
-    Rule('attn_pool.kv.weight', ('attn_pool/key/kernel', 'attn_pool/value/kernel'), KV_KERNEL),
-    Rule('attn_pool.kv.bias', ('attn_pool/key/bias', 'attn_pool/value/bias'), KV_BIAS),
-    Rule('attn_pool.proj.weight', 'attn_pool/out/kernel', OUT_KERNEL),
+    Rule('attn_pool.q.weight', 'attn_pool/query/kernel', POOL_HEADS_KERNEL),
+    Rule('attn_pool.q.bias', 'attn_pool/query/bias', POOL_HEADS_BIAS),
+    Rule('attn_pool.kv.weight', ('attn_pool/key/kernel', 'attn_pool/value/kernel'), POOL_KV_KERNEL),
+    Rule('attn_pool.kv.bias', ('attn_pool/key/bias', 'attn_pool/value/bias'), POOL_KV_BIAS),
+    Rule('attn_pool.proj.weight', 'attn_pool/out/kernel', POOL_OUT_KERNEL),
     Rule('attn_pool.proj.bias', 'attn_pool/out/bias'),
     *norm('attn_pool.norm', 'attn_pool/norm'),
     *linear('attn_pool.mlp.fc1', 'attn_pool/mlp/fc1'),

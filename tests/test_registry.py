@@ -1,4 +1,5 @@
 """Names decode to exactly the config timm builds for them."""
+import json
 import subprocess
 import sys
 
@@ -17,7 +18,9 @@ TAGGED = ['vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224.augreg2_in2
           'deit_tiny_distilled_patch16_224.fb_in1k', 'vit_base_patch16_clip_224.openai',
           'vit_base_patch16_clip_224.openai_ft_in12k_in1k', 'vit_base_patch14_reg4_dinov2.lvd142m',
           'deit3_small_patch16_224.fb_in22k_ft_in1k', 'swin_base_patch4_window7_224.ms_in22k',
-          'swin_base_patch4_window12_384.ms_in22k_ft_in1k', 'vit_base_patch16_siglip_224.webli']
+          'swin_base_patch4_window12_384.ms_in22k_ft_in1k', 'vit_base_patch16_siglip_224.webli',
+          'eva02_large_patch14_448.mim_in22k_ft_in22k', 'eva02_large_patch14_448.mim_m38m_ft_in1k',
+          'vit_base_patch16_dinov3_qkvb.eupe_lvd1689m']
 
 
 def _timm(name):
@@ -32,11 +35,13 @@ def test_decoded_config_equals_timm(name):
     decoded = model_config(ours)
     if 'fc_norm' in decoded:
         decoded['fc_norm'] = ours.use_fc_norm  # timm's reading is the resolved flag
-    assert {k: v for k, v in decoded.items() if k in expected} == expected
+    plain = lambda d: json.loads(json.dumps(d))  # tuples and lists alike
+    assert plain({k: v for k, v in decoded.items() if k in expected}) == plain(expected)
     cfg = timm_vit.pretrained_cfg(tm)
     p = ours.pretrained_cfg
-    assert (list(p.input_size), list(p.mean), list(p.std), p.crop_pct, p.interpolation) == (
-        cfg['input_size'], cfg['mean'], cfg['std'], cfg['crop_pct'], cfg['interpolation'])
+    assert (list(p.input_size), list(p.mean), list(p.std), p.crop_pct, p.crop_mode, p.interpolation) == (
+        cfg['input_size'], cfg['mean'], cfg['std'], cfg['crop_pct'], cfg.get('crop_mode', 'center'),
+        cfg['interpolation'])
 
 
 def test_every_listed_name_is_a_timm_model():

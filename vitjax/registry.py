@@ -1,4 +1,5 @@
-"""timm model names -> VisionTransformer / SwinTransformer configs, decoded from the name's parts (no name table).
+"""timm model names -> VisionTransformer / SwinTransformer configs, decoded from the name's parts (no name table),
+and timm's Eva family (EVA-02, DINOv3, PE, RoPE-ViT) from a short table: its names do not decode.
 
 `vit_base_patch16_384.augreg_in21k_ft_in1k` reads as: family `vit`, size `base`, patch 16, input 384, and
 the weights' tag, which decides the class count and preprocessing the weights expect.
@@ -49,6 +50,49 @@ VARIANTS: dict[str, dict[str, Any]] = {
 DEFAULT_TAGS = {'dinov2': 'lvd142m', 'clip': 'laion2b_ft_in12k_in1k', 'quickgelu': 'metaclip_2pt5b',
                 'siglip': 'v2_webli', 'deit3': 'fb_in1k', 'swin': 'ms_in1k'}
 
+# timm's Eva family: names that read alike differ in RoPE variant, MLP layout and biases, so each is written out
+# (Eva's defaults elsewhere; tests/test_registry.py checks every entry against timm's own model).
+_SWIGLU = dict(patch_size=14, mlp_ratio=4 * 2 / 3, rope_type='cat', rope_ref_feat_shape=(16, 16), fc_norm=True)
+_DINOV3 = dict(img_size=256, init_values=1e-5, pos_embed='none', reg_tokens=4, rope_type='dinov3', fc_norm=False,
+               rope_temperature=100., rope_rotate_half=True, dynamic_img_size=True, norm_eps=1e-5)
+_PE = dict(global_pool='map', key_bias=True, rope_type='cat', rope_grid_indexing='xy', rope_grid_offset=1.,
+           pre_norm=True, fc_norm=False, attn_pool_num_heads=8, attn_pool_mlp_ratio=4., norm_eps=1e-5)
+_ROPE = dict(global_pool='token', key_bias=True, init_values=1e-5, pos_embed='none', rope_type='cat',
+             rope_grid_indexing='xy', fc_norm=False)
+EVA_ARCHS: dict[str, dict[str, Any]] = {
+    'eva02_tiny_patch14_224': dict(_SWIGLU, embed_dim=192, num_heads=3, mlp_layer='swiglu_packed'),
+    'eva02_base_patch14_224': dict(_SWIGLU, mlp_layer='swiglu', scale_mlp_norm=True),
+    'eva02_large_patch14_448': dict(_SWIGLU, img_size=448, embed_dim=1024, depth=24, num_heads=16,
+                                    mlp_ratio=2730 / 1024, mlp_layer='swiglu', scale_mlp_norm=True),
+    'vit_base_patch16_dinov3': dict(_DINOV3, qkv_bias=False),
+    'vit_base_patch16_dinov3_qkvb': _DINOV3,
+    'vit_pe_core_tiny_patch16_384': dict(_PE, img_size=384, embed_dim=192, num_heads=3, rope_ref_feat_shape=(24, 24)),
+    'vit_pe_core_base_patch16_224': dict(_PE, rope_ref_feat_shape=(14, 14)),
+    'vit_base_patch16_rope_224': dict(_ROPE, rope_temperature=100.),
+    'vit_base_patch16_rope_mixed_224': dict(_ROPE, rope_type='mixed', rope_temperature=10.),
+    'vit_base_patch16_rope_reg1_gap_256': dict(img_size=256, init_values=1e-5, class_token=False, pos_embed='none',
+                                               reg_tokens=1, rope_type='cat', rope_ref_feat_shape=(16, 16),
+                                               fc_norm=True),
+}
+_CLIP_CFG = dict(mean=CLIP_MEAN, std=CLIP_STD)
+# name: {tag: (num_classes, preprocessing)}, the first tag the default (timm's pretrained_cfg for each)
+EVA_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
+    'eva02_tiny_patch14_224': {'mim_in22k': (0, dict(_CLIP_CFG, crop_pct=0.9))},
+    'eva02_base_patch14_224': {'mim_in22k': (0, dict(_CLIP_CFG, crop_pct=0.9))},
+    'eva02_large_patch14_448': {
+        f'mim_{data}_ft_{ft}': (21841 if ft == 'in22k' else 1000,
+                                dict(_CLIP_CFG, crop_pct=1.0, crop_mode='center' if ft == 'in1k' else 'squash'))
+        for data in ('in22k', 'm38m') for ft in ('in22k_in1k', 'in1k', 'in22k')},
+    'vit_base_patch16_dinov3': {'lvd1689m': (0, dict(crop_pct=1.0))},
+    'vit_base_patch16_dinov3_qkvb': {'lvd1689m': (0, dict(crop_pct=1.0)), 'eupe_lvd1689m': (0, dict(crop_pct=1.0))},
+    'vit_pe_core_tiny_patch16_384': {'fb': (512, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0))},
+    'vit_pe_core_base_patch16_224': {'fb': (1024, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0))},
+    'vit_base_patch16_rope_224': {'naver_in1k': (1000, dict(crop_pct=0.9))},
+    'vit_base_patch16_rope_mixed_224': {'naver_in1k': (1000, dict(crop_pct=0.9))},
+    'vit_base_patch16_rope_reg1_gap_256': {'sbb_in1k': (1000, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD,
+                                                                   crop_pct=0.95))},
+}
+
 # The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
 # and converts with logit parity (README table).
 _ARCHS = tuple(
@@ -63,7 +107,7 @@ _ARCHS = tuple(
     + ['vit_base_patch16_clip_224', 'vit_base_patch16_clip_384',
        'vit_base_patch16_clip_quickgelu_224', 'vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_384']
     + [f'swin_{s}_patch4_window7_224' for s in ('tiny', 'small', 'base', 'large')]
-    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'])
+    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'] + list(EVA_ARCHS))
 
 
 def list_models(pattern: str = '*') -> list[str]:
@@ -113,12 +157,27 @@ def _pretrained_cfg(family: str, variants: list[str], size: str, img: int, tag: 
         num_classes = 11821
     elif kind in ('clip', 'quickgelu'):
         num_classes = CLIP_EMBED[size]
-    return PretrainedCfg((3, img, img), mean, std, crop_pct, tag=tag), num_classes
+    # timm squashes (resizes without cropping) for its fine-tuned CLIP towers above 224
+    squash = kind in ('clip', 'quickgelu') and img > 224 and '_ft_in' in tag
+    return PretrainedCfg((3, img, img), mean, std, crop_pct, 'squash' if squash else 'center', tag=tag), num_classes
+
+
+def _eva_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
+    tags = EVA_TAGS[arch]
+    tag = tag or next(iter(tags))
+    if tag not in tags:
+        raise ValueError(f'unknown tag {tag!r} for {arch} (timm has: {", ".join(tags)})')
+    num_classes, pre = tags[tag]
+    kwargs = dict(EVA_ARCHS[arch], num_classes=num_classes)
+    img = kwargs.get('img_size', 224)
+    return 'eva', kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
 
 
 def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
     """Decode a timm name (optionally `.tag`) into (architecture, module kwargs, PretrainedCfg)."""
     arch, tag = split_tag(name)
+    if arch in EVA_ARCHS:
+        return _eva_args(arch, tag)
     parts = arch.split('_')
     family = parts.pop(0) if parts else ''
     if family not in FAMILIES:

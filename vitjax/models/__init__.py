@@ -7,12 +7,13 @@ from typing import Any, Union
 
 from vitjax.models.layers import ACTIVATIONS
 from vitjax.models.swin import SWIN_POOLS, SwinTransformer
-from vitjax.models.vit import POOLS, PretrainedCfg, VisionTransformer, model_config, to_2tuple
+from vitjax.models.rope import ROPE_TYPES
+from vitjax.models.vit import MLP_LAYERS, POOLS, Eva, PretrainedCfg, VisionTransformer, model_config, to_2tuple
 
-Model = Union[VisionTransformer, SwinTransformer]
+Model = Union[VisionTransformer, Eva, SwinTransformer]
 
 # The `architecture` field of a model directory's config.json names one of these.
-ARCHITECTURES = {'vit': VisionTransformer, 'swin': SwinTransformer}
+ARCHITECTURES = {'vit': VisionTransformer, 'eva': Eva, 'swin': SwinTransformer}
 
 # A config.json is read before its params: the model is traced (jax.eval_shape) to learn the shapes, and Swin
 # builds its window masks in numpy. These caps keep a hostile or mistyped file from exhausting memory there;
@@ -115,6 +116,15 @@ def range_problems(m: Model) -> list[str]:
         need(0 <= m.reg_tokens <= MAX_TOKENS, f'reg_tokens={m.reg_tokens}: must be in 0..{MAX_TOKENS}')
         need(m.global_pool in POOLS, f'global_pool={m.global_pool!r}: one of {POOLS}')
         need(m.pos_embed in ('learn', '', 'none'), f"pos_embed={m.pos_embed!r}: 'learn' or 'none'")
+        need(m.mlp_layer in MLP_LAYERS, f'mlp_layer={m.mlp_layer!r}: one of {MLP_LAYERS}')
+        need(m.rope_type in ('',) + ROPE_TYPES, f"rope_type={m.rope_type!r}: '' or one of {ROPE_TYPES}")
+        need(m.rope_grid_indexing in ('ij', 'xy'), f"rope_grid_indexing={m.rope_grid_indexing!r}: 'ij' or 'xy'")
+        need(not m.rope_type or (m.embed_dim // m.num_heads) % 4 == 0,
+             f'rope_type={m.rope_type!r} needs a head dim divisible by 4, got {m.embed_dim // max(m.num_heads, 1)}')
+        need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
+        need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1
+                                               and m.embed_dim % m.attn_pool_num_heads == 0),
+             f'attn_pool_num_heads={m.attn_pool_num_heads}: must divide embed_dim={m.embed_dim}')
     else:
         n = len(m.depths)
         need(1 <= n <= MAX_STAGES and all(d >= 1 for d in m.depths) and sum(m.depths) <= MAX_DEPTH,
@@ -151,5 +161,5 @@ def checked_model(cls: type, fields: dict[str, Any], pretrained: dict[str, Any])
     return model
 
 
-__all__ = ['ARCHITECTURES', 'Model', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer', 'architecture_of',
+__all__ = ['ARCHITECTURES', 'Eva', 'Model', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer', 'architecture_of',
            'checked_model', 'model_config']

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.models.rope import apply_rot_embed_cat
+
 Dtype = Any
 # cuDNN's fused attention takes only half-precision operands (jax/_src/cudnn/fused_attention_stablehlo.py).
 CUDNN_DTYPES = (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
@@ -143,31 +145,44 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with per-head query/key/value kernels of shape (D, heads, head_dim)."""
+    """Multi-head self-attention with per-head query/key/value kernels of shape (D, heads, head_dim).
+
+    Eva's options: no key bias (`key_bias=False`; a key bias shifts every logit of a query alike, so Eva drops
+    it), a LayerNorm on the attention output before the projection (`scale_norm`), and rotary position
+    embeddings applied to the patch tokens' queries and keys (`rope`, the prefix tokens left as they are)."""
     num_heads: int
     qkv_bias: bool = True
+    key_bias: bool = True
     qk_norm: bool = False
+    scale_norm: bool = False
     attn_drop: float = 0.
     proj_drop: float = 0.
     norm_eps: float = 1e-6
+    rope_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
+    num_prefix_tokens: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, rope: Optional[jax.Array] = None) -> jax.Array:
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f'embed_dim {dim} is not divisible by num_heads {self.num_heads}')
         head_dim = dim // self.num_heads
         # One (D, 3, H, hd) matmul instead of three (D, H, hd) ones, written heads-major: XLA:CPU runs the
         # per-head attention GEMMs 2.6x faster on (B, H, N, hd) operands than on (B, N, H, hd) ones.
-        kb = [ProjParams(dim, (self.num_heads, head_dim), self.qkv_bias, name=n)() for n in ('query', 'key', 'value')]
+        biases = (self.qkv_bias, self.qkv_bias and self.key_bias, self.qkv_bias)
+        kb = [ProjParams(dim, (self.num_heads, head_dim), b, name=n)() for n, b in zip(('query', 'key', 'value'),
+                                                                                       biases)]
         kernel = jnp.stack([k for k, _ in kb], axis=1).astype(self.dtype)
         q, k, v = jnp.einsum('bnd,dthk->tbhnk', x.astype(self.dtype), kernel)  # each (B, H, N, hd), compute dtype
-        if self.qkv_bias:
-            q, k, v = (t + b[:, None].astype(self.dtype) for t, (_, b) in zip((q, k, v), kb))
+        q, k, v = (t if b is None else t + b[:, None].astype(self.dtype) for t, (_, b) in zip((q, k, v), kb))
         if self.qk_norm:
             q = layer_norm(self.norm_eps, self.dtype, 'q_norm')(q)
             k = layer_norm(self.norm_eps, self.dtype, 'k_norm')(k)
+        if rope is not None:
+            npt = self.num_prefix_tokens
+            q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, self.rope_half)],
+                                    axis=2).astype(v.dtype) for t in (q, k))
         weights_needed = (train and self.attn_drop > 0.) or self.is_mutable_collection('intermediates')
         if weights_needed or backend_info()[0] == 'cpu':
             # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do
@@ -179,24 +194,45 @@ class Attention(nn.Module):
             o = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
         else:  # GPU/TPU: jax's attention, cuDNN's fused kernel where it takes the case (attention_implementation)
             o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v))).swapaxes(1, 2)
+        if self.scale_norm:  # over all heads' outputs: (B, H, N, hd) -> (B, N, H*hd) and back to the projection
+            b, h, n, hd = o.shape
+            o = layer_norm(self.norm_eps, self.dtype, 'norm')(o.transpose(0, 2, 1, 3).reshape(b, n, h * hd))
+            o = o.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
         x = nn.DenseGeneral(dim, axis=(1, 3), dtype=self.dtype, kernel_init=dense_init, name='out')(o)
         return nn.Dropout(self.proj_drop)(x, deterministic=not train)
 
 
 class Mlp(nn.Module):
+    """fc1 -> act -> fc2 ('mlp'), or SwiGLU: silu(gate) * x -> fc2 with the gate and x from fc1_g and fc1_x
+    ('swiglu', timm's SwiGLU) or from the two halves of one fc1 ('swiglu_packed', timm's SwiGLUPacked / GluMlp);
+    with an optional LayerNorm before fc2 (`norm`: Eva's scale_mlp, NormFormer's)."""
     hidden_features: int
     act_layer: str = 'gelu'
+    layer: str = 'mlp'
+    norm: bool = False
+    norm_eps: float = 1e-6
     drop: float = 0.
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         dim = x.shape[-1]
-        x = nn.Dense(self.hidden_features, dtype=self.dtype, kernel_init=dense_init, name='fc1')(x)
         # The activation in f32, rounded once on the way out (PyTorch's bf16 GELU computes in float too).
-        x = ACTIVATIONS[self.act_layer](x.astype(jnp.promote_types(x.dtype, jnp.float32))).astype(x.dtype)
+        f32 = lambda t: t.astype(jnp.promote_types(t.dtype, jnp.float32))
+        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=dense_init, name=name)
+        if self.layer == 'swiglu':
+            g = dense(self.hidden_features, 'fc1_g')(x)
+            x = (jax.nn.silu(f32(g)) * f32(dense(self.hidden_features, 'fc1_x')(x))).astype(g.dtype)
+        elif self.layer == 'swiglu_packed':
+            g, x = jnp.split(dense(2 * self.hidden_features, 'fc1')(x), 2, axis=-1)
+            x = (jax.nn.silu(f32(g)) * f32(x)).astype(g.dtype)
+        else:
+            x = dense(self.hidden_features, 'fc1')(x)
+            x = ACTIVATIONS[self.act_layer](f32(x)).astype(x.dtype)
         x = nn.Dropout(self.drop)(x, deterministic=not train)
-        x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name='fc2')(x)
+        if self.norm:
+            x = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+        x = dense(dim, 'fc2')(x)
         return nn.Dropout(self.drop)(x, deterministic=not train)
 
 
@@ -214,18 +250,26 @@ class Block(nn.Module):
     num_heads: int
     mlp_hidden: int
     qkv_bias: bool = True
+    key_bias: bool = True
     qk_norm: bool = False
+    scale_attn_norm: bool = False
+    mlp_layer: str = 'mlp'
+    scale_mlp_norm: bool = False
     init_values: Optional[float] = None
     proj_drop: float = 0.
     attn_drop: float = 0.
     drop_path: float = 0.
     norm_eps: float = 1e-6
     act_layer: str = 'gelu'
+    rope_half: bool = False
+    num_prefix_tokens: int = 0
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, drop_path: Optional[jax.Array] = None) -> jax.Array:
-        """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate)."""
+    def __call__(self, x: jax.Array, train: bool = False, drop_path: Optional[jax.Array] = None,
+                 rope: Optional[jax.Array] = None) -> jax.Array:
+        """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate);
+        `rope` is the rotary embedding of the patch grid (None: no RoPE)."""
         rate = self.drop_path if drop_path is None else drop_path
 
         def drop(y: jax.Array) -> jax.Array:
@@ -240,11 +284,15 @@ class Block(nn.Module):
             lambda n: (lambda y: y))
         # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
         y = layer_norm(self.norm_eps, self.dtype, 'norm1')(x)
-        y = Attention(self.num_heads, self.qkv_bias, self.qk_norm, self.attn_drop, self.proj_drop, self.norm_eps,
-                      self.dtype, name='attn')(y, train)
+        y = Attention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, key_bias=self.key_bias,
+                      qk_norm=self.qk_norm, scale_norm=self.scale_attn_norm, attn_drop=self.attn_drop,
+                      proj_drop=self.proj_drop, norm_eps=self.norm_eps, rope_half=self.rope_half,
+                      num_prefix_tokens=self.num_prefix_tokens, dtype=self.dtype, name='attn')(y, train, rope)
         x = x + drop(ls('ls1')(y).astype(x.dtype))
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
-        y = Mlp(self.mlp_hidden, self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
+        y = Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, layer=self.mlp_layer,
+                norm=self.scale_mlp_norm, norm_eps=self.norm_eps, drop=self.proj_drop, dtype=self.dtype,
+                name='mlp')(y, train)
         return x + drop(ls('ls2')(y).astype(x.dtype))
 
 
@@ -269,7 +317,7 @@ class AttentionPoolLatent(nn.Module):
         o = fused_attention(q, proj(name='key')(x), proj(name='value')(x))
         # The pooled features are the head's input: kept in x's dtype (f32), as the residual stream is.
         y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o).astype(x.dtype)
-        y = y + Mlp(self.mlp_hidden, self.act_layer, dtype=self.dtype, name='mlp')(
+        y = y + Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, dtype=self.dtype, name='mlp')(
             layer_norm(self.norm_eps, self.dtype, 'norm')(y)).astype(y.dtype)
         return y[:, 0]
 

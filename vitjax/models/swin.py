@@ -192,7 +192,8 @@ class SwinBlock(nn.Module):
         y = self._attn(layer_norm(self.norm_eps, self.dtype, 'norm1')(x), train)
         x = x + drop_path(y.astype(x.dtype), deterministic=not train)
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
-        y = Mlp(int(x.shape[-1] * self.mlp_ratio), self.act_layer, self.proj_drop, self.dtype, name='mlp')(y, train)
+        y = Mlp(hidden_features=int(x.shape[-1] * self.mlp_ratio), act_layer=self.act_layer, drop=self.proj_drop,
+                dtype=self.dtype, name='mlp')(y, train)
         return x + drop_path(y.astype(x.dtype), deterministic=not train)
 
 

@@ -15,9 +15,11 @@ import numpy as np
 
 from vitjax.models.layers import (AttentionPoolLatent, Block, check_images, feature_take_indices, layer_norm,
                                   resample_abs_pos_embed)
+from vitjax.models.rope import ROPE_TYPES, RotaryEmbedding
 
 Size = Union[int, Sequence[int]]
 POOLS = ('', 'token', 'avg', 'avgmax', 'max', 'map')
+MLP_LAYERS = ('mlp', 'swiglu', 'swiglu_packed')
 
 
 def to_2tuple(x: Size) -> tuple[int, int]:
@@ -59,6 +61,7 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
+    """timm's VisionTransformer; with the rope_* / mlp_layer / scale_* options also timm's Eva (see `Eva`)."""
     img_size: Size = 224
     patch_size: Size = 16
     in_chans: int = 3
@@ -69,15 +72,30 @@ class VisionTransformer(nn.Module):
     num_heads: int = 12
     mlp_ratio: float = 4.
     qkv_bias: bool = True
+    key_bias: bool = True  # False: query and value biases only (Eva)
     qk_norm: bool = False
+    scale_attn_norm: bool = False  # a LayerNorm on the attention output before its projection (Eva's scale_attn_inner)
+    mlp_layer: str = 'mlp'  # 'mlp' | 'swiglu' | 'swiglu_packed' (SiLU-gated: timm's SwiGLU, SwiGLUPacked)
+    scale_mlp_norm: bool = False  # a LayerNorm before fc2 (Eva's scale_mlp)
     init_values: Optional[float] = None  # LayerScale
     class_token: bool = True
     pos_embed: str = 'learn'  # 'learn' | 'none'
+    # Rotary position embeddings on the patch tokens' queries and keys (timm's Eva): '' (none) | 'cat' (axial,
+    # EVA-02 / RoPE-ViT / PE) | 'mixed' (learned per-layer frequencies) | 'dinov3'; options under timm's names.
+    rope_type: str = ''
+    rope_temperature: float = 10000.
+    rope_grid_indexing: str = 'ij'
+    rope_grid_offset: float = 0.
+    rope_ref_feat_shape: Optional[tuple[int, int]] = None
+    rope_rotate_half: bool = False
     no_embed_class: bool = False  # position embeddings skip the prefix tokens (DeiT III, DINOv2)
     reg_tokens: int = 0
     pre_norm: bool = False  # norm_pre after the embedding, no patch-embed bias (CLIP)
     final_norm: bool = True
     fc_norm: Optional[bool] = None  # None: on for avg/avgmax/max pooling, replacing the final norm
+    pool_include_prefix: bool = False  # the attention pool ('map') reads the prefix tokens too (Eva)
+    attn_pool_num_heads: Optional[int] = None  # None: num_heads
+    attn_pool_mlp_ratio: Optional[float] = None  # None: mlp_ratio
     dynamic_img_size: bool = False  # resample position embeddings in the forward for any input size
     grad_checkpointing: bool = False  # remat each block: activations recomputed in the backward (timm's name)
     scan_blocks: bool = False  # one block traced and compiled, applied depth times (params stacked: 'blocks')
@@ -118,6 +136,10 @@ class VisionTransformer(nn.Module):
             raise ValueError("global_pool='token' needs the class token")
         if self.distilled and (self.global_pool != 'token' or self.reg_tokens):
             raise ValueError('the distilled head reads the class and distillation tokens (token pool, no registers)')
+        if self.mlp_layer not in MLP_LAYERS:
+            raise ValueError(f'mlp_layer={self.mlp_layer!r} is not one of {MLP_LAYERS}')
+        if self.rope_type not in ('',) + ROPE_TYPES:
+            raise ValueError(f'rope_type={self.rope_type!r} is not one of {("",) + ROPE_TYPES}')
         d = self.embed_dim
         self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, bias=not self.pre_norm, dtype=self.dtype)
         token_init = nn.initializers.normal(1e-6)
@@ -133,12 +155,19 @@ class VisionTransformer(nn.Module):
         else:
             raise ValueError(f"pos_embed={self.pos_embed!r} is not 'learn' or 'none'")
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
+        self.rope = RotaryEmbedding(
+            kind=self.rope_type, dim=d, num_heads=self.num_heads, temperature=self.rope_temperature,
+            grid_indexing=self.rope_grid_indexing, grid_offset=self.rope_grid_offset,
+            ref_feat_shape=self.rope_ref_feat_shape, rotate_half=self.rope_rotate_half,
+            depth=self.depth) if self.rope_type else None
         self.norm_pre = layer_norm(self.norm_eps, jnp.float32, 'norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
         make = lambda rate, name: block(
             num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio), qkv_bias=self.qkv_bias,
-            qk_norm=self.qk_norm, init_values=self.init_values, proj_drop=self.proj_drop_rate,
-            attn_drop=self.attn_drop_rate, drop_path=rate, norm_eps=self.norm_eps, act_layer=self.act_layer,
+            key_bias=self.key_bias, qk_norm=self.qk_norm, scale_attn_norm=self.scale_attn_norm,
+            mlp_layer=self.mlp_layer, scale_mlp_norm=self.scale_mlp_norm, init_values=self.init_values,
+            proj_drop=self.proj_drop_rate, attn_drop=self.attn_drop_rate, drop_path=rate, norm_eps=self.norm_eps,
+            act_layer=self.act_layer, rope_half=self.rope_rotate_half, num_prefix_tokens=self.num_prefix_tokens,
             dtype=self.dtype, name=name)
         # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
         self.blocks = (make(0., 'blocks') if self.scan_blocks else
@@ -147,8 +176,10 @@ class VisionTransformer(nn.Module):
         self.norm = layer_norm(self.norm_eps, jnp.float32, 'norm') if final else None
         self.fc_norm_layer = (layer_norm(self.norm_eps, jnp.float32, 'fc_norm')
                               if self.final_norm and self.use_fc_norm else None)
-        self.attn_pool = (AttentionPoolLatent(self.num_heads, int(d * self.mlp_ratio), self.qkv_bias, self.norm_eps,
-                                              self.act_layer, self.dtype) if self.global_pool == 'map' else None)
+        self.attn_pool = (AttentionPoolLatent(
+            num_heads=self.attn_pool_num_heads or self.num_heads,
+            mlp_hidden=int(d * (self.attn_pool_mlp_ratio or self.mlp_ratio)), qkv_bias=self.qkv_bias,
+            norm_eps=self.norm_eps, act_layer=self.act_layer, dtype=self.dtype) if self.global_pool == 'map' else None)
         self.head_drop = nn.Dropout(self.drop_rate)
         # f32 logits: a bf16 classifier would round them to 3 significant digits (timm's autocast does)
         head = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
@@ -157,16 +188,19 @@ class VisionTransformer(nn.Module):
         self.head_dist = head('head_dist') if self.num_classes > 0 and self.distilled else None
 
     # -- embedding -------------------------------------------------------------------------------------
-    def _embed(self, x: jax.Array, train: bool) -> jax.Array:
+    def _embed(self, x: jax.Array, train: bool) -> tuple[jax.Array, Optional[jax.Array]]:
+        """(tokens, the rotary embedding of this input's patch grid or None)."""
         check_images(x, self.in_chans, to_2tuple(self.img_size), to_2tuple(self.patch_size), self.dynamic_img_size)
         x = self.patch_embed(x).astype(jnp.float32)  # the residual stream is f32 whatever the compute dtype
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         prefix = [t for t in (self.cls_token, self.reg_token, self.dist_token) if t is not None]
         prefix = [jnp.broadcast_to(t, (b, *t.shape[1:])).astype(x.dtype) for t in prefix]
+        rope = self.rope((gh, gw)) if self.rope is not None else None
         pos = self.pos_embed_param
         if pos is None:
-            return self.pos_drop(jnp.concatenate(prefix + [x], axis=1), deterministic=not train)
+            x = self.pos_drop(jnp.concatenate(prefix + [x], axis=1), deterministic=not train)
+            return (self.norm_pre(x) if self.norm_pre is not None else x), rope
         if (gh, gw) != self.grid_size:
             pos = resample_abs_pos_embed(pos, (gh, gw), self.grid_size,
                                          0 if self.no_embed_class else self.num_prefix_tokens)
@@ -176,34 +210,38 @@ class VisionTransformer(nn.Module):
         else:
             x = jnp.concatenate(prefix + [x], axis=1) + pos
         x = self.pos_drop(x, deterministic=not train)
-        return self.norm_pre(x) if self.norm_pre is not None else x
+        return (self.norm_pre(x) if self.norm_pre is not None else x), rope
 
     def _final_norm(self, x: jax.Array) -> jax.Array:
         return self.norm(x) if self.norm is not None else x
 
-    def _blocks(self, x: jax.Array, train: bool, stop: Optional[int] = None) -> tuple[jax.Array, list]:
+    def _blocks(self, x: jax.Array, train: bool, stop: Optional[int] = None, rope: Optional[jax.Array] = None
+                ) -> tuple[jax.Array, list]:
         """x through blocks [0, stop) and every block's output."""
         stop = self.depth if stop is None else stop
+        per_block = self.rope_type == 'mixed'  # one rotary embedding per block (learned frequencies)
         if not self.scan_blocks:
             outs = []
-            for blk in self.blocks[:stop]:
-                x = blk(x, train)
+            for i, blk in enumerate(self.blocks[:stop]):
+                x = blk(x, train, None, rope[i] if per_block else rope)
                 outs.append(x)
             return x, outs
 
-        def body(blk, x, rate):
-            x = blk(x, train, rate)
+        def body(blk, x, xs):
+            rate, r = xs
+            x = blk(x, train, rate, r if per_block else rope)
             return x, x
         scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                        length=self.depth)
         rates = jnp.asarray(self.drop_path_rates, jnp.float32) if self.drop_path_rate else None  # None: no rng
-        x, ys = scan(self.blocks, x, rates)
+        x, ys = scan(self.blocks, x, (rates, rope if per_block else None))
         return x, [ys[i] for i in range(stop)]  # unused outputs are dead code to XLA
 
     # -- timm's forward API ----------------------------------------------------------------------------
     def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
         """All tokens after the final norm: (B, prefix + N, D)."""
-        x, _ = self._blocks(self._embed(x, train), train)
+        x, rope = self._embed(x, train)
+        x, _ = self._blocks(x, train, rope=rope)
         return self._final_norm(x)
 
     def pool(self, x: jax.Array) -> jax.Array:
@@ -211,9 +249,9 @@ class VisionTransformer(nn.Module):
             return x[:, 0]
         if not self.global_pool:
             return x
-        x = x[:, self.num_prefix_tokens:]
         if self.attn_pool is not None:
-            return self.attn_pool(x)
+            return self.attn_pool(x if self.pool_include_prefix else x[:, self.num_prefix_tokens:])
+        x = x[:, self.num_prefix_tokens:]
         if self.global_pool == 'avg':
             return x.mean(axis=1)
         if self.global_pool == 'max':
@@ -246,7 +284,8 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
         take = feature_take_indices(self.depth, indices)
         b, h, w = x.shape[:3]
-        x, outs = self._blocks(self._embed(x, train=False), False, max(take) + 1 if stop_early else None)
+        x, rope = self._embed(x, train=False)
+        x, outs = self._blocks(x, False, max(take) + 1 if stop_early else None, rope)
         if stop_early:
             x = outs[-1]
         feats = [self._final_norm(outs[i]) if norm else outs[i] for i in take]
@@ -263,6 +302,15 @@ class VisionTransformer(nn.Module):
         if intermediates_only:
             return feats
         return self._final_norm(x), feats
+
+
+class Eva(VisionTransformer):
+    """timm's Eva family (EVA-02, DINOv3, Perception Encoder, RoPE-ViT) is this same module with its options set
+    (RoPE, SwiGLU, inner norms, no key bias); a class of its own only so that a model directory records which
+    timm class it converts from and exports to. Defaults are timm Eva's where they differ."""
+    global_pool: str = 'avg'
+    key_bias: bool = False
+    pool_include_prefix: bool = True
 
 
 def stack_blocks(params: dict, depth: int) -> dict:

@@ -1,0 +1,160 @@
+"""timm Eva (EVA-02, DINOv3, Perception Encoder, RoPE-ViT): the name table and the config reader (a row of
+porting.sources). The Flax side is vitjax's VisionTransformer with Eva's options (vitjax.models.Eva)."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import (HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear,
+                            norm, require)
+from porting.timm_vit import RULES as VIT_RULES
+
+_QKV = tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value'))
+
+BLOCK = (
+    *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
+    # fused q/k/v: EvaAttention keeps q and v biases apart (its key bias is a zero buffer); AttentionRope fuses all
+    Rule('blocks.{i}.attn.qkv.weight', _QKV, QKV_KERNEL),
+    Rule('blocks.{i}.attn.qkv.bias', tuple(t.replace('kernel', 'bias') for t in _QKV), QKV_BIAS),
+    Rule('blocks.{i}.attn.q_bias', 'blocks_{i}/attn/query/bias', HEADS_BIAS),
+    Rule('blocks.{i}.attn.v_bias', 'blocks_{i}/attn/value/bias', HEADS_BIAS),
+    *(Rule(f'blocks.{{i}}.attn.{p}_proj.{w}', f'blocks_{{i}}/attn/{n}/{f}', t)
+      for p, n in (('q', 'query'), ('k', 'key'), ('v', 'value'))
+      for w, f, t in (('weight', 'kernel', HEADS_KERNEL), ('bias', 'bias', HEADS_BIAS))),
+    *norm('blocks.{i}.attn.q_norm', 'blocks_{i}/attn/q_norm'),
+    *norm('blocks.{i}.attn.k_norm', 'blocks_{i}/attn/k_norm'),
+    *norm('blocks.{i}.attn.norm', 'blocks_{i}/attn/norm'),
+    Rule('blocks.{i}.attn.proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
+    Rule('blocks.{i}.attn.proj.bias', 'blocks_{i}/attn/out/bias'),
+    Rule('blocks.{i}.gamma_1', 'blocks_{i}/ls1/gamma'),
+    *norm('blocks.{i}.norm2', 'blocks_{i}/norm2'),
+    *linear('blocks.{i}.mlp.fc1', 'blocks_{i}/mlp/fc1'),
+    *linear('blocks.{i}.mlp.fc1_g', 'blocks_{i}/mlp/fc1_g'),
+    *linear('blocks.{i}.mlp.fc1_x', 'blocks_{i}/mlp/fc1_x'),
+    *norm('blocks.{i}.mlp.norm', 'blocks_{i}/mlp/norm'),
+    *linear('blocks.{i}.mlp.fc2', 'blocks_{i}/mlp/fc2'),
+    Rule('blocks.{i}.gamma_2', 'blocks_{i}/ls2/gamma'),
+)
+
+# Embeddings, final norms, the attention pool and the head are named as in timm's VisionTransformer.
+RULES = (*(r for r in VIT_RULES if not r.source.startswith('blocks.')), *BLOCK, Rule('rope.freqs', 'rope/freqs'))
+
+# vitjax fields that timm's Eva constructor takes under the same name; the model name fixes the rest (export
+# checks that the built model reads back to the same config).
+CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
+                 'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'no_embed_class',
+                 'dynamic_img_size')
+
+ROPE_CLASSES = {'RotaryEmbeddingCat': 'cat', 'RotaryEmbeddingMixed': 'mixed', 'RotaryEmbeddingDinoV3': 'dinov3'}
+
+
+def _identity(m) -> bool:
+    import torch.nn as tnn
+    return m is None or isinstance(m, tnn.Identity)
+
+
+def _mlp(mlp, dim: int) -> tuple[str, float]:
+    import torch.nn as tnn
+    kind = type(mlp).__name__
+    if kind == 'Mlp':
+        return 'mlp', mlp.fc1.out_features / dim
+    if kind == 'GluMlp':
+        require(isinstance(mlp.act, tnn.SiLU) and not mlp.gate_last and mlp.chunk_dim == -1,
+                'a GLU MLP other than SwiGLUPacked (SiLU, gate first)')
+        return 'swiglu_packed', mlp.fc1.out_features / 2 / dim
+    if kind == 'SwiGLU':
+        require(isinstance(mlp.act, tnn.SiLU), 'a SwiGLU without SiLU')
+        require(mlp.fc1_g.out_features == mlp.fc1_x.out_features, 'SwiGLU with unequal halves')
+        return 'swiglu', mlp.fc1_g.out_features / dim
+    raise UnsupportedModel(f'the source model uses MLP {kind}, which vitjax does not support yet')
+
+
+def _rope(model) -> dict[str, Any]:
+    rope = model.rope
+    if rope is None:
+        return dict(rope_type='')
+    kind = ROPE_CLASSES.get(type(rope).__name__)
+    require(kind is not None, f'rotary embedding {type(rope).__name__}')
+    require(not getattr(rope, 'aug_active', False), 'train-time RoPE coordinate augmentation')
+    out = dict(rope_type=kind, rope_temperature=float(rope.temperature),
+               rope_grid_indexing=getattr(rope, 'grid_indexing', 'ij'),
+               rope_grid_offset=float(getattr(rope, 'grid_offset', 0.) or 0.),
+               rope_rotate_half=bool(getattr(rope, 'rotate_half', False)))
+    if kind == 'cat':
+        require(not rope.in_pixels and not rope.linear_bands, 'pixel-frequency RoPE bands')
+        ref = rope.ref_feat_shape
+        out['rope_ref_feat_shape'] = tuple(int(v) for v in ref) if ref is not None else None
+    if kind == 'dinov3':
+        require(rope.min_period is None and rope.max_period is None, 'DINOv3 RoPE with min/max periods')
+        require(rope.normalize_coords == 'separate', f'DINOv3 RoPE normalize_coords={rope.normalize_coords!r}')
+    return out
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read vitjax Eva kwargs off an instantiated timm Eva; every option vitjax lacks is named in the error."""
+    import torch.nn as tnn
+    from timm.models.eva import Eva as TimmEva
+    from porting.timm_vit import activation
+
+    require(isinstance(model, TimmEva), f'architecture {type(model).__name__}')
+    blk = model.blocks[0]
+    require(type(blk).__name__ == 'EvaBlock', f'block type {type(blk).__name__} (post-norm)')
+    require(model.patch_drop is None, 'patch dropout')
+    require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
+    require(_identity(model.patch_embed.norm), 'a norm in the patch embedding')
+    attn = blk.attn
+    require(getattr(attn, 'gate', None) is None, 'gated attention')
+    require(getattr(attn, 'num_kv_groups', 1) == 1, 'grouped-query attention (num_kv_heads)')
+    require(attn.proj.bias is not None, 'proj_bias=False')
+    fused = attn.qkv is not None
+    if type(attn).__name__ == 'EvaAttention':
+        qkv_bias = attn.q_bias is not None if fused else attn.q_proj.bias is not None
+        key_bias = False
+    else:
+        require(type(attn).__name__ == 'AttentionRope', f'attention {type(attn).__name__}')
+        qkv_bias = (attn.qkv.bias if fused else attn.q_proj.bias) is not None
+        key_bias = qkv_bias
+    mlp_layer, mlp_ratio = _mlp(blk.mlp, model.embed_dim)
+    norms = [m for m in model.modules() if type(m).__name__ in ('LayerNorm', 'RmsNorm', 'RMSNorm', 'SimpleNorm')]
+    require(all(isinstance(m, tnn.LayerNorm) for m in norms), 'a norm other than LayerNorm (RMSNorm)')
+    require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
+    eps = {m.eps for m in norms}
+    require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
+    require((blk.gamma_1 is None) == (blk.gamma_2 is None), 'LayerScale on the attention branch only')
+    require(_identity(model.norm) or _identity(model.fc_norm), 'both a final norm and an fc_norm')
+    pool = model.attn_pool
+    require(pool is None or (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == 'token'
+                              and pool.mlp is not None and _identity(pool.q_norm)),
+            f'global_pool={model.global_pool!r} with this attention pool')
+    img, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
+    return dict(
+        img_size=img[0] if img[0] == img[1] else img,
+        patch_size=patch[0] if patch[0] == patch[1] else patch,
+        in_chans=model.patch_embed.proj.in_channels,
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=attn.num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=qkv_bias,
+        key_bias=key_bias,
+        qk_norm=not _identity(attn.q_norm),
+        scale_attn_norm=not _identity(attn.norm),
+        mlp_layer=mlp_layer,
+        scale_mlp_norm=not _identity(blk.mlp.norm),
+        init_values=float(blk.init_values) if blk.gamma_1 is not None else None,
+        class_token=model.cls_token is not None,
+        pos_embed='learn' if model.pos_embed is not None else 'none',
+        no_embed_class=bool(model.no_embed_class),
+        reg_tokens=int(model.reg_token.shape[1]) if model.reg_token is not None else 0,
+        **_rope(model),
+        pre_norm=not _identity(model.norm_pre),
+        final_norm=not (_identity(model.norm) and _identity(model.fc_norm)),
+        fc_norm=not _identity(model.fc_norm),
+        pool_include_prefix=True,  # Eva's attention pool reads every token
+        attn_pool_num_heads=pool.num_heads if pool is not None else None,
+        attn_pool_mlp_ratio=pool.mlp.fc1.out_features / model.embed_dim if pool is not None else None,
+        dynamic_img_size=bool(model.dynamic_img_size),
+        norm_eps=eps.pop() if eps else 1e-6,
+        act_layer=activation(blk.mlp.act) if mlp_layer == 'mlp' else 'gelu',
+    )

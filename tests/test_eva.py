@@ -1,0 +1,168 @@
+"""timm's Eva family (EVA-02, DINOv3, Perception Encoder, RoPE-ViT) through the converter CLI, export and the
+registry, against timm itself with perturbed random weights (LayerScale, norms and RoPE frequencies included).
+
+Reduced depth keeps these quick; widths, patch sizes, token layouts, RoPE variants and heads are the real ones."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import images, max_diff, port, run_timm, timm_model
+from porting import convert, export, random_init
+
+# name: what its config must read as (the option that makes it that family member)
+EVA = {
+    'eva02_tiny_patch14_224': dict(rope_type='cat', mlp_layer='swiglu_packed', key_bias=False, pos_embed='learn'),
+    'eva02_base_patch14_224': dict(rope_type='cat', mlp_layer='swiglu', scale_mlp_norm=True, key_bias=False),
+    'eva02_large_patch14_448': dict(rope_type='cat', mlp_layer='swiglu', img_size=448),
+    'vit_base_patch16_dinov3': dict(rope_type='dinov3', qkv_bias=False, reg_tokens=4, rope_rotate_half=True),
+    'vit_base_patch16_dinov3_qkvb': dict(rope_type='dinov3', qkv_bias=True, key_bias=False),
+    'vit_pe_core_tiny_patch16_384': dict(rope_type='cat', global_pool='map', pre_norm=True, key_bias=True,
+                                         rope_grid_indexing='xy', attn_pool_num_heads=8),
+    'vit_pe_core_base_patch16_224': dict(rope_type='cat', global_pool='map', pre_norm=True),
+    'vit_base_patch16_rope_224': dict(rope_type='cat', pos_embed='none', rope_temperature=100.0),
+    'vit_base_patch16_rope_mixed_224': dict(rope_type='mixed', rope_temperature=10.0),
+    'vit_base_patch16_rope_reg1_gap_256': dict(rope_type='cat', class_token=False, reg_tokens=1,
+                                               global_pool='avg'),
+}
+TOLERANCE = 1e-5  # the issue's goal; the CLI's default check is 1e-4
+
+
+@pytest.mark.parametrize('name', list(EVA))
+def test_eva_converts_exports_and_loads(tmp_path, name):
+    """timm safetensors -> `python -m porting.convert` (parity at 1e-5) -> vitjax.load -> export -> the same
+    tensors, bit for bit."""
+    import vitjax
+    src = random_init.save(random_init.create(name, seed=2, depth=2), tmp_path / 'm.safetensors')
+    out = tmp_path / 'out'
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=2', '--out', str(out),
+                         '--tolerance', str(TOLERANCE)]) == 0
+    saved = json.loads((out / 'config.json').read_text())
+    assert saved['architecture'] == 'eva'
+    for k, v in EVA[name].items():
+        assert saved['model'][k] == v, k
+    assert json.loads((out / 'parity.json').read_text())['passed']
+    model, variables = vitjax.load(out)
+    assert type(model).__name__ == 'Eva' and model.depth == 2
+    back = tmp_path / 'back.safetensors'
+    assert export.main(['--model', str(out), '--out', str(back), '--tolerance', str(TOLERANCE)]) == 0
+    a, b = load_file(str(src)), load_file(str(back))
+    assert sorted(a) == sorted(b)
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_rope_at_a_non_square_dynamic_size():
+    """DINOv3 recomputes its RoPE for any input: non-square grids, at two sizes through one jitted forward."""
+    tm = timm_model('vit_base_patch16_dinov3', depth=2, embed_dim=192, num_heads=3)
+    model, variables = port(tm)
+    assert model.dynamic_img_size and model.rope_type == 'dinov3'
+    run = jax.jit(lambda v, x: model.apply(v, x, method=model.forward_features))
+    for size in ((96, 160), (48, 32)):
+        x = images(model, batch=2, size=size)
+        ref = run_timm(tm, x, lambda m, t: m.forward_features(t))
+        assert max_diff(run(variables, x), ref) < TOLERANCE * max(1, np.abs(ref.numpy()).max())
+
+
+def test_axial_rope_model_at_another_size(tmp_path):
+    """EVA-02 converted at a new input size: position embeddings resampled and RoPE rebuilt as timm does."""
+    name = 'eva02_tiny_patch14_224'
+    src = random_init.save(random_init.create(name, seed=3, depth=1), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=1', '--img-size', '168x196',
+                         '--out', str(tmp_path / 'out')]) == 0
+    assert json.loads((tmp_path / 'out' / 'config.json').read_text())['model']['img_size'] == [168, 196]
+
+
+def test_attention_maps_come_from_the_rotated_queries_and_keys():
+    """`vitjax attention` reads the sown weights: with RoPE they must be softmax(rot(q)·rot(k)), timm's."""
+    import torch
+    tm = timm_model('vit_base_patch16_rope_224', depth=1, embed_dim=192, num_heads=3, img_size=64)
+    model, variables = port(tm)
+    x = images(model, batch=1)
+    _, state = model.apply(variables, x, mutable=['intermediates'])
+    ours = np.asarray(state['intermediates']['blocks_0']['attn']['attn'][0])
+    got = {}
+    attn = tm.blocks[0].attn
+    attn.fused_attn = False
+    hook = attn.attn_drop.register_forward_hook(lambda m, i, o: got.setdefault('w', o))
+    run_timm(tm, x)
+    hook.remove()
+    assert max_diff(ours, got['w'].numpy()) < 1e-6
+    assert not np.allclose(ours, np.asarray(jax.nn.softmax(np.zeros_like(ours))))  # not uniform by accident
+    del torch
+
+
+@pytest.mark.parametrize('name', ['eva02_tiny_patch14_224', 'vit_pe_core_tiny_patch16_384'])
+def test_unsupported_option_is_named(name):
+    from porting.engine import UnsupportedModel
+    from porting.sources import source_of
+    tm = timm_model(name, depth=1, patch_drop_rate=0.1) if 'eva' in name else timm_model(name, depth=1,
+                                                                                         num_kv_heads=1,
+                                                                                         qkv_fused=False)
+    with pytest.raises(UnsupportedModel, match='patch dropout|grouped-query'):
+        source_of(tm, 'timm').model_config(tm)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['eva02_tiny_patch14_224', 'vit_base_patch16_dinov3', 'vit_pe_core_tiny_patch16_384',
+                                  'vit_base_patch16_rope_mixed_224'])
+def test_eva_full_size(tmp_path, name):
+    """One per family at full depth and width, and the registry's config for the name equals the converted one."""
+    import vitjax
+    from vitjax.models import model_config
+    from vitjax.registry import build_model
+    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out'),
+                         '--tolerance', str(TOLERANCE)]) == 0
+    model, _ = vitjax.load(tmp_path / 'out')
+    decoded = build_model(name, num_classes=model.num_classes)
+    assert model_config(model) == model_config(decoded)
+
+
+FINE_TUNE = {  # one per family, reduced (depth 2, narrow where timm allows), at a digits-sized input
+    'eva02_tiny_patch14_224': (dict(depth=2), 28),
+    'vit_base_patch16_dinov3': (dict(depth=2, embed_dim=192, num_heads=3), 32),
+    'vit_pe_core_tiny_patch16_384': (dict(depth=2), 32),
+    'vit_base_patch16_rope_mixed_224': (dict(depth=2, embed_dim=192, num_heads=3), 32),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', list(FINE_TUNE))
+def test_train_py_fine_tunes_each_family(tmp_path, name):
+    """`train.py --config.init=DIR` on a converted model of each family: the head is re-made for the 10 digits,
+    position embeddings / RoPE follow the new input size, the loss falls and accuracy beats chance (0.1)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    kwargs, size = FINE_TUNE[name]
+    src = random_init.save(random_init.create(name, seed=4, **kwargs), tmp_path / 'm.safetensors')
+    args = [f'{k}={v}' for k, v in kwargs.items()]
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'),
+                         *(a for arg in args for a in ('--model-arg', arg))]) == 0
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',
+                           f'--config.init={tmp_path / "init"}', f'--config.image_size={size}',
+                           '--config.num_epochs=4', '--config.warmup_steps=10', '--config.lr=5e-4',
+                           '--config.log_every=5', '--config.eval_every=1000', '--config.checkpoint_every=1000',
+                           f'--config.data_dir={tmp_path / "tfds"}'],
+                          cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    losses = [r['loss'] for r in lines if r['split'] == 'train']
+    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert summary['test_accuracy'] > 0.3, summary
+    # the fine-tuned model through `vitjax features` and `vitjax attention` (RoPE: maps from rotated q/k)
+    from PIL import Image
+    from vitjax import cli
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
+    model = str(tmp_path / 'run' / 'model')
+    assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
+                     '--out', str(tmp_path / 'f.npz')]) == 0
+    grid = size // (14 if 'patch14' in name else 16)
+    assert np.load(tmp_path / 'f.npz')['map'].shape[1:3] == (grid, grid)
+    assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
+    print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
