@@ -34,13 +34,14 @@ def timm_model_for(name: str, config: dict, source: sources.Source):
     """The timm model with this config: the name gives the class (distilled or not), the kwargs the rest."""
     import functools
     import timm
-    from timm.layers import LayerNorm
+    from timm.layers import LayerNorm, RmsNorm
     from vitjax.io import as_tuples
     kwargs = as_tuples({k: v for k, v in config.items() if k in source.create_kwargs})
-    kwargs['norm_layer'] = functools.partial(LayerNorm, eps=config['norm_eps'])
+    norm = RmsNorm if config.get('norm_layer') == 'rmsnorm' else LayerNorm
+    kwargs['norm_layer'] = functools.partial(norm, eps=config['norm_eps'])
     if source.arch == 'vit':
         kwargs['act_layer'] = config['act_layer']
-    elif config['act_layer'] != 'gelu':  # timm's Swin has no act_layer argument
+    elif source.arch == 'swin' and config['act_layer'] != 'gelu':  # timm's Swin has no act_layer argument
         raise ValueError(f"timm {name} has exact GELU only, this model uses {config['act_layer']}")
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
     got = source.model_config(model)

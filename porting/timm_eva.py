@@ -52,22 +52,6 @@ def _identity(m) -> bool:
     return m is None or isinstance(m, tnn.Identity)
 
 
-def _mlp(mlp, dim: int) -> tuple[str, float]:
-    import torch.nn as tnn
-    kind = type(mlp).__name__
-    if kind == 'Mlp':
-        return 'mlp', mlp.fc1.out_features / dim
-    if kind == 'GluMlp':
-        require(isinstance(mlp.act, tnn.SiLU) and not mlp.gate_last and mlp.chunk_dim == -1,
-                'a GLU MLP other than SwiGLUPacked (SiLU, gate first)')
-        return 'swiglu_packed', mlp.fc1.out_features / 2 / dim
-    if kind == 'SwiGLU':
-        require(isinstance(mlp.act, tnn.SiLU), 'a SwiGLU without SiLU')
-        require(mlp.fc1_g.out_features == mlp.fc1_x.out_features, 'SwiGLU with unequal halves')
-        return 'swiglu', mlp.fc1_g.out_features / dim
-    raise UnsupportedModel(f'the source model uses MLP {kind}, which vitjax does not support yet')
-
-
 def _rope(model) -> dict[str, Any]:
     rope = model.rope
     if rope is None:
@@ -93,7 +77,7 @@ def model_config(model) -> dict[str, Any]:
     """Read vitjax Eva kwargs off an instantiated timm Eva; every option vitjax lacks is named in the error."""
     import torch.nn as tnn
     from timm.models.eva import Eva as TimmEva
-    from porting.timm_vit import activation
+    from porting.timm_vit import activation, mlp_layer, norm_layer
 
     require(isinstance(model, TimmEva), f'architecture {type(model).__name__}')
     blk = model.blocks[0]
@@ -104,7 +88,7 @@ def model_config(model) -> dict[str, Any]:
     attn = blk.attn
     require(getattr(attn, 'gate', None) is None, 'gated attention')
     require(getattr(attn, 'num_kv_groups', 1) == 1, 'grouped-query attention (num_kv_heads)')
-    require(attn.proj.bias is not None, 'proj_bias=False')
+    require(attn.proj.bias is not None and blk.mlp.fc2.bias is not None, 'proj_bias=False')
     fused = attn.qkv is not None
     if type(attn).__name__ == 'EvaAttention':
         qkv_bias = attn.q_bias is not None if fused else attn.q_proj.bias is not None
@@ -113,15 +97,13 @@ def model_config(model) -> dict[str, Any]:
         require(type(attn).__name__ == 'AttentionRope', f'attention {type(attn).__name__}')
         qkv_bias = (attn.qkv.bias if fused else attn.q_proj.bias) is not None
         key_bias = qkv_bias
-    mlp_layer, mlp_ratio = _mlp(blk.mlp, model.embed_dim)
-    norms = [m for m in model.modules() if type(m).__name__ in ('LayerNorm', 'RmsNorm', 'RMSNorm', 'SimpleNorm')]
-    require(all(isinstance(m, tnn.LayerNorm) for m in norms), 'a norm other than LayerNorm (RMSNorm)')
-    require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
-    eps = {m.eps for m in norms}
-    require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
+    mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
+    act = activation(blk.mlp.act)
+    norm_kind, eps = norm_layer(model)
     require((blk.gamma_1 is None) == (blk.gamma_2 is None), 'LayerScale on the attention branch only')
     require(_identity(model.norm) or _identity(model.fc_norm), 'both a final norm and an fc_norm')
     pool = model.attn_pool
+    require(pool is None or act == 'gelu', f'an attention pool (GELU) after {act} blocks')
     require(pool is None or (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == 'token'
                               and pool.mlp is not None and _identity(pool.q_norm)),
             f'global_pool={model.global_pool!r} with this attention pool')
@@ -140,7 +122,7 @@ def model_config(model) -> dict[str, Any]:
         key_bias=key_bias,
         qk_norm=not _identity(attn.q_norm),
         scale_attn_norm=not _identity(attn.norm),
-        mlp_layer=mlp_layer,
+        mlp_layer=mlp,
         scale_mlp_norm=not _identity(blk.mlp.norm),
         init_values=float(blk.init_values) if blk.gamma_1 is not None else None,
         class_token=model.cls_token is not None,
@@ -155,6 +137,7 @@ def model_config(model) -> dict[str, Any]:
         attn_pool_num_heads=pool.num_heads if pool is not None else None,
         attn_pool_mlp_ratio=pool.mlp.fc1.out_features / model.embed_dim if pool is not None else None,
         dynamic_img_size=bool(model.dynamic_img_size),
-        norm_eps=eps.pop() if eps else 1e-6,
-        act_layer=activation(blk.mlp.act) if mlp_layer == 'mlp' else 'gelu',
+        norm_layer=norm_kind,
+        norm_eps=eps,
+        act_layer=act,
     )

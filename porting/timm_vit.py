@@ -21,6 +21,9 @@ BLOCK = (
     Rule('blocks.{i}.ls1.gamma', 'blocks_{i}/ls1/gamma'),
     *norm('blocks.{i}.norm2', 'blocks_{i}/norm2'),
     *linear('blocks.{i}.mlp.fc1', 'blocks_{i}/mlp/fc1'),
+    *linear('blocks.{i}.mlp.fc1_g', 'blocks_{i}/mlp/fc1_g'),  # SwiGLU (AIMv2)
+    *linear('blocks.{i}.mlp.fc1_x', 'blocks_{i}/mlp/fc1_x'),
+    *norm('blocks.{i}.mlp.norm', 'blocks_{i}/mlp/norm'),
     *linear('blocks.{i}.mlp.fc2', 'blocks_{i}/mlp/fc2'),
     Rule('blocks.{i}.ls2.gamma', 'blocks_{i}/ls2/gamma'),
 )
@@ -32,6 +35,7 @@ RULES = (
     Rule('pos_embed', 'pos_embed'),
     Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
     Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
+    *norm('patch_embed.norm', 'patch_embed/norm'),
     *norm('norm_pre', 'norm_pre'),
     *BLOCK,
     *norm('norm', 'norm'),
@@ -61,6 +65,8 @@ CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_po
 def activation(mod) -> str:
     import torch.nn as tnn
     name = type(mod).__name__
+    if isinstance(mod, tnn.SiLU):
+        return 'silu'
     if isinstance(mod, tnn.GELU):
         return 'gelu' if mod.approximate == 'none' else 'gelu_tanh'
     if name == 'GELUTanh':
@@ -70,6 +76,34 @@ def activation(mod) -> str:
     if name == 'GELU':  # timm.layers.activations.GELU is the exact form
         return 'gelu'
     raise UnsupportedModel(f'activation {name}')
+
+
+def mlp_layer(mlp, dim: int) -> tuple[str, float]:
+    """(vitjax mlp_layer, mlp_ratio) of a timm MLP: Mlp, SwiGLU (fc1_g / fc1_x) or SwiGLUPacked (one fc1)."""
+    kind = type(mlp).__name__
+    if kind == 'Mlp':
+        return 'mlp', mlp.fc1.out_features / dim
+    if kind == 'GluMlp':
+        require(not mlp.gate_last and mlp.chunk_dim == -1, 'a GLU MLP other than SwiGLUPacked (gate first)')
+        return 'swiglu_packed', mlp.fc1.out_features / 2 / dim
+    if kind == 'SwiGLU':
+        require(mlp.fc1_g.out_features == mlp.fc1_x.out_features, 'SwiGLU with unequal halves')
+        return 'swiglu', mlp.fc1_g.out_features / dim
+    raise UnsupportedModel(f'the source model uses MLP {kind}, which vitjax does not support yet')
+
+
+def norm_layer(model) -> tuple[str, float]:
+    """('layernorm' | 'rmsnorm', eps): one kind and one eps for every norm of the model."""
+    import torch.nn as tnn
+    kinds = {type(m).__name__ for m in model.modules() if 'Norm' in type(m).__name__ and not isinstance(
+        m, (tnn.Identity,)) and hasattr(m, 'eps')}
+    norms = [m for m in model.modules() if type(m).__name__ in kinds]
+    require(kinds <= {'LayerNorm', 'RmsNorm'} and len(kinds) <= 1, f'norms {sorted(kinds)}')
+    require(all(m.weight is not None and getattr(m, 'bias', 0) is not None for m in norms) if
+            kinds == {'LayerNorm'} else all(m.weight is not None for m in norms), 'a norm without affine/bias')
+    eps = {m.eps for m in norms}
+    require(len(eps) <= 1, f'mixed norm eps {eps}')
+    return ('rmsnorm' if kinds == {'RmsNorm'} else 'layernorm'), (eps.pop() if eps else 1e-6)
 
 
 def model_config(model) -> dict[str, Any]:
@@ -88,16 +122,14 @@ def model_config(model) -> dict[str, Any]:
     require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
     require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
     require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
-    require(isinstance(model.patch_embed.norm, tnn.Identity), 'a norm in the patch embedding')
     blk = model.blocks[0]
     require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
     require(isinstance(blk.attn.norm, tnn.Identity) if hasattr(blk.attn, 'norm') else True, 'scale_attn_norm')
-    require(isinstance(blk.mlp.norm, tnn.Identity), 'scale_mlp_norm')
-    require(blk.attn.proj.bias is not None, 'proj_bias=False')
-    norms = [m for m in model.modules() if isinstance(m, tnn.LayerNorm)]
-    require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
-    eps = {m.eps for m in norms}
-    require(len(eps) <= 1, f'mixed LayerNorm eps {eps}')
+    mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
+    proj_bias = blk.attn.proj.bias is not None
+    mlp_fc2_bias = blk.mlp.fc2.bias is not None
+    require(mlp_fc2_bias == proj_bias, 'attention and MLP projections that differ in having biases')
+    norm_kind, eps = norm_layer(model)
     ls = getattr(blk, 'ls1', None)
     has_ls = ls is not None and not isinstance(ls, tnn.Identity)
     img = tuple(model.patch_embed.img_size)
@@ -111,9 +143,14 @@ def model_config(model) -> dict[str, Any]:
         embed_dim=model.embed_dim,
         depth=len(model.blocks),
         num_heads=blk.attn.num_heads,
-        mlp_ratio=blk.mlp.fc1.out_features / model.embed_dim,
+        mlp_ratio=mlp_ratio,
         qkv_bias=blk.attn.qkv.bias is not None,
         qk_norm=not isinstance(blk.attn.q_norm, tnn.Identity),
+        mlp_layer=mlp,
+        scale_mlp_norm=not isinstance(blk.mlp.norm, tnn.Identity),
+        proj_bias=proj_bias,
+        norm_layer=norm_kind,
+        embed_norm=not isinstance(model.patch_embed.norm, tnn.Identity),
         init_values=_init_values(ls) if has_ls else None,
         class_token=model.cls_token is not None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
@@ -124,7 +161,7 @@ def model_config(model) -> dict[str, Any]:
         fc_norm=not isinstance(model.fc_norm, tnn.Identity),
         dynamic_img_size=bool(model.dynamic_img_size),
         distilled=distilled,
-        norm_eps=eps.pop() if eps else 1e-6,
+        norm_eps=eps,
         act_layer=activation(blk.mlp.act),
     )
 

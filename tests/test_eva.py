@@ -166,3 +166,25 @@ def test_train_py_fine_tunes_each_family(tmp_path, name):
     assert np.load(tmp_path / 'f.npz')['map'].shape[1:3] == (grid, grid)
     assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
     print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
+
+
+@pytest.mark.parametrize('name', ['vit_base_patch16_rope_mixed_224', 'eva02_base_patch14_224'])
+def test_scan_blocks_and_remat_with_rope(name):
+    """scan_blocks (the per-block mixed-RoPE frequencies scanned with the blocks) and grad_checkpointing give
+    timm's logits and the unrolled model's gradients."""
+    import jax.numpy as jnp
+    from vitjax.models.vit import stack_blocks, unstack_blocks
+    small = dict(depth=3, embed_dim=192, num_heads=3, img_size=(56, 42) if 'patch14' in name else (64, 48))
+    tm = timm_model(name, **small)
+    model, variables = port(tm)
+    x = images(model)
+    ref = run_timm(tm, x).numpy()
+    scan = model.clone(scan_blocks=True, grad_checkpointing=True)
+    stacked = {'params': stack_blocks(variables['params'], 3)}
+    assert max_diff(jax.jit(scan.apply)(stacked, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
+    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    g0 = jax.jit(jax.grad(loss(model)))(variables['params'])
+    g1 = unstack_blocks(jax.jit(jax.grad(loss(scan)))(stacked['params']))
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        assert max_diff(a, b) <= 1e-5 * max(1, float(jnp.abs(a).max()))

@@ -18,6 +18,9 @@ FAMILIES = {
     'vit_base_patch16_clip_224.laion2b_ft_in12k_in1k': dict(pre_norm=True, norm_eps=1e-5, act_layer='gelu'),
     'vit_base_patch16_clip_quickgelu_224': dict(pre_norm=True, act_layer='quick_gelu'),
     'vit_base_patch16_siglip_224': dict(global_pool='map', class_token=False),
+    'vit_so150m_patch16_reg4_gap_256': dict(class_token=False, reg_tokens=4, global_pool='avg', fc_norm=False),
+    'aimv2_large_patch14_224': dict(norm_layer='rmsnorm', mlp_layer='swiglu', proj_bias=False, embed_norm=True,
+                                    act_layer='silu'),
 }
 
 
@@ -57,7 +60,8 @@ def test_siglip_map_head_with_classes():
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['vit_base_patch14_reg4_dinov2.lvd142m', 'deit3_base_patch16_224',
-                                  'vit_base_patch16_clip_224.openai_ft_in12k_in1k', 'vit_base_patch16_siglip_224'])
+                                  'vit_base_patch16_clip_224.openai_ft_in12k_in1k', 'vit_base_patch16_siglip_224',
+                                  'aimv2_large_patch14_224'])
 def test_family_full_size_through_cli(tmp_path, name):
     """Full depth and width (DINOv2 at 518), registry-decoded config equal to the converted one."""
     import vitjax
@@ -71,3 +75,17 @@ def test_family_full_size_through_cli(tmp_path, name):
     assert model.use_fc_norm == decoded.use_fc_norm
     assert {**model_config(model), 'fc_norm': None} == {**model_config(decoded), 'fc_norm': None}
     assert model.pretrained_cfg == decoded.pretrained_cfg
+
+
+def test_aimv2_exports_back_bit_exact(tmp_path):
+    """RMSNorm, SwiGLU and bias-free projections map both ways: timm -> vitjax -> timm is the same file."""
+    from safetensors.numpy import load_file
+    from porting import export
+    name = 'aimv2_large_patch14_224'
+    src = random_init.save(random_init.create(name, seed=5, depth=1), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=1',
+                         '--out', str(tmp_path / 'out'), '--tolerance', '1e-5']) == 0
+    assert export.main(['--model', str(tmp_path / 'out'), '--out', str(tmp_path / 'back.safetensors')]) == 0
+    a, b = load_file(str(src)), load_file(str(tmp_path / 'back.safetensors'))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+    assert 'patch_embed.norm.weight' in a and 'blocks.0.mlp.fc1_g.weight' in a

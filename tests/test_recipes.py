@@ -28,7 +28,7 @@ def run(name, tmp_path):
 
 
 def test_all_recipes_are_tested():
-    assert set(RECIPES) == {'zoo', 'deit', 'scratch', 'paper', 'headless'}
+    assert set(RECIPES) == {'zoo', 'deit', 'scratch', 'paper', 'headless', 'dinov3'}
 
 
 @pytest.mark.slow
@@ -83,6 +83,16 @@ def test_headless_features(tmp_path):
     assert np.load(tmp_path / 'out/dino_pooled.npz')['pooled'].shape == (1, 384)
     assert np.load(tmp_path / 'out/dino_map.npz')['map'].shape == (1, 16, 16, 384)
     assert (tmp_path / 'out/dino_attention.png').stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_dinov3_features(tmp_path):
+    proc = run('dinov3', tmp_path)
+    assert 'parity PASSED' in proc.stdout
+    assert np.load(tmp_path / 'out/dinov3_pooled.npz')['pooled'].shape == (1, 768)
+    assert np.load(tmp_path / 'out/dinov3_map.npz')['map'].shape == (1, 16, 16, 768)
+    assert (tmp_path / 'out/dinov3_attention.png').stat().st_size > 10_000
+    assert proc.stdout.strip().splitlines()[-1] == '(1, 285, 768)'
 
 
 @pytest.mark.slow

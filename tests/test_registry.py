@@ -20,7 +20,8 @@ TAGGED = ['vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224.augreg2_in2
           'deit3_small_patch16_224.fb_in22k_ft_in1k', 'swin_base_patch4_window7_224.ms_in22k',
           'swin_base_patch4_window12_384.ms_in22k_ft_in1k', 'vit_base_patch16_siglip_224.webli',
           'eva02_large_patch14_448.mim_in22k_ft_in22k', 'eva02_large_patch14_448.mim_m38m_ft_in1k',
-          'vit_base_patch16_dinov3_qkvb.eupe_lvd1689m']
+          'vit_base_patch16_dinov3_qkvb.eupe_lvd1689m', 'vit_so150m_patch16_reg4_gap_256.sbb_e250_in12k',
+          'aimv2_large_patch14_224.apple_pt_dist']
 
 
 def _timm(name):

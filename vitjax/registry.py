@@ -1,5 +1,5 @@
 """timm model names -> VisionTransformer / SwinTransformer configs, decoded from the name's parts (no name table),
-and timm's Eva family (EVA-02, DINOv3, PE, RoPE-ViT) from a short table: its names do not decode.
+and the names that do not decode (timm's Eva family: EVA-02, DINOv3, PE, RoPE-ViT; AIMv2) from a short table.
 
 `vit_base_patch16_384.augreg_in21k_ft_in1k` reads as: family `vit`, size `base`, patch 16, input 384, and
 the weights' tag, which decides the class count and preprocessing the weights expect.
@@ -25,6 +25,7 @@ SIZES: dict[str, dict[str, Any]] = {
     'base': dict(embed_dim=768, depth=12, num_heads=12),
     'large': dict(embed_dim=1024, depth=24, num_heads=16),
     'huge': dict(embed_dim=1280, depth=32, num_heads=16),
+    'so150m': dict(embed_dim=896, depth=18, num_heads=14, mlp_ratio=2304 / 896),  # timm's 2.572 -> 2304 wide
 }
 SWIN_SIZES: dict[str, dict[str, Any]] = {
     'tiny': dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
@@ -45,14 +46,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'quickgelu': dict(act_layer='quick_gelu'),
     'siglip': dict(class_token=False, global_pool='map'),
     'distilled': dict(distilled=True),
+    'gap': dict(class_token=False, global_pool='avg', fc_norm=False, no_embed_class=False),  # timm's SBB ViTs
 }
 # The weights an untagged name means (timm's default tag), where the tag changes the head or preprocessing.
 DEFAULT_TAGS = {'dinov2': 'lvd142m', 'clip': 'laion2b_ft_in12k_in1k', 'quickgelu': 'metaclip_2pt5b',
-                'siglip': 'v2_webli', 'deit3': 'fb_in1k', 'swin': 'ms_in1k'}
+                'siglip': 'v2_webli', 'deit3': 'fb_in1k', 'swin': 'ms_in1k', 'gap': 'sbb_e250_in12k_ft_in1k'}
 
-# timm's Eva family: names that read alike differ in RoPE variant, MLP layout and biases, so each is written out
-# (Eva's defaults elsewhere; tests/test_registry.py checks every entry against timm's own model).
-_SWIGLU = dict(patch_size=14, mlp_ratio=4 * 2 / 3, rope_type='cat', rope_ref_feat_shape=(16, 16), fc_norm=True)
+# Names that do not decode from their parts, written out: timm's Eva family (names that read alike differ in
+# RoPE variant, MLP layout and biases; Eva's defaults elsewhere) and AIMv2 (a VisionTransformer with RMSNorm and
+# SwiGLU). tests/test_registry.py checks every entry and tag against timm's own model.
+_SWIGLU = dict(patch_size=14, mlp_ratio=4 * 2 / 3, rope_type='cat', rope_ref_feat_shape=(16, 16), fc_norm=True,
+               act_layer='silu')
 _DINOV3 = dict(img_size=256, init_values=1e-5, pos_embed='none', reg_tokens=4, rope_type='dinov3', fc_norm=False,
                rope_temperature=100., rope_rotate_half=True, dynamic_img_size=True, norm_eps=1e-5)
 _PE = dict(global_pool='map', key_bias=True, rope_type='cat', rope_grid_indexing='xy', rope_grid_offset=1.,
@@ -74,9 +78,15 @@ EVA_ARCHS: dict[str, dict[str, Any]] = {
                                                reg_tokens=1, rope_type='cat', rope_ref_feat_shape=(16, 16),
                                                fc_norm=True),
 }
+VIT_ARCHS: dict[str, dict[str, Any]] = {
+    'aimv2_large_patch14_224': dict(patch_size=14, embed_dim=1024, depth=24, num_heads=8, mlp_ratio=2.75,
+                                    global_pool='avg', class_token=False, fc_norm=False, qkv_bias=False,
+                                    proj_bias=False, mlp_layer='swiglu', act_layer='silu', norm_layer='rmsnorm',
+                                    embed_norm=True, norm_eps=1e-5),
+}
 _CLIP_CFG = dict(mean=CLIP_MEAN, std=CLIP_STD)
 # name: {tag: (num_classes, preprocessing)}, the first tag the default (timm's pretrained_cfg for each)
-EVA_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
+NAMED_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
     'eva02_tiny_patch14_224': {'mim_in22k': (0, dict(_CLIP_CFG, crop_pct=0.9))},
     'eva02_base_patch14_224': {'mim_in22k': (0, dict(_CLIP_CFG, crop_pct=0.9))},
     'eva02_large_patch14_448': {
@@ -91,6 +101,7 @@ EVA_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
     'vit_base_patch16_rope_mixed_224': {'naver_in1k': (1000, dict(crop_pct=0.9))},
     'vit_base_patch16_rope_reg1_gap_256': {'sbb_in1k': (1000, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD,
                                                                    crop_pct=0.95))},
+    'aimv2_large_patch14_224': {t: (0, dict(_CLIP_CFG, crop_pct=1.0)) for t in ('apple_pt', 'apple_pt_dist')},
 }
 
 # The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
@@ -106,8 +117,9 @@ _ARCHS = tuple(
     + [f'vit_{s}_patch14_{reg}dinov2' for s in ('small', 'base', 'large') for reg in ('', 'reg4_')]
     + ['vit_base_patch16_clip_224', 'vit_base_patch16_clip_384',
        'vit_base_patch16_clip_quickgelu_224', 'vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_384']
+    + [f'vit_so150m_patch16_reg4_gap_{r}' for r in (256, 384)]
     + [f'swin_{s}_patch4_window7_224' for s in ('tiny', 'small', 'base', 'large')]
-    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'] + list(EVA_ARCHS))
+    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'] + list(EVA_ARCHS) + list(VIT_ARCHS))
 
 
 def list_models(pattern: str = '*') -> list[str]:
@@ -129,11 +141,11 @@ def _unknown(name: str, why: str) -> ValueError:
 def _pretrained_cfg(family: str, variants: list[str], size: str, img: int, tag: str
                     ) -> tuple[PretrainedCfg, Optional[int]]:
     """Preprocessing and class count implied by the weights' tag (timm's pretrained_cfg for that tag)."""
-    kind = next((v for v in ('quickgelu', 'clip', 'siglip', 'dinov2') if v in variants), family)
+    kind = next((v for v in ('quickgelu', 'clip', 'siglip', 'dinov2', 'gap') if v in variants), family)
     tag = tag or DEFAULT_TAGS.get(kind, '')
     if kind in ('clip', 'quickgelu'):
         mean, std = CLIP_MEAN, CLIP_STD
-    elif kind == 'siglip' or (family == 'vit' and kind == 'vit' and not tag.startswith(('mae', 'fb_', 'dino'))):
+    elif kind in ('siglip', 'gap') or (family == 'vit' and kind == 'vit' and not tag.startswith(('mae', 'fb_', 'dino'))):
         mean, std = INCEPTION_MEAN, INCEPTION_STD  # the original JAX ViT, AugReg and SigLIP use [-1, 1]
     else:
         mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -144,6 +156,8 @@ def _pretrained_cfg(family: str, variants: list[str], size: str, img: int, tag: 
         crop_pct = 1.0
     if kind == 'siglip':
         crop_pct = 0.9  # timm's SigLIP configs keep 0.9 at every size
+    if tag.startswith('sbb') and img < 384:
+        crop_pct = 0.95
     num_classes: Optional[int] = None
     if tag == 'mae' or tag.endswith('orig_in21k') or kind in ('dinov2', 'siglip'):
         num_classes = 0  # headless feature extractors
@@ -162,22 +176,22 @@ def _pretrained_cfg(family: str, variants: list[str], size: str, img: int, tag: 
     return PretrainedCfg((3, img, img), mean, std, crop_pct, 'squash' if squash else 'center', tag=tag), num_classes
 
 
-def _eva_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
-    tags = EVA_TAGS[arch]
+def _table_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
+    tags = NAMED_TAGS[arch]
     tag = tag or next(iter(tags))
     if tag not in tags:
         raise ValueError(f'unknown tag {tag!r} for {arch} (timm has: {", ".join(tags)})')
     num_classes, pre = tags[tag]
-    kwargs = dict(EVA_ARCHS[arch], num_classes=num_classes)
+    kwargs = dict(EVA_ARCHS.get(arch) or VIT_ARCHS[arch], num_classes=num_classes)
     img = kwargs.get('img_size', 224)
-    return 'eva', kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
+    return 'eva' if arch in EVA_ARCHS else 'vit', kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
 
 
 def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
     """Decode a timm name (optionally `.tag`) into (architecture, module kwargs, PretrainedCfg)."""
     arch, tag = split_tag(name)
-    if arch in EVA_ARCHS:
-        return _eva_args(arch, tag)
+    if arch in NAMED_TAGS:
+        return _table_args(arch, tag)
     parts = arch.split('_')
     family = parts.pop(0) if parts else ''
     if family not in FAMILIES:

@@ -5,7 +5,7 @@ import math
 import typing
 from typing import Any, Union
 
-from vitjax.models.layers import ACTIVATIONS
+from vitjax.models.layers import ACTIVATIONS, NORM_LAYERS
 from vitjax.models.swin import SWIN_POOLS, SwinTransformer
 from vitjax.models.rope import ROPE_TYPES
 from vitjax.models.vit import MLP_LAYERS, POOLS, Eva, PretrainedCfg, VisionTransformer, model_config, to_2tuple
@@ -116,6 +116,7 @@ def range_problems(m: Model) -> list[str]:
         need(0 <= m.reg_tokens <= MAX_TOKENS, f'reg_tokens={m.reg_tokens}: must be in 0..{MAX_TOKENS}')
         need(m.global_pool in POOLS, f'global_pool={m.global_pool!r}: one of {POOLS}')
         need(m.pos_embed in ('learn', '', 'none'), f"pos_embed={m.pos_embed!r}: 'learn' or 'none'")
+        need(m.norm_layer in NORM_LAYERS, f'norm_layer={m.norm_layer!r}: one of {sorted(NORM_LAYERS)}')
         need(m.mlp_layer in MLP_LAYERS, f'mlp_layer={m.mlp_layer!r}: one of {MLP_LAYERS}')
         need(m.rope_type in ('',) + ROPE_TYPES, f"rope_type={m.rope_type!r}: '' or one of {ROPE_TYPES}")
         need(m.rope_grid_indexing in ('ij', 'xy'), f"rope_grid_indexing={m.rope_grid_indexing!r}: 'ij' or 'xy'")

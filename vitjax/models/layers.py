@@ -37,6 +37,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     'gelu': gelu,
     'gelu_tanh': functools.partial(jax.nn.gelu, approximate=True),
     'quick_gelu': quick_gelu,
+    'silu': jax.nn.silu,  # SwiGLU's gate (AIMv2, Eva)
 }
 
 
@@ -90,8 +91,24 @@ class LayerNorm(nn.Module):
         return _layer_norm(x, scale, bias, self.epsilon).astype(self.dtype)
 
 
-def layer_norm(eps: float, dtype: Dtype, name: str) -> LayerNorm:
-    return LayerNorm(epsilon=eps, dtype=dtype, name=name)
+class RMSNorm(nn.Module):
+    """x · rsqrt(mean(x²) + eps) · scale, in f32 (timm's RmsNorm; AIMv2); `dtype` is the output's, as LayerNorm's."""
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param('scale', nn.initializers.ones, (x.shape[-1],))
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt((x32 * x32).mean(-1, keepdims=True) + self.epsilon) * scale.astype(jnp.float32)
+        return y.astype(self.dtype)
+
+
+NORM_LAYERS = {'layernorm': LayerNorm, 'rmsnorm': RMSNorm}
+
+
+def layer_norm(eps: float, dtype: Dtype, name: str, kind: str = 'layernorm') -> nn.Module:
+    return NORM_LAYERS[kind](epsilon=eps, dtype=dtype, name=name)
 
 
 dense_init = nn.initializers.xavier_uniform()
@@ -160,6 +177,8 @@ class Attention(nn.Module):
     norm_eps: float = 1e-6
     rope_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
     num_prefix_tokens: int = 0
+    proj_bias: bool = True
+    norm_layer: str = 'layernorm'
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -177,8 +196,8 @@ class Attention(nn.Module):
         q, k, v = jnp.einsum('bnd,dthk->tbhnk', x.astype(self.dtype), kernel)  # each (B, H, N, hd), compute dtype
         q, k, v = (t if b is None else t + b[:, None].astype(self.dtype) for t, (_, b) in zip((q, k, v), kb))
         if self.qk_norm:
-            q = layer_norm(self.norm_eps, self.dtype, 'q_norm')(q)
-            k = layer_norm(self.norm_eps, self.dtype, 'k_norm')(k)
+            q = layer_norm(self.norm_eps, self.dtype, 'q_norm', self.norm_layer)(q)
+            k = layer_norm(self.norm_eps, self.dtype, 'k_norm', self.norm_layer)(k)
         if rope is not None:
             npt = self.num_prefix_tokens
             q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, self.rope_half)],
@@ -196,9 +215,11 @@ class Attention(nn.Module):
             o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v))).swapaxes(1, 2)
         if self.scale_norm:  # over all heads' outputs: (B, H, N, hd) -> (B, N, H*hd) and back to the projection
             b, h, n, hd = o.shape
-            o = layer_norm(self.norm_eps, self.dtype, 'norm')(o.transpose(0, 2, 1, 3).reshape(b, n, h * hd))
+            o = layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(
+                o.transpose(0, 2, 1, 3).reshape(b, n, h * hd))
             o = o.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        x = nn.DenseGeneral(dim, axis=(1, 3), dtype=self.dtype, kernel_init=dense_init, name='out')(o)
+        x = nn.DenseGeneral(dim, axis=(1, 3), use_bias=self.proj_bias, dtype=self.dtype, kernel_init=dense_init,
+                            name='out')(o)
         return nn.Dropout(self.proj_drop)(x, deterministic=not train)
 
 
@@ -211,6 +232,8 @@ class Mlp(nn.Module):
     layer: str = 'mlp'
     norm: bool = False
     norm_eps: float = 1e-6
+    norm_layer: str = 'layernorm'
+    bias: bool = True
     drop: float = 0.
     dtype: Dtype = jnp.float32
 
@@ -219,19 +242,20 @@ class Mlp(nn.Module):
         dim = x.shape[-1]
         # The activation in f32, rounded once on the way out (PyTorch's bf16 GELU computes in float too).
         f32 = lambda t: t.astype(jnp.promote_types(t.dtype, jnp.float32))
-        dense = lambda n, name: nn.Dense(n, dtype=self.dtype, kernel_init=dense_init, name=name)
+        dense = lambda n, name: nn.Dense(n, use_bias=self.bias, dtype=self.dtype, kernel_init=dense_init, name=name)
+        act = ACTIVATIONS[self.act_layer]
         if self.layer == 'swiglu':
             g = dense(self.hidden_features, 'fc1_g')(x)
-            x = (jax.nn.silu(f32(g)) * f32(dense(self.hidden_features, 'fc1_x')(x))).astype(g.dtype)
+            x = (act(f32(g)) * f32(dense(self.hidden_features, 'fc1_x')(x))).astype(g.dtype)
         elif self.layer == 'swiglu_packed':
             g, x = jnp.split(dense(2 * self.hidden_features, 'fc1')(x), 2, axis=-1)
-            x = (jax.nn.silu(f32(g)) * f32(x)).astype(g.dtype)
+            x = (act(f32(g)) * f32(x)).astype(g.dtype)
         else:
             x = dense(self.hidden_features, 'fc1')(x)
-            x = ACTIVATIONS[self.act_layer](f32(x)).astype(x.dtype)
+            x = act(f32(x)).astype(x.dtype)
         x = nn.Dropout(self.drop)(x, deterministic=not train)
         if self.norm:
-            x = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
+            x = layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(x)
         x = dense(dim, 'fc2')(x)
         return nn.Dropout(self.drop)(x, deterministic=not train)
 
@@ -263,6 +287,8 @@ class Block(nn.Module):
     act_layer: str = 'gelu'
     rope_half: bool = False
     num_prefix_tokens: int = 0
+    proj_bias: bool = True
+    norm_layer: str = 'layernorm'
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -283,16 +309,17 @@ class Block(nn.Module):
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
         # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
-        y = layer_norm(self.norm_eps, self.dtype, 'norm1')(x)
+        y = layer_norm(self.norm_eps, self.dtype, 'norm1', self.norm_layer)(x)
         y = Attention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, key_bias=self.key_bias,
                       qk_norm=self.qk_norm, scale_norm=self.scale_attn_norm, attn_drop=self.attn_drop,
                       proj_drop=self.proj_drop, norm_eps=self.norm_eps, rope_half=self.rope_half,
-                      num_prefix_tokens=self.num_prefix_tokens, dtype=self.dtype, name='attn')(y, train, rope)
+                      num_prefix_tokens=self.num_prefix_tokens, proj_bias=self.proj_bias, norm_layer=self.norm_layer,
+                      dtype=self.dtype, name='attn')(y, train, rope)
         x = x + drop(ls('ls1')(y).astype(x.dtype))
-        y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
+        y = layer_norm(self.norm_eps, self.dtype, 'norm2', self.norm_layer)(x)
         y = Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, layer=self.mlp_layer,
-                norm=self.scale_mlp_norm, norm_eps=self.norm_eps, drop=self.proj_drop, dtype=self.dtype,
-                name='mlp')(y, train)
+                norm=self.scale_mlp_norm, norm_eps=self.norm_eps, norm_layer=self.norm_layer, bias=self.proj_bias,
+                drop=self.proj_drop, dtype=self.dtype, name='mlp')(y, train)
         return x + drop(ls('ls2')(y).astype(x.dtype))
 
 
@@ -304,6 +331,7 @@ class AttentionPoolLatent(nn.Module):
     qkv_bias: bool = True
     norm_eps: float = 1e-6
     act_layer: str = 'gelu'
+    norm_layer: str = 'layernorm'
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -318,7 +346,7 @@ class AttentionPoolLatent(nn.Module):
         # The pooled features are the head's input: kept in x's dtype (f32), as the residual stream is.
         y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o).astype(x.dtype)
         y = y + Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, dtype=self.dtype, name='mlp')(
-            layer_norm(self.norm_eps, self.dtype, 'norm')(y)).astype(y.dtype)
+            layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(y)).astype(y.dtype)
         return y[:, 0]
 
 

@@ -52,12 +52,15 @@ class PatchEmbed(nn.Module):
     patch_size: tuple[int, int]
     embed_dim: int
     bias: bool = True
+    norm_layer: str = ''  # a norm on each patch's embedding ('' none; AIMv2: 'rmsnorm')
+    norm_eps: float = 1e-6
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Conv(self.embed_dim, self.patch_size, strides=self.patch_size, padding='VALID',
-                       use_bias=self.bias, dtype=self.dtype, name='proj')(x)
+        x = nn.Conv(self.embed_dim, self.patch_size, strides=self.patch_size, padding='VALID',
+                    use_bias=self.bias, dtype=self.dtype, name='proj')(x)
+        return layer_norm(self.norm_eps, jnp.float32, 'norm', self.norm_layer)(x) if self.norm_layer else x
 
 
 class VisionTransformer(nn.Module):
@@ -75,7 +78,10 @@ class VisionTransformer(nn.Module):
     key_bias: bool = True  # False: query and value biases only (Eva)
     qk_norm: bool = False
     scale_attn_norm: bool = False  # a LayerNorm on the attention output before its projection (Eva's scale_attn_inner)
-    mlp_layer: str = 'mlp'  # 'mlp' | 'swiglu' | 'swiglu_packed' (SiLU-gated: timm's SwiGLU, SwiGLUPacked)
+    mlp_layer: str = 'mlp'  # 'mlp' | 'swiglu' | 'swiglu_packed' (act_layer-gated: timm's SwiGLU, SwiGLUPacked)
+    proj_bias: bool = True  # biases of the attention output and MLP projections (AIMv2: none)
+    norm_layer: str = 'layernorm'  # every norm: 'layernorm' | 'rmsnorm'
+    embed_norm: bool = False  # a norm on the patch embeddings (AIMv2)
     scale_mlp_norm: bool = False  # a LayerNorm before fc2 (Eva's scale_mlp)
     init_values: Optional[float] = None  # LayerScale
     class_token: bool = True
@@ -141,7 +147,9 @@ class VisionTransformer(nn.Module):
         if self.rope_type not in ('',) + ROPE_TYPES:
             raise ValueError(f'rope_type={self.rope_type!r} is not one of {("",) + ROPE_TYPES}')
         d = self.embed_dim
-        self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, bias=not self.pre_norm, dtype=self.dtype)
+        self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, bias=not self.pre_norm,
+                                      norm_layer=self.norm_layer if self.embed_norm else '', norm_eps=self.norm_eps,
+                                      dtype=self.dtype)
         token_init = nn.initializers.normal(1e-6)
         self.cls_token = self.param('cls_token', token_init, (1, 1, d)) if self.class_token else None
         self.reg_token = self.param('reg_token', token_init, (1, self.reg_tokens, d)) if self.reg_tokens else None
@@ -160,7 +168,8 @@ class VisionTransformer(nn.Module):
             grid_indexing=self.rope_grid_indexing, grid_offset=self.rope_grid_offset,
             ref_feat_shape=self.rope_ref_feat_shape, rotate_half=self.rope_rotate_half,
             depth=self.depth) if self.rope_type else None
-        self.norm_pre = layer_norm(self.norm_eps, jnp.float32, 'norm_pre') if self.pre_norm else None
+        norm = lambda name: layer_norm(self.norm_eps, jnp.float32, name, self.norm_layer)
+        self.norm_pre = norm('norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
         make = lambda rate, name: block(
             num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio), qkv_bias=self.qkv_bias,
@@ -168,18 +177,18 @@ class VisionTransformer(nn.Module):
             mlp_layer=self.mlp_layer, scale_mlp_norm=self.scale_mlp_norm, init_values=self.init_values,
             proj_drop=self.proj_drop_rate, attn_drop=self.attn_drop_rate, drop_path=rate, norm_eps=self.norm_eps,
             act_layer=self.act_layer, rope_half=self.rope_rotate_half, num_prefix_tokens=self.num_prefix_tokens,
-            dtype=self.dtype, name=name)
+            proj_bias=self.proj_bias, norm_layer=self.norm_layer, dtype=self.dtype, name=name)
         # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
         self.blocks = (make(0., 'blocks') if self.scan_blocks else
                        [make(r, f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
         final = self.final_norm and not self.use_fc_norm
-        self.norm = layer_norm(self.norm_eps, jnp.float32, 'norm') if final else None
-        self.fc_norm_layer = (layer_norm(self.norm_eps, jnp.float32, 'fc_norm')
-                              if self.final_norm and self.use_fc_norm else None)
+        self.norm = norm('norm') if final else None
+        self.fc_norm_layer = norm('fc_norm') if self.final_norm and self.use_fc_norm else None
         self.attn_pool = (AttentionPoolLatent(
             num_heads=self.attn_pool_num_heads or self.num_heads,
             mlp_hidden=int(d * (self.attn_pool_mlp_ratio or self.mlp_ratio)), qkv_bias=self.qkv_bias,
-            norm_eps=self.norm_eps, act_layer=self.act_layer, dtype=self.dtype) if self.global_pool == 'map' else None)
+            norm_eps=self.norm_eps, act_layer=self.act_layer, norm_layer=self.norm_layer,
+            dtype=self.dtype) if self.global_pool == 'map' else None)
         self.head_drop = nn.Dropout(self.drop_rate)
         # f32 logits: a bf16 classifier would round them to 3 significant digits (timm's autocast does)
         head = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
