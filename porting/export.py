@@ -38,7 +38,8 @@ def timm_model_for(name: str, config: dict, source: sources.Source):
     from vitjax.io import as_tuples
     kwargs = as_tuples({k: v for k, v in config.items() if k in source.create_kwargs})
     norm = RmsNorm if config.get('norm_layer') == 'rmsnorm' else LayerNorm
-    kwargs['norm_layer'] = functools.partial(norm, eps=config['norm_eps'])
+    if source.arch != 'naflexvit':  # NaFlexVitCfg names its layers by string: the model name decides them
+        kwargs['norm_layer'] = functools.partial(norm, eps=config['norm_eps'])
     if source.arch == 'vit':
         kwargs['act_layer'] = config['act_layer']
     elif source.arch == 'swin' and config['act_layer'] != 'gelu':  # timm's Swin has no act_layer argument

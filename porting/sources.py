@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from porting import hf_vit, timm_eva, timm_swin, timm_vit, torchvision_vit
+from porting import hf_vit, timm_eva, timm_naflex, timm_swin, timm_vit, torchvision_vit
 from porting.engine import ConversionError, Rule, UnsupportedModel, apply_rules, invert_rules, to_numpy
 
 
@@ -151,6 +151,10 @@ TIMM_SWIN = Source(
 TIMM_EVA = Source(
     'timm', 'eva', timm_eva.RULES, _timm_class('Eva'), timm_eva.model_config, timm_vit.pretrained_cfg, load_timm,
     lambda path, state: True, create_kwargs=timm_eva.CREATE_KWARGS, resize_state=timm_vit.reference_state)
+TIMM_NAFLEX = Source(
+    'timm', 'naflexvit', timm_naflex.RULES, _timm_class('NaFlexVit'), timm_naflex.model_config,
+    timm_vit.pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=timm_naflex.CREATE_KWARGS,
+    resize_state=timm_naflex.reference_state)
 TORCHVISION_VIT = Source(
     'torchvision', 'vit', torchvision_vit.RULES, torchvision_vit.is_model, torchvision_vit.model_config,
     torchvision_vit.pretrained_cfg, load_torchvision, torchvision_vit.is_state, torchvision_vit.ParityAdapter)
@@ -159,7 +163,7 @@ HF_VIT = Source(
     lambda path, state: hf_vit.is_hf_dir(path), hf_vit.ParityAdapter, hf_vit.state_of)
 
 # Detection tries rows in order: the specific checkpoint layouts first, timm (which takes anything) last.
-SOURCES = (HF_VIT, TORCHVISION_VIT, TIMM_VIT, TIMM_SWIN, TIMM_EVA)
+SOURCES = (HF_VIT, TORCHVISION_VIT, TIMM_VIT, TIMM_SWIN, TIMM_EVA, TIMM_NAFLEX)
 LIBRARIES = tuple(dict.fromkeys(s.library for s in SOURCES))
 
 

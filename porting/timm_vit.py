@@ -122,16 +122,6 @@ def model_config(model) -> dict[str, Any]:
     require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
     require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
     require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
-    blk = model.blocks[0]
-    require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
-    require(isinstance(blk.attn.norm, tnn.Identity) if hasattr(blk.attn, 'norm') else True, 'scale_attn_norm')
-    mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
-    proj_bias = blk.attn.proj.bias is not None
-    mlp_fc2_bias = blk.mlp.fc2.bias is not None
-    require(mlp_fc2_bias == proj_bias, 'attention and MLP projections that differ in having biases')
-    norm_kind, eps = norm_layer(model)
-    ls = getattr(blk, 'ls1', None)
-    has_ls = ls is not None and not isinstance(ls, tnn.Identity)
     img = tuple(model.patch_embed.img_size)
     patch = tuple(model.patch_embed.patch_size)
     return dict(
@@ -141,17 +131,8 @@ def model_config(model) -> dict[str, Any]:
         num_classes=model.num_classes,
         global_pool=model.global_pool,
         embed_dim=model.embed_dim,
-        depth=len(model.blocks),
-        num_heads=blk.attn.num_heads,
-        mlp_ratio=mlp_ratio,
-        qkv_bias=blk.attn.qkv.bias is not None,
-        qk_norm=not isinstance(blk.attn.q_norm, tnn.Identity),
-        mlp_layer=mlp,
-        scale_mlp_norm=not isinstance(blk.mlp.norm, tnn.Identity),
-        proj_bias=proj_bias,
-        norm_layer=norm_kind,
+        **blocks_config(model),
         embed_norm=not isinstance(model.patch_embed.norm, tnn.Identity),
-        init_values=_init_values(ls) if has_ls else None,
         class_token=model.cls_token is not None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
         no_embed_class=bool(model.no_embed_class),
@@ -161,9 +142,25 @@ def model_config(model) -> dict[str, Any]:
         fc_norm=not isinstance(model.fc_norm, tnn.Identity),
         dynamic_img_size=bool(model.dynamic_img_size),
         distilled=distilled,
-        norm_eps=eps,
-        act_layer=activation(blk.mlp.act),
     )
+
+
+def blocks_config(model) -> dict[str, Any]:
+    """The vitjax fields of timm's `Block` stack (VisionTransformer, NaFlexVit) and of the model's norms."""
+    import torch.nn as tnn
+    blk = model.blocks[0]
+    require(type(blk).__name__ == 'Block', f'block type {type(blk).__name__}')
+    require(isinstance(getattr(blk.attn, 'norm', None), (tnn.Identity, type(None))), 'scale_attn_norm')
+    mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
+    proj_bias = blk.attn.proj.bias is not None
+    require((blk.mlp.fc2.bias is not None) == proj_bias, 'attention and MLP projections that differ in biases')
+    norm_kind, eps = norm_layer(model)
+    ls = getattr(blk, 'ls1', None)
+    return dict(depth=len(model.blocks), num_heads=blk.attn.num_heads, mlp_ratio=mlp_ratio,
+                qkv_bias=blk.attn.qkv.bias is not None, qk_norm=not isinstance(blk.attn.q_norm, tnn.Identity),
+                mlp_layer=mlp, scale_mlp_norm=not isinstance(blk.mlp.norm, tnn.Identity), proj_bias=proj_bias,
+                init_values=_init_values(ls) if ls is not None and not isinstance(ls, tnn.Identity) else None,
+                norm_layer=norm_kind, norm_eps=eps, act_layer=activation(blk.mlp.act))
 
 
 def _init_values(ls) -> float:

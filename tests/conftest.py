@@ -62,6 +62,24 @@ def jit_apply(model, **kw):
     return jax.jit(functools.partial(model.apply, **kw))
 
 
+def fine_tune(tmp_path, init, image_size, epochs=4):
+    """`train.py --config.init=INIT` on the digits default at `image_size`: (train losses, summary.json)."""
+    import json
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', f'--config.init={init}',
+                           f'--config.image_size={image_size}', f'--config.num_epochs={epochs}',
+                           '--config.warmup_steps=10', '--config.lr=5e-4', '--config.log_every=5',
+                           '--config.eval_every=1000', '--config.checkpoint_every=1000',
+                           f'--config.data_dir={tmp_path / "tfds"}'],
+                          cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    return [r['loss'] for r in lines if r['split'] == 'train'], summary
+
+
 def max_diff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import images, max_diff, port, run_timm, timm_model
+from conftest import fine_tune, images, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init
 
 # name: what its config must read as (the option that makes it that family member)
@@ -133,26 +133,12 @@ FINE_TUNE = {  # one per family, reduced (depth 2, narrow where timm allows), at
 def test_train_py_fine_tunes_each_family(tmp_path, name):
     """`train.py --config.init=DIR` on a converted model of each family: the head is re-made for the 10 digits,
     position embeddings / RoPE follow the new input size, the loss falls and accuracy beats chance (0.1)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
     kwargs, size = FINE_TUNE[name]
     src = random_init.save(random_init.create(name, seed=4, **kwargs), tmp_path / 'm.safetensors')
     args = [f'{k}={v}' for k, v in kwargs.items()]
     assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'),
                          *(a for arg in args for a in ('--model-arg', arg))]) == 0
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',
-                           f'--config.init={tmp_path / "init"}', f'--config.image_size={size}',
-                           '--config.num_epochs=4', '--config.warmup_steps=10', '--config.lr=5e-4',
-                           '--config.log_every=5', '--config.eval_every=1000', '--config.checkpoint_every=1000',
-                           f'--config.data_dir={tmp_path / "tfds"}'],
-                          cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
-    losses = [r['loss'] for r in lines if r['split'] == 'train']
-    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
+    losses, summary = fine_tune(tmp_path, tmp_path / 'init', size)
     assert losses[-1] < 0.8 * losses[0], losses
     assert summary['test_accuracy'] > 0.3, summary
     # the fine-tuned model through `vitjax features` and `vitjax attention` (RoPE: maps from rotated q/k)

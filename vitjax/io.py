@@ -398,11 +398,13 @@ def adapt_params(params: Mapping, src: Model, dst: Model, rng: jax.Array) -> dic
     out = {}
     for key, shape in dst_shapes.items():
         value = flat_src.get(key)
-        if value is not None and tuple(value.shape) == shape:
-            out[key] = value
-        elif key == 'pos_embed' and value is not None:
+        # by grid, not by shape: 14x16 and 16x14 grids hold the same number of embeddings
+        if key == 'pos_embed' and value is not None and tuple(src.pos_grid) != tuple(dst.pos_grid):
             out[key] = np.asarray(resample_abs_pos_embed(
-                value, dst.grid_size, src.grid_size, 0 if src.no_embed_class else src.num_prefix_tokens))
+                value, dst.pos_grid, src.pos_grid, 0 if src.no_embed_class else src.num_prefix_tokens,
+                src.pos_embed_interp))
+        elif value is not None and tuple(value.shape) == shape:
+            out[key] = value
         elif key.endswith('relative_position_bias_table') and value is not None:
             # a new window size (Swin): timm's resize on the relative-offset grid, per head
             out[key] = resize_rel_pos_bias_table(value, _window_of(dst, key), _window_of(src, key))

@@ -1,5 +1,5 @@
 """timm model names -> VisionTransformer / SwinTransformer configs, decoded from the name's parts (no name table),
-and the names that do not decode (timm's Eva family: EVA-02, DINOv3, PE, RoPE-ViT; AIMv2) from a short table.
+and the names that do not decode (timm's Eva family: EVA-02, DINOv3, PE, RoPE-ViT; AIMv2; NaFlexViT) from a short table.
 
 `vit_base_patch16_384.augreg_in21k_ft_in1k` reads as: family `vit`, size `base`, patch 16, input 384, and
 the weights' tag, which decides the class count and preprocessing the weights expect.
@@ -84,6 +84,11 @@ VIT_ARCHS: dict[str, dict[str, Any]] = {
                                     proj_bias=False, mlp_layer='swiglu', act_layer='silu', norm_layer='rmsnorm',
                                     embed_norm=True, norm_eps=1e-5),
 }
+NAFLEX_ARCHS: dict[str, dict[str, Any]] = {  # NaFlexVit's own defaults elsewhere (vitjax.models.NaFlexVit)
+    'naflexvit_base_patch16_gap': dict(global_pool='avg', init_values=1e-5, reg_tokens=4, fc_norm=True),
+    'naflexvit_base_patch16_siglip': dict(pos_embed_interp='bilinear', fc_norm=False, attn_pool_num_heads=12,
+                                          attn_pool_mlp_ratio=4., act_layer='gelu_tanh'),
+}
 _CLIP_CFG = dict(mean=CLIP_MEAN, std=CLIP_STD)
 # name: {tag: (num_classes, preprocessing)}, the first tag the default (timm's pretrained_cfg for each)
 NAMED_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
@@ -102,6 +107,9 @@ NAMED_TAGS: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
     'vit_base_patch16_rope_reg1_gap_256': {'sbb_in1k': (1000, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD,
                                                                    crop_pct=0.95))},
     'aimv2_large_patch14_224': {t: (0, dict(_CLIP_CFG, crop_pct=1.0)) for t in ('apple_pt', 'apple_pt_dist')},
+    'naflexvit_base_patch16_gap': {'e300_s576_in1k': (1000, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD,
+                                                                 crop_pct=1.0))},
+    'naflexvit_base_patch16_siglip': {'v2_webli': (0, dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, crop_pct=1.0))},
 }
 
 # The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
@@ -119,7 +127,7 @@ _ARCHS = tuple(
        'vit_base_patch16_clip_quickgelu_224', 'vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_384']
     + [f'vit_so150m_patch16_reg4_gap_{r}' for r in (256, 384)]
     + [f'swin_{s}_patch4_window7_224' for s in ('tiny', 'small', 'base', 'large')]
-    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'] + list(EVA_ARCHS) + list(VIT_ARCHS))
+    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384'] + list(EVA_ARCHS) + list(VIT_ARCHS) + list(NAFLEX_ARCHS))
 
 
 def list_models(pattern: str = '*') -> list[str]:
@@ -182,9 +190,10 @@ def _table_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg
     if tag not in tags:
         raise ValueError(f'unknown tag {tag!r} for {arch} (timm has: {", ".join(tags)})')
     num_classes, pre = tags[tag]
-    kwargs = dict(EVA_ARCHS.get(arch) or VIT_ARCHS[arch], num_classes=num_classes)
-    img = kwargs.get('img_size', 224)
-    return 'eva' if arch in EVA_ARCHS else 'vit', kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
+    family = 'eva' if arch in EVA_ARCHS else 'naflexvit' if arch in NAFLEX_ARCHS else 'vit'
+    kwargs = dict({'eva': EVA_ARCHS, 'naflexvit': NAFLEX_ARCHS, 'vit': VIT_ARCHS}[family][arch], num_classes=num_classes)
+    img = kwargs.get('img_size', 384 if family == 'naflexvit' else 224)
+    return family, kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
 
 
 def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:

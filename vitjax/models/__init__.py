@@ -7,13 +7,14 @@ from typing import Any, Union
 
 from vitjax.models.layers import ACTIVATIONS, NORM_LAYERS
 from vitjax.models.swin import SWIN_POOLS, SwinTransformer
+from vitjax.models.naflex import NaFlexVit
 from vitjax.models.rope import ROPE_TYPES
 from vitjax.models.vit import MLP_LAYERS, POOLS, Eva, PretrainedCfg, VisionTransformer, model_config, to_2tuple
 
-Model = Union[VisionTransformer, Eva, SwinTransformer]
+Model = Union[VisionTransformer, Eva, NaFlexVit, SwinTransformer]
 
 # The `architecture` field of a model directory's config.json names one of these.
-ARCHITECTURES = {'vit': VisionTransformer, 'eva': Eva, 'swin': SwinTransformer}
+ARCHITECTURES = {'vit': VisionTransformer, 'eva': Eva, 'naflexvit': NaFlexVit, 'swin': SwinTransformer}
 
 # A config.json is read before its params: the model is traced (jax.eval_shape) to learn the shapes, and Swin
 # builds its window masks in numpy. These caps keep a hostile or mistyped file from exhausting memory there;
@@ -122,6 +123,9 @@ def range_problems(m: Model) -> list[str]:
         need(m.rope_grid_indexing in ('ij', 'xy'), f"rope_grid_indexing={m.rope_grid_indexing!r}: 'ij' or 'xy'")
         need(not m.rope_type or (m.embed_dim // m.num_heads) % 4 == 0,
              f'rope_type={m.rope_type!r} needs a head dim divisible by 4, got {m.embed_dim // max(m.num_heads, 1)}')
+        need(m.pos_embed_interp in ('bicubic', 'bilinear'), f"pos_embed_interp={m.pos_embed_interp!r}: 'bicubic' or 'bilinear'")
+        need(m.pos_embed_grid is None or (len(m.pos_embed_grid) == 2 and all(1 <= g <= MAX_PIXELS for g in m.pos_embed_grid)),
+             f'pos_embed_grid={m.pos_embed_grid}: two sizes in 1..{MAX_PIXELS} (or null)')
         need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
         need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1
                                                and m.embed_dim % m.attn_pool_num_heads == 0),
@@ -162,5 +166,5 @@ def checked_model(cls: type, fields: dict[str, Any], pretrained: dict[str, Any])
     return model
 
 
-__all__ = ['ARCHITECTURES', 'Eva', 'Model', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer', 'architecture_of',
+__all__ = ['ARCHITECTURES', 'Eva', 'Model', 'NaFlexVit', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer', 'architecture_of',
            'checked_model', 'model_config']

@@ -153,12 +153,18 @@ def backend_info() -> tuple[str, Optional[str]]:
     return jax.default_backend(), getattr(jax.devices()[0], 'compute_capability', None)
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """jax.nn.dot_product_attention on (B, N, heads, hd) operands, with cuDNN's kernel where it takes the case.
-    Logits and softmax are f32 on either path."""
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+    """jax.nn.dot_product_attention on (B, N, heads, hd) operands, with cuDNN's kernel where it takes the case
+    (not with a mask: NaFlex's padding masks go to XLA). Logits and softmax are f32 on either path.
+    `mask`: boolean, True where a query may attend to a key, broadcastable to (B, heads, Nq, Nk)."""
     platform, cc = backend_info()
-    impl = attention_implementation(platform, q.dtype, q.shape[-1], cc)
-    return jax.nn.dot_product_attention(q, k, v, implementation=impl)
+    impl = 'xla' if mask is not None else attention_implementation(platform, q.dtype, q.shape[-1], cc)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
+def masked_softmax_logits(logits: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
+    # timm adds finfo.min where masked: a query with no valid key gets uniform weights, never NaN
+    return logits if mask is None else jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
 
 
 class Attention(nn.Module):
@@ -182,7 +188,9 @@ class Attention(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, rope: Optional[jax.Array] = None) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False, rope: Optional[jax.Array] = None,
+                 mask: Optional[jax.Array] = None) -> jax.Array:
+        """`mask`: boolean (B, 1, N, N), True where query and key are both real tokens (NaFlex padding)."""
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f'embed_dim {dim} is not divisible by num_heads {self.num_heads}')
@@ -206,13 +214,13 @@ class Attention(nn.Module):
         if weights_needed or backend_info()[0] == 'cpu':
             # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do
             logits = jnp.einsum('bhqd,bhkd->bhqk', q * head_dim ** -0.5, k, preferred_element_type=jnp.float32)
-            weights = jax.nn.softmax(logits, axis=-1)
+            weights = jax.nn.softmax(masked_softmax_logits(logits, mask), axis=-1)
             if weights_needed:  # attention maps under `mutable=['intermediates']`: (B, heads, N, N) as 'attn'
                 self.sow('intermediates', 'attn', weights)
                 weights = nn.Dropout(self.attn_drop)(weights, deterministic=not train)
             o = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
         else:  # GPU/TPU: jax's attention, cuDNN's fused kernel where it takes the case (attention_implementation)
-            o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v))).swapaxes(1, 2)
+            o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v)), mask).swapaxes(1, 2)
         if self.scale_norm:  # over all heads' outputs: (B, H, N, hd) -> (B, N, H*hd) and back to the projection
             b, h, n, hd = o.shape
             o = layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(
@@ -293,7 +301,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, drop_path: Optional[jax.Array] = None,
-                 rope: Optional[jax.Array] = None) -> jax.Array:
+                 rope: Optional[jax.Array] = None, mask: Optional[jax.Array] = None) -> jax.Array:
         """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate);
         `rope` is the rotary embedding of the patch grid (None: no RoPE)."""
         rate = self.drop_path if drop_path is None else drop_path
@@ -314,7 +322,7 @@ class Block(nn.Module):
                       qk_norm=self.qk_norm, scale_norm=self.scale_attn_norm, attn_drop=self.attn_drop,
                       proj_drop=self.proj_drop, norm_eps=self.norm_eps, rope_half=self.rope_half,
                       num_prefix_tokens=self.num_prefix_tokens, proj_bias=self.proj_bias, norm_layer=self.norm_layer,
-                      dtype=self.dtype, name='attn')(y, train, rope)
+                      dtype=self.dtype, name='attn')(y, train, rope, mask)
         x = x + drop(ls('ls1')(y).astype(x.dtype))
         y = layer_norm(self.norm_eps, self.dtype, 'norm2', self.norm_layer)(x)
         y = Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, layer=self.mlp_layer,
@@ -335,14 +343,16 @@ class AttentionPoolLatent(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+        """`mask`: boolean (B, N), the tokens the latent may attend to (None: all)."""
         b, _, dim = x.shape
         head_dim = dim // self.num_heads
         latent = self.param('latent', nn.initializers.normal(dim ** -0.5), (1, 1, dim))
         proj = functools.partial(nn.DenseGeneral, features=(self.num_heads, head_dim), use_bias=self.qkv_bias,
                                  dtype=self.dtype, kernel_init=dense_init)
         q = proj(name='query')(jnp.broadcast_to(latent, (b, 1, dim)).astype(x.dtype))
-        o = fused_attention(q, proj(name='key')(x), proj(name='value')(x))
+        o = fused_attention(q, proj(name='key')(x), proj(name='value')(x),
+                            None if mask is None else mask[:, None, None, :])
         # The pooled features are the head's input: kept in x's dtype (f32), as the residual stream is.
         y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o).astype(x.dtype)
         y = y + Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, dtype=self.dtype, name='mlp')(
@@ -364,11 +374,12 @@ def check_images(x: jax.Array, in_chans: int, img_size: tuple[int, int], patch_s
 
 
 def resample_abs_pos_embed(posemb: jax.Array, new_size: Sequence[int], old_size: Optional[Sequence[int]] = None,
-                           num_prefix_tokens: int = 1) -> jax.Array:
+                           num_prefix_tokens: int = 1, interpolation: str = 'bicubic') -> jax.Array:
     """Resize a (1, prefix + H*W, D) position embedding to a new patch grid, prefix tokens untouched.
 
-    Bicubic with antialiasing on the grid, matching timm's `resample_abs_pos_embed` (PyTorch's antialiased
-    bicubic is the Keys kernel with a=-0.5, renormalised at the borders, which is what jax.image.resize does).
+    Bicubic (or bilinear) with antialiasing on the grid, matching timm's `resample_abs_pos_embed` (PyTorch's
+    antialiased bicubic is the Keys kernel with a=-0.5, renormalised at the borders, which is what
+    jax.image.resize does; its antialiased bilinear is the triangle kernel, jax's 'linear').
     """
     new_size = tuple(int(s) for s in new_size)
     num_pos = posemb.shape[1] - num_prefix_tokens
@@ -385,7 +396,8 @@ def resample_abs_pos_embed(posemb: jax.Array, new_size: Sequence[int], old_size:
     prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
     dim = grid.shape[-1]
     grid = grid.reshape(1, *old_size, dim).astype(jnp.float32)
-    grid = jax.image.resize(grid, (1, *new_size, dim), method='cubic', antialias=True)
+    method = {'bicubic': 'cubic', 'bilinear': 'linear'}[interpolation]
+    grid = jax.image.resize(grid, (1, *new_size, dim), method=method, antialias=True)
     grid = grid.reshape(1, new_size[0] * new_size[1], dim).astype(posemb.dtype)
     return jnp.concatenate([prefix, grid], axis=1)
 

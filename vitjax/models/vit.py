@@ -95,6 +95,8 @@ class VisionTransformer(nn.Module):
     rope_ref_feat_shape: Optional[tuple[int, int]] = None
     rope_rotate_half: bool = False
     no_embed_class: bool = False  # position embeddings skip the prefix tokens (DeiT III, DINOv2)
+    pos_embed_grid: Optional[tuple[int, int]] = None  # the learned grid when not img_size's (NaFlexViT: 16x16)
+    pos_embed_interp: str = 'bicubic'  # how that grid is resized to the input's: 'bicubic' | 'bilinear'
     reg_tokens: int = 0
     pre_norm: bool = False  # norm_pre after the embedding, no patch-embed bias (CLIP)
     final_norm: bool = True
@@ -122,6 +124,10 @@ class VisionTransformer(nn.Module):
     def grid_size(self) -> tuple[int, int]:
         (h, w), (ph, pw) = to_2tuple(self.img_size), to_2tuple(self.patch_size)
         return h // ph, w // pw
+
+    @property
+    def pos_grid(self) -> tuple[int, int]:
+        return tuple(self.pos_embed_grid) if self.pos_embed_grid else self.grid_size
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -155,7 +161,7 @@ class VisionTransformer(nn.Module):
         self.reg_token = self.param('reg_token', token_init, (1, self.reg_tokens, d)) if self.reg_tokens else None
         self.dist_token = self.param('dist_token', nn.initializers.normal(0.02), (1, 1, d)) if self.distilled else None
         if self.pos_embed == 'learn':
-            gh, gw = self.grid_size
+            gh, gw = self.pos_grid
             n = gh * gw + (0 if self.no_embed_class else self.num_prefix_tokens)
             self.pos_embed_param = self.param('pos_embed', nn.initializers.normal(0.02), (1, n, d))
         elif self.pos_embed in ('', 'none'):
@@ -210,9 +216,9 @@ class VisionTransformer(nn.Module):
         if pos is None:
             x = self.pos_drop(jnp.concatenate(prefix + [x], axis=1), deterministic=not train)
             return (self.norm_pre(x) if self.norm_pre is not None else x), rope
-        if (gh, gw) != self.grid_size:
-            pos = resample_abs_pos_embed(pos, (gh, gw), self.grid_size,
-                                         0 if self.no_embed_class else self.num_prefix_tokens)
+        if (gh, gw) != self.pos_grid:
+            pos = resample_abs_pos_embed(pos, (gh, gw), self.pos_grid,
+                                         0 if self.no_embed_class else self.num_prefix_tokens, self.pos_embed_interp)
         pos = pos.astype(x.dtype)
         if self.no_embed_class:
             x = jnp.concatenate(prefix + [x + pos], axis=1)
@@ -224,21 +230,21 @@ class VisionTransformer(nn.Module):
     def _final_norm(self, x: jax.Array) -> jax.Array:
         return self.norm(x) if self.norm is not None else x
 
-    def _blocks(self, x: jax.Array, train: bool, stop: Optional[int] = None, rope: Optional[jax.Array] = None
-                ) -> tuple[jax.Array, list]:
+    def _blocks(self, x: jax.Array, train: bool, stop: Optional[int] = None, rope: Optional[jax.Array] = None,
+                mask: Optional[jax.Array] = None) -> tuple[jax.Array, list]:
         """x through blocks [0, stop) and every block's output."""
         stop = self.depth if stop is None else stop
         per_block = self.rope_type == 'mixed'  # one rotary embedding per block (learned frequencies)
         if not self.scan_blocks:
             outs = []
             for i, blk in enumerate(self.blocks[:stop]):
-                x = blk(x, train, None, rope[i] if per_block else rope)
+                x = blk(x, train, None, rope[i] if per_block else rope, mask)
                 outs.append(x)
             return x, outs
 
         def body(blk, x, xs):
             rate, r = xs
-            x = blk(x, train, rate, r if per_block else rope)
+            x = blk(x, train, rate, r if per_block else rope, mask)
             return x, x
         scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                        length=self.depth)

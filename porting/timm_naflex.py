@@ -1,0 +1,95 @@
+"""timm NaFlexVit (SigLIP 2's NaFlex scheme): the name table and the config reader (a row of porting.sources).
+The blocks, norms, attention pool and head are named as in timm's VisionTransformer; the embedding lives under
+`embeds` with a linear patch projection (a conv here: the same weights) and a (1, H, W, D) position grid."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import Rule, Transform, norm, require
+from porting.timm_vit import RULES as VIT_RULES
+from porting.timm_vit import blocks_config
+
+
+def _patch(c) -> tuple[int, int, int]:
+    p = c['patch_size']
+    ph, pw = (p, p) if isinstance(p, int) else p
+    return ph, pw, int(c['in_chans'])
+
+
+# Linear (D, ph*pw*C) over (ph, pw, C)-ordered patches <-> conv kernel (ph, pw, C, D): one matrix, two shapes.
+PATCH_LINEAR = Transform('patch_linear', lambda x, c: (x.T.reshape(*_patch(c), x.shape[0]),),
+                         lambda t, c: t[0].reshape(-1, t[0].shape[-1]).T)
+POS_GRID = Transform('pos_grid', lambda x, c: (x.reshape(1, -1, x.shape[-1]),),
+                     lambda t, c: t[0].reshape(1, *c['pos_embed_grid'], t[0].shape[-1]))
+
+RULES = (
+    Rule('embeds.proj.weight', 'patch_embed/proj/kernel', PATCH_LINEAR),
+    Rule('embeds.proj.bias', 'patch_embed/proj/bias'),
+    *norm('embeds.norm', 'patch_embed/norm'),
+    Rule('embeds.pos_embed', 'pos_embed', POS_GRID),
+    Rule('embeds.cls_token', 'cls_token'),
+    Rule('embeds.reg_token', 'reg_token'),
+    *(r for r in VIT_RULES if not r.source.startswith(('patch_embed.', 'pos_embed', 'cls_token', 'reg_token',
+                                                       'dist_token'))),
+)
+
+CREATE_KWARGS = ('img_size', 'in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
+                 'reg_tokens', 'class_token', 'init_values', 'qkv_bias', 'qk_norm', 'mlp_ratio')
+
+
+def _identity(m) -> bool:
+    import torch.nn as tnn
+    return m is None or isinstance(m, tnn.Identity)
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read vitjax NaFlexVit kwargs off an instantiated timm NaFlexVit; unsupported options are named."""
+    from timm.models.naflexvit import NaFlexVit as TimmNaFlex
+    require(isinstance(model, TimmNaFlex), f'architecture {type(model).__name__}')
+    e = model.embeds
+    require(e.is_linear and e.norm_input is None and e.channels_last, 'a NaFlex embedding other than linear '
+            '(ph, pw, C) patches')
+    require(e.patch_interpolator is None, 'variable patch sizes (the patch interpolator)')
+    require(not e.dynamic_img_pad, 'dynamic_img_pad')
+    require(e.pos_embed_type == 'learned', f'{e.pos_embed_type!r} position embeddings')
+    require(e.pos_embed_interp_mode in ('bicubic', 'bilinear') and e.pos_embed_antialias
+            and not e.pos_embed_align_corners and not e.pos_embed_ar_preserving and not e.pos_embed_use_grid_sample,
+            'position-embedding resizing other than antialiased bicubic / bilinear')
+    require(model.rope is None, 'RoPE in a NaFlexVit')
+    require(model.patch_drop is None, 'patch dropout')
+    require(not model.use_key_only_attn_mask, 'key-only attention masks')
+    require(e.proj.bias is not None, 'a patch projection without bias')
+    pool = model.attn_pool
+    require(pool is None or (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == 'token'
+                              and pool.mlp is not None and _identity(pool.q_norm)),
+            f'global_pool={model.global_pool!r} with this attention pool')
+    ph, pw = e.patch_size
+    # no size of its own: the preprocessing's (timm builds its position grid independently of it)
+    img = tuple(getattr(e, 'default_img_size', None) or model.pretrained_cfg.get('input_size', (3, 384, 384))[1:])
+    return dict(
+        img_size=img[0] if img[0] == img[1] else img,
+        patch_size=ph if ph == pw else (ph, pw),
+        in_chans=e.in_chans,
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=model.embed_dim,
+        **blocks_config(model),
+        embed_norm=not _identity(e.norm),
+        class_token=e.cls_token is not None,
+        reg_tokens=int(e.reg_token.shape[1]) if e.reg_token is not None else 0,
+        no_embed_class=True,
+        pos_embed_grid=tuple(int(v) for v in e.pos_embed.shape[1:3]),
+        pos_embed_interp=e.pos_embed_interp_mode,
+        pre_norm=not _identity(model.norm_pre),
+        final_norm=not (_identity(model.norm) and _identity(model.fc_norm)),
+        fc_norm=not _identity(model.fc_norm),
+        pool_include_prefix=bool(model.pool_include_prefix),
+        attn_pool_num_heads=pool.num_heads if pool is not None else None,
+        attn_pool_mlp_ratio=pool.mlp.fc1.out_features / model.embed_dim if pool is not None else None,
+        dynamic_img_size=True,
+    )
+
+
+def reference_state(state: dict, src, dst, ref) -> dict:
+    """NaFlexViT's position grid does not depend on the input size: timm resizes it in the forward."""
+    return dict(state)

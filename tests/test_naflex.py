@@ -1,0 +1,96 @@
+"""timm's NaFlexViT against timm itself (perturbed random weights): images of any size, NaFlex batches that mix
+aspect ratios with padding, the converter CLI both ways, and fine-tuning through train.py."""
+import jax
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+
+from conftest import fine_tune, max_diff, port, run_timm, timm_model
+from porting import convert, export, random_init
+from vitjax.models.naflex import patchify, resize_weights
+
+NAMES = ['naflexvit_base_patch16_gap', 'naflexvit_base_patch16_siglip']
+SMALL = dict(depth=2, embed_dim=192, num_heads=3)
+TOLERANCE = 1e-5
+
+
+def _images(shapes, seed=0):
+    return [np.random.default_rng(seed + i).standard_normal(s).astype(np.float32) for i, s in enumerate(shapes)]
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_naflex_batch_with_mixed_aspect_ratios(name):
+    """One padded batch of a wide, a tall and a square image (and one of a single patch row): timm's logits,
+    and each sample's logits the same as when it is alone in the batch (padding changes nothing)."""
+    tm = timm_model(name, **SMALL)
+    model, variables = port(tm)
+    run = jax.jit(lambda v, p, c, m: model.apply(v, p, c, m, method='forward_naflex'))
+    ims = _images([(160, 256, 3), (256, 96, 3), (128, 128, 3), (16, 208, 3)])
+    batch = patchify(ims, 16)
+    with torch.no_grad():
+        ref = tm({'patches': torch.from_numpy(batch[0]), 'patch_coord': torch.from_numpy(batch[1]).long(),
+                  'patch_valid': torch.from_numpy(batch[2])}).numpy()
+    ours = np.asarray(run(variables, *batch))
+    assert max_diff(ours, ref) < TOLERANCE * max(1, np.abs(ref).max())
+    assert batch[2].sum(1).tolist() == [160, 96, 64, 13] and batch[0].shape[1] == 160
+    for i, im in enumerate(ims):
+        alone = np.asarray(run(variables, *patchify([im], 16, max_patches=192)))
+        assert max_diff(alone[0], ours[i]) < 1e-5
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_images_at_any_size(name):
+    tm = timm_model(name, **SMALL)
+    model, variables = port(tm)
+    run = jax.jit(model.apply)
+    for size in ((384, 384), (256, 160), (96, 272)):
+        x = np.random.default_rng(1).standard_normal((2, *size, 3)).astype(np.float32)
+        ref = run_timm(tm, x).numpy()
+        assert max_diff(run(variables, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
+
+
+def test_resize_weights_are_pytorchs():
+    """The traced-size position-grid resize equals F.interpolate(antialias=True) down, up and at the same size."""
+    grid = np.random.default_rng(0).standard_normal((1, 5, 16, 16)).astype(np.float32)
+    for mode in ('bicubic', 'bilinear'):
+        for out in (16, 7, 23, 1):
+            ref = torch.nn.functional.interpolate(torch.from_numpy(grid), size=(out, out), mode=mode,
+                                                  antialias=True, align_corners=False).numpy()
+            w = np.asarray(resize_weights(jax.numpy.arange(out), jax.numpy.asarray(out), 16, mode))
+            ours = np.einsum('yi,xj,bcij->bcyx', w, w, grid)
+            assert max_diff(ours, ref) < 1e-5, (mode, out)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_naflex_converts_and_exports_bit_exact(tmp_path, name):
+    import vitjax
+    src = random_init.save(random_init.create(name, seed=2, depth=2), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=2',
+                         '--out', str(tmp_path / 'out'), '--tolerance', str(TOLERANCE)]) == 0
+    model, _ = vitjax.load(tmp_path / 'out')
+    assert type(model).__name__ == 'NaFlexVit' and model.pos_embed_grid == (16, 16)
+    assert export.main(['--model', str(tmp_path / 'out'), '--out', str(tmp_path / 'back.safetensors'),
+                        '--tolerance', str(TOLERANCE)]) == 0
+    a, b = load_file(str(src)), load_file(str(tmp_path / 'back.safetensors'))
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_naflex_full_size(tmp_path):
+    name = 'naflexvit_base_patch16_gap'
+    src = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'out'),
+                         '--tolerance', str(TOLERANCE)]) == 0
+
+
+@pytest.mark.slow
+def test_train_py_fine_tunes_naflex(tmp_path):
+    """`--config.init` a converted NaFlexViT: trained on the digits at 32x32 (its 16x16 grid resized to 2x2)."""
+    name = 'naflexvit_base_patch16_gap'
+    src = random_init.save(random_init.create(name, seed=4, **SMALL), tmp_path / 'm.safetensors')
+    args = [a for k, v in SMALL.items() for a in ('--model-arg', f'{k}={v}')]
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args]) == 0
+    losses, summary = fine_tune(tmp_path, tmp_path / 'init', 32)
+    print('losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
+    assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
