@@ -94,3 +94,11 @@ def test_train_py_fine_tunes_naflex(tmp_path):
     losses, summary = fine_tune(tmp_path, tmp_path / 'init', 32)
     print('losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
     assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
+    from PIL import Image
+    from vitjax import cli
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
+    model = str(tmp_path / 'run' / 'model')
+    assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
+                     '--out', str(tmp_path / 'f.npz')]) == 0
+    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, 2, 2, 192)
+    assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
