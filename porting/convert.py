@@ -78,6 +78,8 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
     import timm
     import torch
     new_kwargs = {'img_size': new.img_size, 'num_classes': new.num_classes}
+    if source.arch == 'naflexvit':  # any input size as it is; an img_size would resize timm's position grid
+        del new_kwargs['img_size']
     if window_size is not None:
         new_kwargs['window_size'] = window_size
     ref = timm.create_model(name, pretrained=False, **{**create_kwargs, **new_kwargs}).eval()

@@ -33,7 +33,8 @@ RULES = (
                                                        'dist_token'))),
 )
 
-CREATE_KWARGS = ('img_size', 'in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
+# not img_size: given one, timm sizes the position grid from it (img_size / patch) instead of the checkpoint's 16x16
+CREATE_KWARGS = ('in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
                  'reg_tokens', 'class_token', 'init_values', 'qkv_bias', 'qk_norm', 'mlp_ratio')
 
 

@@ -151,6 +151,8 @@ def test_train_py_fine_tunes_each_family(tmp_path, name):
     grid = size // (14 if 'patch14' in name else 16)
     assert np.load(tmp_path / 'f.npz')['map'].shape[1:3] == (grid, grid)
     assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
+    # and back to PyTorch at the size it was fine-tuned at, with parity
+    assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0
     print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
 
 

@@ -109,3 +109,5 @@ def test_train_py_fine_tunes_aimv2(tmp_path):
     assert cli.main(['features', '--model', str(tmp_path / 'run' / 'model'), str(tmp_path / 'x.png'), '--kind', 'map',
                      '--out', str(tmp_path / 'f.npz')]) == 0
     assert np.load(tmp_path / 'f.npz')['map'].shape == (1, 2, 2, 192)
+    from porting import export
+    assert export.main(['--model', str(tmp_path / 'run' / 'model'), '--out', str(tmp_path / 'tuned.safetensors')]) == 0

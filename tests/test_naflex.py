@@ -76,6 +76,18 @@ def test_naflex_converts_and_exports_bit_exact(tmp_path, name):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+def test_naflex_converted_at_another_size_and_head(tmp_path):
+    """--img-size / --num-classes: the 16x16 grid is kept (timm resizes it in the forward), the head is new."""
+    import vitjax
+    name = 'naflexvit_base_patch16_siglip'
+    src = random_init.save(random_init.create(name, seed=2, **SMALL), tmp_path / 'm.safetensors')
+    args = [a for k, v in SMALL.items() for a in ('--model-arg', f'{k}={v}')]
+    assert convert.main(['--model', name, '--checkpoint', str(src), *args, '--img-size', '160x224',
+                         '--num-classes', '7', '--out', str(tmp_path / 'out')]) == 0
+    model, variables = vitjax.load(tmp_path / 'out')
+    assert model.img_size == (160, 224) and model.num_classes == 7 and variables['params']['pos_embed'].shape[1] == 256
+
+
 @pytest.mark.slow
 def test_naflex_full_size(tmp_path):
     name = 'naflexvit_base_patch16_gap'
@@ -102,3 +114,5 @@ def test_train_py_fine_tunes_naflex(tmp_path):
                      '--out', str(tmp_path / 'f.npz')]) == 0
     assert np.load(tmp_path / 'f.npz')['map'].shape == (1, 2, 2, 192)
     assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
+    # and back to PyTorch at the size it was fine-tuned at, with parity
+    assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0
