@@ -204,6 +204,8 @@ def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
     parts = arch.split('_')
     family = parts.pop(0) if parts else ''
     if family not in FAMILIES:
+        if any(n.startswith(f'{family}_') for n in NAMED_TAGS):  # eva02, naflexvit, aimv2: written-out names only
+            raise _unknown(name, f'{family} models are listed by name: vitjax.list_models({family + "*"!r})')
         raise _unknown(name, f'family {family!r} is not one of {FAMILIES}')
     sizes = SWIN_SIZES if family == 'swin' else SIZES
     if not parts or parts[0] not in sizes:
