@@ -77,9 +77,9 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
     """timm's own model at the new size with the weights adapted by timm, and the same new head as ours."""
     import timm
     import torch
-    new_kwargs = {'img_size': new.img_size, 'num_classes': new.num_classes}
-    if source.arch == 'naflexvit':  # any input size as it is; an img_size would resize timm's position grid
-        del new_kwargs['img_size']
+    # only what the library's constructor takes by name (NaFlexViT takes no img_size: any input goes as it is)
+    new_kwargs = {k: v for k, v in (('img_size', new.img_size), ('num_classes', new.num_classes))
+                  if k in source.create_kwargs}
     if window_size is not None:
         new_kwargs['window_size'] = window_size
     ref = timm.create_model(name, pretrained=False, **{**create_kwargs, **new_kwargs}).eval()

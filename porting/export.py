@@ -47,9 +47,8 @@ def timm_model_for(name: str, config: dict, source: sources.Source):
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
     got = source.model_config(model)
     plain = lambda v: json.loads(json.dumps(v))  # tuples and lists compare equal
-    # NaFlexViT's img_size is nominal (any input goes, its position grid is fixed): not a difference
-    nominal = {'init_values'} | ({'img_size'} if source.arch == 'naflexvit' else set())
-    mismatched = {k: (v, config.get(k)) for k, v in got.items() if k not in nominal and plain(config.get(k)) != plain(v)}
+    mismatched = {k: (v, config.get(k)) for k, v in got.items()
+                  if k not in source.nominal and plain(config.get(k)) != plain(v)}
     if mismatched:
         raise ValueError(f'timm {name} cannot express this config: {mismatched} (timm value, vitjax value)')
     return model

@@ -109,8 +109,9 @@ class Source:
     reference: Callable[[Any], Any] = lambda m: m  # the model with timm's forward_features / forward_head
     state_of: Callable[[Any], dict] = lambda m: m.state_dict()  # the model's tensors in the rules' names
     buffers: tuple[str, ...] = ()  # key suffixes of recomputed buffers, ignored when present
-    create_kwargs: tuple[str, ...] = ()  # vitjax fields the library's constructor takes by name (export)
+    create_kwargs: tuple[str, ...] = ()  # vitjax fields the library's constructor takes by name (export, resizes)
     resize_state: Optional[Callable] = None  # (state, src, dst, ref) -> state as the library adapts it
+    nominal: tuple[str, ...] = ('init_values',)  # config fields a rebuilt model may read back differently
 
     @property
     def name(self) -> str:
@@ -154,7 +155,7 @@ TIMM_EVA = Source(
 TIMM_NAFLEX = Source(
     'timm', 'naflexvit', timm_naflex.RULES, _timm_class('NaFlexVit'), timm_naflex.model_config,
     timm_vit.pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=timm_naflex.CREATE_KWARGS,
-    resize_state=timm_naflex.reference_state)
+    resize_state=timm_naflex.reference_state, nominal=('init_values', 'img_size'))
 TORCHVISION_VIT = Source(
     'torchvision', 'vit', torchvision_vit.RULES, torchvision_vit.is_model, torchvision_vit.model_config,
     torchvision_vit.pretrained_cfg, load_torchvision, torchvision_vit.is_state, torchvision_vit.ParityAdapter)

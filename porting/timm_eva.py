@@ -47,11 +47,6 @@ CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_po
 ROPE_CLASSES = {'RotaryEmbeddingCat': 'cat', 'RotaryEmbeddingMixed': 'mixed', 'RotaryEmbeddingDinoV3': 'dinov3'}
 
 
-def _identity(m) -> bool:
-    import torch.nn as tnn
-    return m is None or isinstance(m, tnn.Identity)
-
-
 def _rope(model) -> dict[str, Any]:
     rope = model.rope
     if rope is None:
@@ -77,14 +72,14 @@ def model_config(model) -> dict[str, Any]:
     """Read vitjax Eva kwargs off an instantiated timm Eva; every option vitjax lacks is named in the error."""
     import torch.nn as tnn
     from timm.models.eva import Eva as TimmEva
-    from porting.timm_vit import activation, mlp_layer, norm_layer
+    from porting.timm_vit import activation, is_identity, mlp_layer, norm_layer, patch_fields, require_map_pool
 
     require(isinstance(model, TimmEva), f'architecture {type(model).__name__}')
     blk = model.blocks[0]
     require(type(blk).__name__ == 'EvaBlock', f'block type {type(blk).__name__} (post-norm)')
     require(model.patch_drop is None, 'patch dropout')
     require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
-    require(_identity(model.patch_embed.norm), 'a norm in the patch embedding')
+    require(is_identity(model.patch_embed.norm), 'a norm in the patch embedding')
     attn = blk.attn
     require(getattr(attn, 'gate', None) is None, 'gated attention')
     require(getattr(attn, 'num_kv_groups', 1) == 1, 'grouped-query attention (num_kv_heads)')
@@ -101,17 +96,12 @@ def model_config(model) -> dict[str, Any]:
     act = activation(blk.mlp.act)
     norm_kind, eps = norm_layer(model)
     require((blk.gamma_1 is None) == (blk.gamma_2 is None), 'LayerScale on the attention branch only')
-    require(_identity(model.norm) or _identity(model.fc_norm), 'both a final norm and an fc_norm')
+    require(is_identity(model.norm) or is_identity(model.fc_norm), 'both a final norm and an fc_norm')
     pool = model.attn_pool
     require(pool is None or act == 'gelu', f'an attention pool (GELU) after {act} blocks')
-    require(pool is None or (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == 'token'
-                              and pool.mlp is not None and _identity(pool.q_norm)),
-            f'global_pool={model.global_pool!r} with this attention pool')
-    img, patch = tuple(model.patch_embed.img_size), tuple(model.patch_embed.patch_size)
+    require_map_pool(model)
     return dict(
-        img_size=img[0] if img[0] == img[1] else img,
-        patch_size=patch[0] if patch[0] == patch[1] else patch,
-        in_chans=model.patch_embed.proj.in_channels,
+        **patch_fields(model.patch_embed.img_size, model.patch_embed.patch_size, model.patch_embed.proj.in_channels),
         num_classes=model.num_classes,
         global_pool=model.global_pool,
         embed_dim=model.embed_dim,
@@ -120,19 +110,19 @@ def model_config(model) -> dict[str, Any]:
         mlp_ratio=mlp_ratio,
         qkv_bias=qkv_bias,
         key_bias=key_bias,
-        qk_norm=not _identity(attn.q_norm),
-        scale_attn_norm=not _identity(attn.norm),
+        qk_norm=not is_identity(attn.q_norm),
+        scale_attn_norm=not is_identity(attn.norm),
         mlp_layer=mlp,
-        scale_mlp_norm=not _identity(blk.mlp.norm),
+        scale_mlp_norm=not is_identity(blk.mlp.norm),
         init_values=float(blk.init_values) if blk.gamma_1 is not None else None,
         class_token=model.cls_token is not None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
         no_embed_class=bool(model.no_embed_class),
         reg_tokens=int(model.reg_token.shape[1]) if model.reg_token is not None else 0,
         **_rope(model),
-        pre_norm=not _identity(model.norm_pre),
-        final_norm=not (_identity(model.norm) and _identity(model.fc_norm)),
-        fc_norm=not _identity(model.fc_norm),
+        pre_norm=not is_identity(model.norm_pre),
+        final_norm=not (is_identity(model.norm) and is_identity(model.fc_norm)),
+        fc_norm=not is_identity(model.fc_norm),
         pool_include_prefix=True,  # Eva's attention pool reads every token
         attn_pool_num_heads=pool.num_heads if pool is not None else None,
         attn_pool_mlp_ratio=pool.mlp.fc1.out_features / model.embed_dim if pool is not None else None,

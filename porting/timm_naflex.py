@@ -7,7 +7,7 @@ from typing import Any
 
 from porting.engine import Rule, Transform, norm, require
 from porting.timm_vit import RULES as VIT_RULES
-from porting.timm_vit import blocks_config
+from porting.timm_vit import blocks_config, is_identity, patch_fields, require_map_pool
 
 
 def _patch(c) -> tuple[int, int, int]:
@@ -33,14 +33,10 @@ RULES = (
                                                        'dist_token'))),
 )
 
-# not img_size: given one, timm sizes the position grid from it (img_size / patch) instead of the checkpoint's 16x16
+# Not img_size: given one, timm sizes the position grid from it (img_size / patch) instead of the checkpoint's
+# 16x16. Any input size goes as it is, so the size vitjax records is nominal (sources.TIMM_NAFLEX).
 CREATE_KWARGS = ('in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
                  'reg_tokens', 'class_token', 'init_values', 'qkv_bias', 'qk_norm', 'mlp_ratio')
-
-
-def _identity(m) -> bool:
-    import torch.nn as tnn
-    return m is None or isinstance(m, tnn.Identity)
 
 
 def model_config(model) -> dict[str, Any]:
@@ -60,30 +56,25 @@ def model_config(model) -> dict[str, Any]:
     require(model.patch_drop is None, 'patch dropout')
     require(not model.use_key_only_attn_mask, 'key-only attention masks')
     require(e.proj.bias is not None, 'a patch projection without bias')
+    require_map_pool(model)
     pool = model.attn_pool
-    require(pool is None or (pool.latent_len == 1 and pool.pos_embed is None and pool.pool == 'token'
-                              and pool.mlp is not None and _identity(pool.q_norm)),
-            f'global_pool={model.global_pool!r} with this attention pool')
-    ph, pw = e.patch_size
     # no size of its own: the preprocessing's (timm builds its position grid independently of it)
     img = tuple(getattr(e, 'default_img_size', None) or model.pretrained_cfg.get('input_size', (3, 384, 384))[1:])
     return dict(
-        img_size=img[0] if img[0] == img[1] else img,
-        patch_size=ph if ph == pw else (ph, pw),
-        in_chans=e.in_chans,
+        **patch_fields(img, e.patch_size, e.in_chans),
         num_classes=model.num_classes,
         global_pool=model.global_pool,
         embed_dim=model.embed_dim,
         **blocks_config(model),
-        embed_norm=not _identity(e.norm),
+        embed_norm=not is_identity(e.norm),
         class_token=e.cls_token is not None,
         reg_tokens=int(e.reg_token.shape[1]) if e.reg_token is not None else 0,
         no_embed_class=True,
         pos_embed_grid=tuple(int(v) for v in e.pos_embed.shape[1:3]),
         pos_embed_interp=e.pos_embed_interp_mode,
-        pre_norm=not _identity(model.norm_pre),
-        final_norm=not (_identity(model.norm) and _identity(model.fc_norm)),
-        fc_norm=not _identity(model.fc_norm),
+        pre_norm=not is_identity(model.norm_pre),
+        final_norm=not (is_identity(model.norm) and is_identity(model.fc_norm)),
+        fc_norm=not is_identity(model.fc_norm),
         pool_include_prefix=bool(model.pool_include_prefix),
         attn_pool_num_heads=pool.num_heads if pool is not None else None,
         attn_pool_mlp_ratio=pool.mlp.fc1.out_features / model.embed_dim if pool is not None else None,

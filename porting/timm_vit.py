@@ -114,20 +114,12 @@ def model_config(model) -> dict[str, Any]:
     require(isinstance(model, TimmViT), f'architecture {type(model).__name__}')
     distilled = getattr(model, 'dist_token', None) is not None
     require(type(model).__name__ in ('VisionTransformer', 'VisionTransformerDistilled'), type(model).__name__)
-    pool = getattr(model, 'attn_pool', None)
-    require(pool is None or (type(pool).__name__ == 'AttentionPoolLatent' and pool.latent_len == 1
-                              and pool.pos_embed is None and pool.pool == 'token' and pool.mlp is not None
-                              and isinstance(pool.q_norm, tnn.Identity) and not isinstance(pool.q, tnn.Identity)),
-             f'global_pool={model.global_pool!r} with this attention pool')
+    require_map_pool(model)
     require(isinstance(model.patch_drop, tnn.Identity), 'patch dropout')
     require(not getattr(model, 'pool_include_prefix', False), 'pool_include_prefix')
     require(not getattr(model.patch_embed, 'dynamic_img_pad', False), 'dynamic_img_pad')
-    img = tuple(model.patch_embed.img_size)
-    patch = tuple(model.patch_embed.patch_size)
     return dict(
-        img_size=img[0] if img[0] == img[1] else img,
-        patch_size=patch[0] if patch[0] == patch[1] else patch,
-        in_chans=model.patch_embed.proj.in_channels,
+        **patch_fields(model.patch_embed.img_size, model.patch_embed.patch_size, model.patch_embed.proj.in_channels),
         num_classes=model.num_classes,
         global_pool=model.global_pool,
         embed_dim=model.embed_dim,
@@ -161,6 +153,27 @@ def blocks_config(model) -> dict[str, Any]:
                 mlp_layer=mlp, scale_mlp_norm=not isinstance(blk.mlp.norm, tnn.Identity), proj_bias=proj_bias,
                 init_values=_init_values(ls) if ls is not None and not isinstance(ls, tnn.Identity) else None,
                 norm_layer=norm_kind, norm_eps=eps, act_layer=activation(blk.mlp.act))
+
+
+def is_identity(m) -> bool:
+    import torch.nn as tnn
+    return m is None or isinstance(m, tnn.Identity)
+
+
+def require_map_pool(model) -> None:
+    """The attention pool vitjax has: timm's AttentionPoolLatent with one latent, its MLP, no q-norm."""
+    pool = getattr(model, 'attn_pool', None)
+    require(pool is None or (type(pool).__name__ == 'AttentionPoolLatent' and pool.latent_len == 1
+                              and pool.pos_embed is None and pool.pool == 'token' and pool.mlp is not None
+                              and is_identity(pool.q_norm) and not is_identity(pool.q)),
+            f'global_pool={model.global_pool!r} with this attention pool')
+
+
+def patch_fields(img, patch, in_chans: int) -> dict[str, Any]:
+    """img_size / patch_size (an int when square, as timm's names give them) and in_chans."""
+    img, patch = tuple(img), tuple(patch)
+    return dict(img_size=img[0] if img[0] == img[1] else img, patch_size=patch[0] if patch[0] == patch[1] else patch,
+                in_chans=in_chans)
 
 
 def _init_values(ls) -> float:

@@ -62,22 +62,45 @@ def jit_apply(model, **kw):
     return jax.jit(functools.partial(model.apply, **kw))
 
 
-def fine_tune(tmp_path, init, image_size, epochs=4):
-    """`train.py --config.init=INIT` on the digits default at `image_size`: (train losses, summary.json)."""
+def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
+    """A family's whole user path: a timm random-init model (`model_args`: its reduced size) through
+    `porting.convert`, `train.py --config.init=DIR` on the digits at `image_size`, `vitjax features` / `vitjax
+    attention` on the fine-tuned model, and `porting.export` of it back to timm with parity. Asserts that the loss
+    falls and the test accuracy beats chance (0.1) clearly; returns (train losses, summary.json)."""
     import json
     import subprocess
     import sys
+    from PIL import Image
+    from porting import convert, export, random_init
+    from vitjax import cli
+    src = random_init.save(random_init.create(name, seed=4, **model_args), tmp_path / 'm.safetensors')
+    args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args]) == 0
     root = pathlib.Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', f'--config.init={init}',
-                           f'--config.image_size={image_size}', f'--config.num_epochs={epochs}',
-                           '--config.warmup_steps=10', '--config.lr=5e-4', '--config.log_every=5',
-                           '--config.eval_every=1000', '--config.checkpoint_every=1000',
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',
+                           f'--config.init={tmp_path / "init"}', f'--config.image_size={image_size}',
+                           f'--config.num_epochs={epochs}', '--config.warmup_steps=10', '--config.lr=5e-4',
+                           '--config.log_every=5', '--config.eval_every=1000', '--config.checkpoint_every=1000',
                            f'--config.data_dir={tmp_path / "tfds"}'],
                           cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
+    losses = [r['loss'] for r in lines if r['split'] == 'train']
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
-    return [r['loss'] for r in lines if r['split'] == 'train'], summary
+    print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
+    assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
+    model = str(tmp_path / 'run' / 'model')
+    cfg = json.loads((tmp_path / 'run' / 'model' / 'config.json').read_text())['model']
+    patch = cfg['patch_size'] if isinstance(cfg['patch_size'], int) else cfg['patch_size'][0]
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
+    assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
+                     '--out', str(tmp_path / 'f.npz')]) == 0
+    grid = image_size // patch
+    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, grid, grid, cfg['embed_dim'])
+    assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
+    # back to PyTorch at the size it was fine-tuned at, with parity
+    assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0
+    return losses, summary
 
 
 def max_diff(a, b):

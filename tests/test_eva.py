@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import fine_tune, images, max_diff, port, run_timm, timm_model
+from conftest import fine_tune_family, images, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init
 
 # name: what its config must read as (the option that makes it that family member)
@@ -133,27 +133,7 @@ FINE_TUNE = {  # one per family, reduced (depth 2, narrow where timm allows), at
 def test_train_py_fine_tunes_each_family(tmp_path, name):
     """`train.py --config.init=DIR` on a converted model of each family: the head is re-made for the 10 digits,
     position embeddings / RoPE follow the new input size, the loss falls and accuracy beats chance (0.1)."""
-    kwargs, size = FINE_TUNE[name]
-    src = random_init.save(random_init.create(name, seed=4, **kwargs), tmp_path / 'm.safetensors')
-    args = [f'{k}={v}' for k, v in kwargs.items()]
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'),
-                         *(a for arg in args for a in ('--model-arg', arg))]) == 0
-    losses, summary = fine_tune(tmp_path, tmp_path / 'init', size)
-    assert losses[-1] < 0.8 * losses[0], losses
-    assert summary['test_accuracy'] > 0.3, summary
-    # the fine-tuned model through `vitjax features` and `vitjax attention` (RoPE: maps from rotated q/k)
-    from PIL import Image
-    from vitjax import cli
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
-    model = str(tmp_path / 'run' / 'model')
-    assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
-                     '--out', str(tmp_path / 'f.npz')]) == 0
-    grid = size // (14 if 'patch14' in name else 16)
-    assert np.load(tmp_path / 'f.npz')['map'].shape[1:3] == (grid, grid)
-    assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
-    # and back to PyTorch at the size it was fine-tuned at, with parity
-    assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0
-    print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
+    fine_tune_family(tmp_path, name, *FINE_TUNE[name])  # features / attention: RoPE maps from rotated q/k
 
 
 @pytest.mark.parametrize('name', ['vit_base_patch16_rope_mixed_224', 'eva02_base_patch14_224'])

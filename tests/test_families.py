@@ -95,19 +95,5 @@ def test_new_vit_options_export_back_bit_exact(tmp_path, name):
 @pytest.mark.slow
 def test_train_py_fine_tunes_aimv2(tmp_path):
     """The RMSNorm / SwiGLU family through `train.py --config.init` and `vitjax features`."""
-    from conftest import fine_tune
-    from PIL import Image
-    from vitjax import cli
-    name, small = 'aimv2_large_patch14_224', dict(depth=2, embed_dim=192, num_heads=4)
-    src = random_init.save(random_init.create(name, seed=4, **small), tmp_path / 'm.safetensors')
-    args = [a for k, v in small.items() for a in ('--model-arg', f'{k}={v}')]
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args]) == 0
-    losses, summary = fine_tune(tmp_path, tmp_path / 'init', 28)
-    print('losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
-    assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
-    assert cli.main(['features', '--model', str(tmp_path / 'run' / 'model'), str(tmp_path / 'x.png'), '--kind', 'map',
-                     '--out', str(tmp_path / 'f.npz')]) == 0
-    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, 2, 2, 192)
-    from porting import export
-    assert export.main(['--model', str(tmp_path / 'run' / 'model'), '--out', str(tmp_path / 'tuned.safetensors')]) == 0
+    from conftest import fine_tune_family
+    fine_tune_family(tmp_path, 'aimv2_large_patch14_224', dict(depth=2, embed_dim=192, num_heads=4), 28)

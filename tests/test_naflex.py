@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from conftest import fine_tune, max_diff, port, run_timm, timm_model
+from conftest import fine_tune_family, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init
 from vitjax.models.naflex import patchify, resize_weights
 
@@ -99,20 +99,4 @@ def test_naflex_full_size(tmp_path):
 @pytest.mark.slow
 def test_train_py_fine_tunes_naflex(tmp_path):
     """`--config.init` a converted NaFlexViT: trained on the digits at 32x32 (its 16x16 grid resized to 2x2)."""
-    name = 'naflexvit_base_patch16_gap'
-    src = random_init.save(random_init.create(name, seed=4, **SMALL), tmp_path / 'm.safetensors')
-    args = [a for k, v in SMALL.items() for a in ('--model-arg', f'{k}={v}')]
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args]) == 0
-    losses, summary = fine_tune(tmp_path, tmp_path / 'init', 32)
-    print('losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
-    assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
-    from PIL import Image
-    from vitjax import cli
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
-    model = str(tmp_path / 'run' / 'model')
-    assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
-                     '--out', str(tmp_path / 'f.npz')]) == 0
-    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, 2, 2, 192)
-    assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
-    # and back to PyTorch at the size it was fine-tuned at, with parity
-    assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0
+    fine_tune_family(tmp_path, 'naflexvit_base_patch16_gap', SMALL, 32)
