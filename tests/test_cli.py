@@ -57,6 +57,7 @@ def trained(tmp_path_factory):
     return d, d / 'run' / 'model', digits
 
 
+@pytest.mark.slow
 def test_predict_json_on_converted_model(converted, photos):
     proc = cli('predict', '--model', converted, photos / 'p0.jpg', photos, '--top', '3', '--json')
     assert proc.returncode == 0, proc.stderr
@@ -72,6 +73,7 @@ def test_predict_json_on_converted_model(converted, photos):
     assert lines[0].endswith('p2.jpg') and len(lines) == 3 and '%' in lines[1] and '(' in lines[1]
 
 
+@pytest.mark.slow
 def test_predict_uses_trained_class_names(trained):
     _, model_dir, digits = trained
     out = json.loads(cli('predict', '--model', model_dir, digits, '--json').stdout)
@@ -98,6 +100,7 @@ def test_attention_png(converted, photos, tmp_path):
         assert im.format == 'PNG' and im.size[0] > 2 * im.size[1]  # input + two maps side by side
 
 
+@pytest.mark.slow
 def test_evaluate_equals_training_eval(trained):
     d, model_dir, _ = trained
     proc = cli('evaluate', '--model', model_dir, '--dataset', 'vitjax_digits', '--split', 'test',
@@ -110,6 +113,7 @@ def test_evaluate_equals_training_eval(trained):
     assert result['loss'] == pytest.approx(summary['test_loss'], rel=1e-5) and result['top5'] >= result['top1']
 
 
+@pytest.mark.slow
 def test_features_and_attention_on_trained_model(trained, tmp_path):
     _, model_dir, digits = trained
     proc = cli('features', '--model', model_dir, digits, '--kind', 'map', '--out', tmp_path / 'f.npz')
@@ -118,6 +122,7 @@ def test_features_and_attention_on_trained_model(trained, tmp_path):
     assert proc.returncode == 0 and json.loads(proc.stdout)['grid'] == [4, 4], proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_evaluate_converted_model_with_new_head(trained, tmp_path):
     d, _, _ = trained
     ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', depth=1), tmp_path / 'deit.safetensors')
@@ -132,11 +137,13 @@ def test_evaluate_converted_model_with_new_head(trained, tmp_path):
     assert wrong.returncode == 1 and 'error:' in wrong.stderr
 
 
+@pytest.mark.slow
 def test_export_through_cli(converted, tmp_path):
     proc = cli('export', '--model', converted, '--out', tmp_path / 'back.safetensors')
     assert proc.returncode == 0 and (tmp_path / 'back.safetensors').exists(), proc.stderr
 
 
+@pytest.mark.slow
 def test_names_resolve_through_the_cache(converted, photos, tmp_path):
     cache = tmp_path / 'cache'
     shutil.copytree(converted, cache / 'deit_tiny_patch16_224')
@@ -179,6 +186,7 @@ def _refused(proc, msg):
         proc.stderr.count('\n') == 1 and not proc.stdout
 
 
+@pytest.mark.slow
 def test_features_out_is_checked_first_and_never_a_users_file(converted, photos, tmp_path):
     (tmp_path / 'mine.npz').write_bytes(b'my own data')
     (tmp_path / 'link.npz').symlink_to(tmp_path / 'mine.npz')
@@ -203,6 +211,7 @@ def test_features_out_is_checked_first_and_never_a_users_file(converted, photos,
     assert os.stat(tmp_path / 'f.npz').st_mode & 0o777 == 0o644
 
 
+@pytest.mark.slow
 def test_attention_writes_the_png_it_reports_and_no_other(converted, photos, tmp_path):
     Image.new('RGB', (4, 4)).save(tmp_path / 'mine.png')
     mine = (tmp_path / 'mine.png').read_bytes()

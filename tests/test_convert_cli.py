@@ -22,6 +22,7 @@ def deit(tmp_path_factory):
     return d, tm
 
 
+@pytest.mark.slow
 def test_cli_writes_loadable_model_with_parity_report(deit):
     d, tm = deit
     out = d / 'out'
@@ -46,6 +47,7 @@ def test_cli_writes_loadable_model_with_parity_report(deit):
     assert model.pretrained_cfg.mean == (0.485, 0.456, 0.406) and model.pretrained_cfg.crop_pct == 0.9
 
 
+@pytest.mark.slow
 def test_cli_new_size_and_head(deit):
     d, _ = deit
     out = d / 'resized'
@@ -88,7 +90,8 @@ def test_bad_checkpoint_files(tmp_path, capsys):
     assert not (tmp_path / 'o').exists()
 
 
-@pytest.mark.parametrize('name', vitjax.list_models())
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n.startswith('swin') and 'tiny' not in n
+                                  else n for n in vitjax.list_models()])  # Swin-S/B/L: 4-9 s each
 def test_every_registry_model_converts(tmp_path, name):
     """Every advertised name: random-init timm safetensors -> CLI -> parity (one block per stage keeps this
     quick; the full-depth run is `make parity-table`, whose numbers are in the README)."""

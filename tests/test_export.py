@@ -25,6 +25,7 @@ def test_round_trip_is_bit_exact(tmp_path, name, kwargs):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_fine_tuned_model_goes_back_to_timm(tmp_path):
     name = 'deit_tiny_patch16_224'
     model, variables = vitjax.create_model(name, depth=2, num_classes=4, rng=jax.random.PRNGKey(0))

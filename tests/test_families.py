@@ -48,6 +48,7 @@ def test_dinov2_dynamic_size_odd_input():
         assert feats.shape == (1, 5 + (size[0] // 14) * (size[1] // 14), 384)
 
 
+@pytest.mark.slow
 def test_siglip_map_head_with_classes():
     tm = timm_model('vit_base_patch16_siglip_224', depth=1, num_classes=10, embed_dim=192, num_heads=3,
                     img_size=64)

@@ -64,6 +64,7 @@ def test_unknown_or_empty_split_is_an_error(tmp_path, split, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow
 def test_vitjax_evaluate_refuses_a_bogus_split(tmp_path):
     _fill(tmp_path / 'data', {'a': 3, 'b': 3})
     model = tmp_path / 'm'
@@ -97,6 +98,7 @@ def test_decompression_bomb_is_a_clear_error(bomb, tmp_path):
     assert len(index.files) == 2 and [os.path.basename(p) for p, _ in index.skipped] == ['bomb.png']
 
 
+@pytest.mark.slow
 def test_vitjax_predict_on_a_bomb(bomb, tmp_path):
     model = tmp_path / 'm'
     code = ('import vitjax; m, v = vitjax.create_model("vit_tiny_patch16_224", img_size=16, patch_size=8, depth=1, '

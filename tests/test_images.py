@@ -88,6 +88,7 @@ def test_no_readable_images_is_an_error(tmp_path):
         images.scan(str(tmp_path / 'x'))
 
 
+@pytest.mark.slow
 def test_train_py_on_the_messy_folder(messy, tmp_path):
     proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', f'--config.dataset={messy}',
                            '--config.total_steps=3', '--config.warmup_steps=1', '--config.batch_size=4',

@@ -89,6 +89,7 @@ def test_features_of_every_kind_match_timm(deit):
         1, 14, 14, 192)
 
 
+@pytest.mark.slow
 def test_features_swin_and_registers():
     # Ported random timm weights: create_model's jitted Swin init compiles for ~7 s (create_model is tested in
     # test_swin). features() bakes the weights into its programs as constants, so they are the slow part here.

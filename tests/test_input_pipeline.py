@@ -19,6 +19,7 @@ def train_iter(data_dir, **kw):
     return data.create_train_dataset('vitjax_digits', 'train', **{**args, **kw})
 
 
+@pytest.mark.slow
 def test_stream_depends_on_data_shards_not_on_processes(data_dir):
     """Two processes' batches side by side are what one process reading both shards yields, resumed too."""
     one = train_iter(data_dir, process_index=0, process_count=1, data_shards=2, start_step=3)

@@ -261,6 +261,7 @@ def test_config_is_validated_on_load(saved, tmp_path, change, msg):
     assert re.search(msg, str(e.value)), str(e.value)
 
 
+@pytest.mark.slow
 def test_swin_config_is_validated(tmp_path):
     model, variables = vitjax.create_model('swin_tiny_patch4_window7_224', depths=(1, 1, 1, 1), img_size=64,
                                            window_size=4)

@@ -50,6 +50,7 @@ def test_images_at_any_size(name):
         assert max_diff(run(variables, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_resize_weights_are_pytorchs():
     """The traced-size position-grid resize equals F.interpolate(antialias=True) down, up and at the same size."""
     grid = np.random.default_rng(0).standard_normal((1, 5, 16, 16)).astype(np.float32)
@@ -62,6 +63,7 @@ def test_resize_weights_are_pytorchs():
             assert max_diff(ours, ref) < 1e-5, (mode, out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_naflex_converts_and_exports_bit_exact(tmp_path, name):
     import vitjax
@@ -76,6 +78,7 @@ def test_naflex_converts_and_exports_bit_exact(tmp_path, name):
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_naflex_converted_at_another_size_and_head(tmp_path):
     """--img-size / --num-classes: the 16x16 grid is kept (timm resizes it in the forward), the head is new."""
     import vitjax

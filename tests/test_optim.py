@@ -96,6 +96,7 @@ def train_jax(model, variables, c, data):
     return losses, norms, state.params
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kw', [{}, dict(label_smoothing=0.1, decay='linear'), dict(trainable='^head'),
                                 dict(head_lr=5e-3)], ids=['adamw', 'smoothing_linear', 'linear_probe', 'head_lr'])
 def test_training_parity_with_pytorch(kw):
@@ -121,6 +122,7 @@ def test_training_parity_with_pytorch(kw):
         assert not np.array_equal(ours['head/kernel'], start['head/kernel'])
 
 
+@pytest.mark.slow
 def test_parity_test_detects_wrong_weight_decay():
     """Negative control: the same comparison with weight decay off on the JAX side must fail."""
     c = config()
@@ -165,6 +167,7 @@ def test_weight_decay_mask_swin():
     assert no_decay['layers_1/blocks_1/attn/relative_position_bias_table']
 
 
+@pytest.mark.slow
 def test_accumulation_equals_full_batch():
     """k micro-batches average to the full-batch gradient. Plain SGD(lr=1) makes the update the gradient itself
     (Adam would normalise rounding noise in near-zero gradients into lr-sized differences)."""

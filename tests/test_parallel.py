@@ -21,6 +21,7 @@ def four_devices():
     return json.loads(proc.stdout)
 
 
+@pytest.mark.slow
 def test_fsdp_steps_equal_pmap_steps(four_devices):
     r = four_devices
     a, b = r['pmap_params'], r['fsdp_params']

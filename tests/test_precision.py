@@ -82,7 +82,7 @@ def test_f32_is_f32_throughout():
 
 @pytest.mark.parametrize('name, kwargs, batch, size', [
     ('vit_tiny_patch16_224', dict(depth=4, img_size=64), 8, 64),
-    ('swin_tiny_patch4_window7_224', dict(depths=(1, 1, 2, 1), img_size=112), 4, 112),
+    pytest.param('swin_tiny_patch4_window7_224', dict(depths=(1, 1, 2, 1), img_size=112), 4, 112, marks=pytest.mark.slow),
 ])
 def test_bf16_logits_against_f32_and_timm_autocast(name, kwargs, batch, size):
     # Perturbed weights, converted; each library's bf16 logits against its own f32 logits (benchmarks.precision,

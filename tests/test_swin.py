@@ -59,6 +59,7 @@ def tiny_intermediates(tiny):
     return x, run(variables, x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kw', INTERMEDIATES)
 def test_forward_intermediates(tiny, tiny_intermediates, kw):
     tm = tiny[0]
@@ -72,6 +73,7 @@ def test_forward_intermediates(tiny, tiny_intermediates, kw):
     assert [m.shape for m in nhwc] == [tuple(m.permute(0, 2, 3, 1).shape) for m in t_maps]
 
 
+@pytest.mark.slow
 def test_swin_b_at_512_feature_maps():
     """The tutorial's Swin-B at img_size=512: stage maps 128²x128, 64²x256, 32²x512, 16²x1024 (window 7 pads)."""
     tm = timm_model('swin_base_patch4_window7_224', seed=4, img_size=512, **SHORT)
@@ -87,6 +89,7 @@ def test_swin_b_at_512_feature_maps():
     assert _rel(logits, run_timm(tm, x)) < 1e-5
 
 
+@pytest.mark.slow
 def test_dynamic_img_size_odd_input():
     tm = timm_model('swin_tiny_patch4_window7_224', seed=5, dynamic_img_size=True, depths=(2, 2, 2, 2))
     model, variables = port(tm)
@@ -120,6 +123,7 @@ def test_strict_table_errors(tiny):
         TIMM_SWIN.from_state(tm.state_dict(), {**cfg, 'window_size': 8})
 
 
+@pytest.mark.slow
 def test_cli_new_size_window_and_head_then_export(tmp_path):
     """--img-size/--window-size/--num-classes against timm's own adaptation (checkpoint_filter_fn), then the
     adapted model goes back to timm through export; the unchanged model round-trips bit-exactly."""
@@ -143,6 +147,7 @@ def test_cli_new_size_window_and_head_then_export(tmp_path):
     assert export.main(['--model', str(tmp_path / 'big'), '--out', str(tmp_path / 'big.safetensors')]) == 0
 
 
+@pytest.mark.slow
 def test_create_model_load_and_resize(tmp_path):
     model, variables = vitjax.create_model('swin_tiny_patch4_window7_224', num_classes=3, depths=(1, 1, 2, 1))
     x = images(model, batch=1)
@@ -154,6 +159,7 @@ def test_create_model_load_and_resize(tmp_path):
     assert jax.jit(again.apply)(v2, images(again, batch=1)).shape == (1, 3)
 
 
+@pytest.mark.slow
 def test_stochastic_depth_and_dropout_only_in_training():
     model, variables = vitjax.create_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2), drop_path_rate=0.5,
                                            drop_rate=0.5, num_classes=4)

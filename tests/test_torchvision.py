@@ -18,8 +18,8 @@ def tv_model(name, seed=0, **kwargs):
     return m.eval()
 
 
-@pytest.mark.parametrize('name, fmt', [('vit_b_16', 'pth'), pytest.param('vit_l_16', 'safetensors',
-                                                                       marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize('name, fmt', [('vit_b_16', 'pth'), ('vit_l_16', 'safetensors')])
 def test_full_size_through_cli(tmp_path, name, fmt):
     m = tv_model(name)
     ckpt = tmp_path / f'{name}.{fmt}'

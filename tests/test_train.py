@@ -9,6 +9,9 @@ import pytest
 
 import vitjax
 
+# every test here runs train.py (6-40 s each): the whole file is outside `make test-fast`
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small and quick: one block, 60 steps; enough to see learning on digits.
 QUICK = ['--config.model_overrides.depth=1', '--config.total_steps=60', '--config.warmup_steps=10',

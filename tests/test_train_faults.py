@@ -13,6 +13,8 @@ import vitjax
 from test_train import QUICK, records
 from test_train import run_train as train
 
+pytestmark = pytest.mark.slow  # every test runs train.py, most of them twice
+
 STRIP = ('step', 'loss', 'accuracy', 'lr', 'grad_norm')
 
 

@@ -51,6 +51,7 @@ PMAP_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_pmap_step_equals_single_device_step():
     env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', PYTHONPATH=ROOT,
                JAX_PLATFORMS='cpu')
@@ -68,6 +69,7 @@ def test_pmap_step_equals_single_device_step():
         assert float(single) == pytest.approx(float(multi), rel=1e-5, abs=1e-7), (name, key)
 
 
+@pytest.mark.slow
 def test_eval_counts_only_real_examples():
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
     x = np.random.default_rng(0).standard_normal((6, 16, 16, 3)).astype(np.float32)
@@ -99,6 +101,7 @@ def test_pmap_batch_layout():
         par.put_batch({'label': np.zeros(n + 1)})
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_state():
     import jax.numpy as jnp
     from vitjax.optim import create_optimizer, create_schedule
@@ -117,6 +120,7 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
     assert np.isfinite(float(m['loss']))
 
 
+@pytest.mark.slow
 def test_trace_counter_sees_recompilation():
     from vitjax import parallel
     from vitjax.optim import create_optimizer, create_schedule

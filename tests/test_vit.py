@@ -118,6 +118,7 @@ def test_wrong_input_size_is_a_clear_error():
         model.apply(variables, np.zeros((1, 3, 32, 32), np.float32))
 
 
+@pytest.mark.slow
 def test_dropout_and_drop_path_only_in_train():
     model = VisionTransformer(**SMALL, drop_rate=0.3, proj_drop_rate=0.2, attn_drop_rate=0.2, drop_path_rate=0.5)
     x = images(model, batch=4)
@@ -134,6 +135,7 @@ def test_dropout_and_drop_path_only_in_train():
     np.testing.assert_array_equal(train(2), train(2))
 
 
+@pytest.mark.slow
 def test_drop_path_drops_whole_samples():
     from vitjax.models.layers import Block
     blk = Block(num_heads=2, mlp_hidden=32, drop_path=0.5)
@@ -154,6 +156,7 @@ def test_bad_options_are_rejected():
             VisionTransformer(**{**SMALL, **bad}).init(jax.random.PRNGKey(0), x)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch', ['vit', 'swin'])
 def test_grad_checkpointing_same_params_and_gradients(arch):
     # remat changes when activations are computed, not what: same param tree, same loss and gradients,
@@ -180,6 +183,7 @@ def test_grad_checkpointing_same_params_and_gradients(arch):
     assert not ('remat' in jaxpr(plain) or 'checkpoint' in jaxpr(plain))
 
 
+@pytest.mark.slow
 def test_scan_blocks_matches_timm_and_the_unrolled_model():
     # Same weights, stacked: logits equal timm's, every block output and every gradient equal the unrolled model's.
     from vitjax.models.vit import stack_blocks, unstack_blocks
@@ -210,6 +214,7 @@ def test_scan_blocks_matches_timm_and_the_unrolled_model():
     assert all(np.array_equal(p, q) for p, q in zip(jax.tree.leaves(back), jax.tree.leaves(variables['params'])))
 
 
+@pytest.mark.slow
 def test_scan_blocks_drop_path_rates_per_block():
     # Rates 0, 0.5, 1 (linear over depth 3) arrive in the scan as data. Block 0 is never dropped, block 2 always:
     # a sample whose two block-1 branches were both dropped (p = 1/4) equals the 1-block model's eval output.
@@ -227,6 +232,7 @@ def test_scan_blocks_drop_path_rates_per_block():
     assert max_diff(model.apply(v, x, method=model.forward_features), ref) > 1e-3  # eval: nothing dropped
 
 
+@pytest.mark.slow
 def test_scan_blocks_with_grad_checkpointing():
     kw = dict(SMALL, depth=3)
     x = images(VisionTransformer(**kw))
