@@ -78,8 +78,7 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
     import timm
     import torch
     # only what the library's constructor takes by name (NaFlexViT takes no img_size: any input goes as it is)
-    new_kwargs = {k: v for k, v in (('img_size', new.img_size), ('num_classes', new.num_classes))
-                  if k in source.create_kwargs}
+    new_kwargs = {k: getattr(new, k) for k in ('img_size', 'num_classes') if k in source.create_kwargs}
     if window_size is not None:
         new_kwargs['window_size'] = window_size
     ref = timm.create_model(name, pretrained=False, **{**create_kwargs, **new_kwargs}).eval()
