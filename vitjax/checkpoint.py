@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 
 def state_digest(state: Any) -> Optional[str]:
@@ -31,7 +32,8 @@ def state_digest(state: Any) -> Optional[str]:
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        from vitjax.storage import is_url
+        self.directory = directory if is_url(directory) else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, cleanup_tmp_directories=True))
 
@@ -72,9 +74,9 @@ class Checkpointer:
                 problems.append((step, f'{type(e).__name__}: {first_line}'))
                 continue
             for bad, why in problems:  # every process finds the same damage; process 0 moves it
-                if jax.process_index() == 0:
-                    os.replace(os.path.join(self.directory, str(bad)),
-                               os.path.join(self.directory, f'{bad}.corrupt'))
+                if jax.process_index() == 0:  # epath: on an object store a rename is a copy and a delete
+                    root = epath.Path(self.directory)
+                    (root / str(bad)).rename(root / f'{bad}.corrupt')
                 report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{bad}.corrupt')
             if problems:
                 from vitjax.parallel import barrier

@@ -24,6 +24,7 @@ import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file, save_file
 
+from vitjax import storage
 from vitjax.models import (ARCHITECTURES, Model, PretrainedCfg, architecture_of, checked_model, img_size_of,
                            init_variables, model_config)
 from vitjax.models.layers import resample_abs_pos_embed
@@ -325,7 +326,22 @@ def _cfg_dict(cfg: PretrainedCfg) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.__dict__.items()}
 
 
+@contextlib.contextmanager
+def _fetched(url: str, only: Optional[str] = None):
+    url = str(url).rstrip('/')
+    if not storage.exists(f'{url}/{CONFIG_FILE}'):
+        raise FileNotFoundError(f'{url}/{CONFIG_FILE} not found: {url} is not a vitjax model directory')
+    local = storage.fetch_dir(url, only)
+    try:
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
 def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
+    if storage.is_url(path):  # a model on an object store (a run's gs://.../model): its config alone
+        with _fetched(path, only=CONFIG_FILE) as local:
+            return read_config(local)
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not os.path.lexists(path):  # a save killed between the fallback's two renames: bring the old copy back
@@ -345,7 +361,11 @@ def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
 
 def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
          rng: Optional[jax.Array] = None, **overrides: Any) -> tuple[Model, dict]:
-    """Load `(model, variables)` from a model directory, optionally with another head size or image size."""
+    """Load `(model, variables)` from a model directory (a local path or gs://...), optionally with another head
+    size or image size."""
+    if storage.is_url(path):  # safetensors reads local files: the directory (a few flat files) is fetched first
+        with _fetched(path) as local:
+            return load(local, num_classes, img_size, rng, **overrides)
     path = Path(path)
     cfg = read_config(path)
     try:  # everything the config says is checked before the model is traced or the params read

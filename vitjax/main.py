@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from vitjax import trainer
 from vitjax import workdir as workdirs
 from vitjax.config import validate
+from vitjax.storage import URL_SCHEMES, RunFiles, is_url
 
 
 def define_flags() -> None:
@@ -108,9 +109,9 @@ def main(argv) -> int:
         print('error: --resume needs --workdir (the run to continue)', file=sys.stderr)
         return 2
     workdir = FLAGS.workdir or os.path.join('runs', f"{c.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if '://' in workdir:  # os.makedirs('gs://b/run') would quietly make a local directory named 'gs:'
-        print(f'error: --workdir {workdir}: URL workdirs (gs://, s3://, ...) are not supported yet; pass a path on '
-              'a filesystem every host mounts (a bucket through gcsfuse, NFS, Filestore, Lustre)', file=sys.stderr)
+    if is_url(workdir) and not workdir.startswith(URL_SCHEMES):
+        print(f'error: --workdir {workdir}: a URL workdir must be one of {", ".join(URL_SCHEMES)} (etils.epath\'s '
+              'object stores), or pass a local path', file=sys.stderr)
         return 2
     if c.distributed:
         try:
@@ -133,15 +134,25 @@ def main(argv) -> int:
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except Exception as e:  # an object store's errors (no credentials, no bucket) are not all OSErrors
+        print(f'error: cannot read workdir {workdir}: {type(e).__name__}: {e}', file=sys.stderr)
+        return 2
     try:
-        os.makedirs(workdir, exist_ok=True)
         # one lock per run: on a shared filesystem the other processes of a multi-host run would collide
-        lock = workdirs.Lock(workdir) if not c.distributed or _process_index() == 0 else workdirs.NoLock()
+        if c.distributed and _process_index() != 0:
+            lock = workdirs.NoLock()
+        elif is_url(workdir):  # object stores have no directories to make and no flock
+            lock = workdirs.LeaseLock(workdir)
+        else:
+            os.makedirs(workdir, exist_ok=True)
+            lock = workdirs.Lock(workdir)
     except workdirs.WorkdirInUse as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    except OSError as e:
-        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+    except Exception as e:
+        hint = f' (does the bucket {workdir.split("/")[2]} exist, and may this host\'s credentials write to it?)' \
+            if is_url(workdir) and isinstance(e, (FileNotFoundError, PermissionError)) else ''
+        print(f'error: cannot write to workdir {workdir}: {type(e).__name__}: {e}{hint}', file=sys.stderr)
         return 2
     try:
         return _locked_main(c, workdir)
@@ -150,8 +161,8 @@ def main(argv) -> int:
 
 
 def _locked_main(c, workdir: str) -> int:
-    FLAGS = flags.FLAGS
     """Decide what the run does from what the workdir holds; write nothing until that is settled."""
+    FLAGS = flags.FLAGS
     config = json.loads(c.to_json())
     steps, resume, changes = workdirs.complete_steps(workdir), FLAGS.resume, None
     if steps and not resume:
@@ -170,20 +181,22 @@ def _locked_main(c, workdir: str) -> int:
         if changes:
             print('--resume with changed settings: ' + ', '.join(f'{k}: {a!r} -> {b!r}'
                                                                   for k, (a, b) in changes.items()))
-    try:  # the final model goes to workdir/model: found unwritable now, not after the training
+    try:  # the final model goes to workdir/model: found unwritable now, not after the training (a URL
+        # workdir's lock object was just written there)
         from vitjax.io import check_writable_model_dir
-        check_writable_model_dir(os.path.join(workdir, 'model'))
+        if not is_url(workdir):
+            check_writable_model_dir(os.path.join(workdir, 'model'))
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     try:  # one copy of each run file: process 0 writes them (the workdir is shared by all processes)
         if _process_index() == 0:
             workdirs.write_config(workdir, config, changes)
-    except OSError as e:
-        print(f'error: cannot write to workdir {workdir}: {e}', file=sys.stderr)
+    except Exception as e:
+        print(f'error: cannot write to workdir {workdir}: {type(e).__name__}: {e}', file=sys.stderr)
         return 2
     try:
-        trainer.train(c, workdir, resume, FLAGS.stop_after, FaultHooks.from_env())
+        trainer.train(c, workdir, resume, FLAGS.stop_after, FaultHooks.from_env(), RunFiles(workdir))
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
         print(f'error: {e}', file=sys.stderr)
         return 1

@@ -46,6 +46,9 @@ class MetricWriter:
             for k, v in scalars.items():
                 tf.summary.write(f'{split}/{k}', tf.constant(float(v), tf.float32), metadata=_scalar_metadata())
 
+    def flush(self) -> None:
+        self._tb.flush()
+
     def close(self) -> None:
         self._file.close()
         self._tb.close()
@@ -55,6 +58,9 @@ class NoWriter:
     """What the processes other than process 0 log to: one copy of metrics.jsonl and the events per run."""
 
     def write(self, step: int, split: str, **scalars: Any) -> None:
+        pass
+
+    def flush(self) -> None:
         pass
 
     def close(self) -> None:

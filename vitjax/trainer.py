@@ -3,7 +3,7 @@ tfds input, data parallel through `vitjax.parallel` (pmap or fsdp). The command 
 fault hooks) is vitjax/main.py; `python train.py` and `vitjax train` run it.
 
 Writes into the workdir: metrics.jsonl, tensorboard/, checkpoints/, curves.png, summary.json and model/ (the
-final params in the format `vitjax.load` reads).
+final params in the format `vitjax.load` reads); a gs:// workdir through a local staging copy (vitjax/storage.py).
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ import signal
 import sys
 import time
 from typing import Any, Optional
+
+from vitjax.storage import RunFiles, join
 
 # model_overrides keys that have a config field of their own: one setting, one place
 OWN_FIELD = {'img_size': 'image_size', 'num_classes': None, 'dtype': 'dtype', 'drop_rate': 'drop_rate',
@@ -133,6 +135,7 @@ class Run:
     eval_dataset: Any
     ckpt: Any
     writer: Any
+    files: Any
     start: int
     total_steps: int
     traces: dict
@@ -186,7 +189,7 @@ def check_batch_split(c) -> None:
                          f'x {c.accum_steps} micro-batches')
 
 
-def setup(c, workdir: str, resume: bool) -> Run:
+def setup(c, workdir: str, resume: bool, files) -> Run:
     import jax
 
     from vitjax import data, parallel
@@ -214,8 +217,9 @@ def setup(c, workdir: str, resume: bool) -> Run:
     del variables
     # params + two Adam moments per checkpoint kept (plus one being written), and the final model
     state_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(par.restore_target(state)))
-    check_free_space(workdir, state_bytes * (c.keep_checkpoints + 1) + state_bytes // 3)
-    ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
+    # (a URL workdir's checkpoints go to the object store; only the final model is staged on this disk)
+    check_free_space(files.local, state_bytes * (0 if files.remote else c.keep_checkpoints + 1) + state_bytes // 3)
+    ckpt = Checkpointer(join(workdir, 'checkpoints'), keep=c.keep_checkpoints)
     start = 0
     if resume:
         restored, meta = ckpt.restore_intact(par.restore_target(state))
@@ -223,7 +227,9 @@ def setup(c, workdir: str, resume: bool) -> Run:
         start = int(meta['step'])
         print(f'resumed from step {start} of {total_steps}')
     main = jax.process_index() == 0  # the one process that writes run files (the workdir is shared)
-    writer = MetricWriter(workdir, resume_step=start if resume else None) if main else NoWriter()
+    if main and resume:
+        files.fetch('metrics.jsonl')
+    writer = MetricWriter(files.local, resume_step=start if resume else None) if main else NoWriter()
 
     data_kw = dict(global_batch_size=c.batch_size, image_size=cfg.input_size[1], interpolation=cfg.interpolation,
                    data_dir=c.data_dir)
@@ -234,7 +240,7 @@ def setup(c, workdir: str, resume: bool) -> Run:
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
                                                      **data_kw)
     return Run(c, workdir, model, info, par, state, p_train, p_eval, par.batches(train_ds), eval_ds, ckpt, writer,
-               start, total_steps, traces)
+               files, start, total_steps, traces)
 
 
 def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optional[int]:
@@ -301,6 +307,9 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
         if step % c.checkpoint_every == 0 or last or stopping:
             check_finite()
             run.ckpt.save(step, par.checkpoint_view(run.state), {'step': step, 'config': c.name})
+            if main:  # a URL workdir gets the metrics so far with each checkpoint
+                run.writer.flush()
+                run.files.sync('metrics.jsonl', 'tensorboard')
             hooks.after_save(step)
         if stopping:
             bar.close()
@@ -337,7 +346,8 @@ def finish(run: Run, wall: float) -> dict:
     # The saved preprocessing is the one this run evaluated with, so `vitjax evaluate` / `predict` agree with it.
     cfg = model.pretrained_cfg
     eval_cfg = dataclasses.replace(cfg, crop_pct=c.eval_crop_pct or cfg.crop_pct)
-    vitjax.save(os.path.join(run.workdir, 'model'),
+    files = run.files
+    vitjax.save(files.path('model'),
                 model.clone(dtype=jnp.float32, drop_rate=0., drop_path_rate=0., pretrained_cfg=eval_cfg),
                 {'params': params}, name=vitjax.io.read_config(c.init)['model_name'] if c.init else c.model,
                 meta={'class_names': list(run.info.class_names)})
@@ -349,34 +359,45 @@ def finish(run: Run, wall: float) -> dict:
                'compilations': dict(run.traces)}
     if max(run.traces.values()) > 1:  # every batch has the same shapes: a retrace is a bug worth hearing about
         print(f'warning: steps compiled more than once: {run.traces}', file=sys.stderr)
-    with open(os.path.join(run.workdir, 'summary.json'), 'w') as f:
+    with open(files.path('summary.json'), 'w') as f:
         f.write(strict_json(summary, indent=2) + '\n')
-    curves = plot_curves(os.path.join(run.workdir, 'metrics.jsonl'), os.path.join(run.workdir, 'curves.png'))
+    plot_curves(files.path('metrics.jsonl'), files.path('curves.png'))
+    files.publish_model('model')
+    files.sync('metrics.jsonl', 'tensorboard', 'curves.png', 'summary.json')  # summary.json last: the run is done
     print(f"test accuracy {summary['test_accuracy']:.4f}  loss {summary['test_loss']:.4f}  "
           f"({summary['test_examples']} examples, {steps} steps, {summary['wall_s']:.0f} s, "
           f"{summary['img_per_s']:.0f} img/s on {summary['devices']} device(s))")
-    print(f'curves: {curves}\nsummary: {run.workdir}/summary.json\nmodel: {run.workdir}/model')
+    print(f"curves: {join(run.workdir, 'curves.png')}\nsummary: {join(run.workdir, 'summary.json')}\n"
+          f"model: {join(run.workdir, 'model')}")
     return summary
 
 
-def train(c, workdir: str, resume: bool = False, stop_after: int = 0, hooks: Optional[Hooks] = None) -> dict:
+def train(c, workdir: str, resume: bool = False, stop_after: int = 0, hooks: Optional[Hooks] = None,
+          files: Optional[RunFiles] = None) -> dict:
     """The whole job; {} when it stopped early with a checkpoint (continue with resume=True)."""
+    import jax
     interrupt = Interrupt()
-    run = None
+    files = files or RunFiles(workdir)
+    run, stopped = None, None
     try:
-        run = setup(c, workdir, resume)
-        t0 = time.time()
-        stopped = loop(run, stop_after, interrupt, hooks or Hooks())
-        wall = time.time() - t0
+        try:
+            run = setup(c, workdir, resume, files)
+            t0 = time.time()
+            stopped = loop(run, stop_after, interrupt, hooks or Hooks())
+            wall = time.time() - t0
+        finally:
+            interrupt.restore()
+            if run is not None:  # waits for a checkpoint still being written
+                run.ckpt.close()
+                run.writer.close()
+                if jax.process_index() == 0:
+                    files.sync('metrics.jsonl', 'tensorboard')
+        if stopped is not None:
+            why = f'received {interrupt.signal}' if interrupt.signal else \
+                'another process was signalled' if interrupt.agreed else f'--stop_after {stop_after}'
+            print(f'{why}: stopped after step {stopped} of {run.total_steps} with a checkpoint; continue with '
+                  f'--resume --workdir {workdir}', flush=True)
+            return {}
+        return finish(run, wall)
     finally:
-        interrupt.restore()
-        if run is not None:  # waits for a checkpoint still being written
-            run.ckpt.close()
-            run.writer.close()
-    if stopped is not None:
-        why = f'received {interrupt.signal}' if interrupt.signal else \
-            'another process was signalled' if interrupt.agreed else f'--stop_after {stop_after}'
-        print(f'{why}: stopped after step {stopped} of {run.total_steps} with a checkpoint; continue with '
-              f'--resume --workdir {workdir}', flush=True)
-        return {}
-    return finish(run, wall)
+        files.close()

@@ -9,10 +9,15 @@ import fcntl
 import json
 import os
 import socket
+import sys
+import threading
 import time
 from typing import Any, Optional
 
+from etils import epath
+
 from vitjax.config import RESUME_SAFE
+from vitjax.storage import is_url, join
 
 LOCK_FILE, CONFIG_FILE, CHANGES_FILE = 'train.lock', 'config.json', 'config_changes.jsonl'
 
@@ -29,14 +34,14 @@ class WorkdirInUse(RuntimeError):
 def check_ours(workdir: str) -> None:
     """A run writes config.json, metrics.jsonl, model/, ... into its workdir and replaces older copies of them:
     refuse a directory that holds anything else (`--workdir .` in a project with its own config.json)."""
-    names = set(os.listdir(workdir)) if os.path.isdir(workdir) else set()
+    root = epath.Path(workdir)  # local or gs://: listing and reading work alike
+    names = {p.name for p in root.iterdir()} if root.is_dir() else set()
     # also what a killed write leaves: our config.json's temporary, model/'s (vitjax.save clears them itself)
     ours = lambda n: n.startswith((f'{CONFIG_FILE}.tmp-', '.model.tmp-')) or n == '.model.old'
     foreign = sorted(n for n in names - RUN_FILES if not ours(n))
     if not foreign and CONFIG_FILE in names:
         try:
-            with open(os.path.join(workdir, CONFIG_FILE)) as f:
-                saved = json.load(f)
+            saved = json.loads((root / CONFIG_FILE).read_text())
             if not isinstance(saved, dict) or not {'model', 'dataset', 'batch_size', 'lr'} <= set(saved):
                 foreign = [f'{CONFIG_FILE} (not a training config)']
         except (OSError, ValueError):
@@ -80,6 +85,60 @@ class Lock:
             self.fd = None
 
 
+class LeaseLock:
+    """The run lock of a URL workdir. Object stores have no flock and no process to outlive, so the lock is an
+    object naming its holder with a heartbeat that a thread of the run refreshes every `every` seconds, whatever
+    the run is doing (compiling, preparing a dataset, evaluating); a lock not refreshed for `lease` seconds
+    belonged to a run that died (kill -9, a lost VM) and is taken over. Check-then-write is not atomic: two
+    runs started within a second of each other on one workdir can both start; the re-read after writing
+    narrows that window."""
+
+    def __init__(self, workdir: str, lease: float = 300.0, every: float = 60.0):
+        self.path = epath.Path(join(workdir, LOCK_FILE))
+        held = self._read()
+        if held is not None and time.time() - held.get('heartbeat', 0) < lease:
+            age = time.time() - held['heartbeat']
+            raise WorkdirInUse(
+                f"{workdir} is in use by another run (pid {held.get('pid')} on {held.get('host')} since "
+                f"{held.get('since')}, alive {age:.0f} s ago); wait for it to finish or stop it, or pass another "
+                f'--workdir. A run that died without releasing it gives it up {lease - age:.0f} s from now '
+                f'(or delete {self.path})')
+        self.token = f'{socket.gethostname()}:{os.getpid()}:{time.time_ns()}'
+        self.since = time.strftime('%Y-%m-%d %H:%M:%S')
+        self._beat()
+        time.sleep(0.5)
+        if (self._read() or {}).get('token') != self.token:
+            raise WorkdirInUse(f'{workdir}: another run took the lock at the same moment; pass another --workdir')
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, args=(every,), daemon=True, name='vitjax-lease')
+        self._thread.start()
+
+    def _read(self) -> Optional[dict]:
+        try:
+            return json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}
+
+    def _beat(self) -> None:
+        self.path.write_text(json.dumps({'token': self.token, 'pid': os.getpid(), 'host': socket.gethostname(),
+                                         'since': self.since, 'heartbeat': time.time()}))
+
+    def _heartbeat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._beat()
+            except Exception as e:  # a store briefly unreachable: the next beat may get through
+                print(f'warning: could not refresh the workdir lock {self.path}: {e}', file=sys.stderr)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if (self._read() or {}).get('token') == self.token:
+            self.path.unlink()
+
+
 class NoLock:
     def release(self) -> None:
         pass
@@ -102,12 +161,13 @@ def _holder(path: str) -> str:
 
 
 def complete_steps(workdir: str) -> list[int]:
-    """Steps with a finished checkpoint. Orbax writes into `<step>.orbax-checkpoint-tmp*` and renames when
-    complete, so a write cut off by kill -9 never counts (it is cleaned at the next save); `<step>.corrupt`
-    is a checkpoint a resume found damaged and set aside."""
-    root = os.path.join(workdir, 'checkpoints')
-    names = os.listdir(root) if os.path.isdir(root) else []
-    return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(root, n)))
+    """Steps with a finished checkpoint, as orbax judges them: on a local disk it writes into
+    `<step>.orbax-checkpoint-tmp*` and renames when complete, on an object store it writes
+    `<step>/commit_success.txt` last, so a write cut off by kill -9 never counts (it is cleaned at the next
+    save); `<step>.corrupt` is a checkpoint a resume found damaged and set aside."""
+    from orbax.checkpoint.path import step as ocp_step
+    root = epath.Path(join(workdir, 'checkpoints'))
+    return sorted(ocp_step.checkpoint_steps(root)) if root.is_dir() else []
 
 
 def flat(tree: Any, prefix: str = '') -> dict[str, Any]:
@@ -128,10 +188,8 @@ def config_changes(saved: dict, new: dict) -> dict[str, tuple[Any, Any]]:
 def check_resume(workdir: str, config: dict, allow: str) -> dict[str, tuple[Any, Any]]:
     """The differences between the run's saved config and `config`; raises if any of them changes what the
     run computes and `allow` ('a,b' or 'all') does not name it."""
-    path = os.path.join(workdir, CONFIG_FILE)
     try:
-        with open(path) as f:
-            saved = json.load(f)
+        saved = json.loads(epath.Path(join(workdir, CONFIG_FILE)).read_text())
     except (OSError, ValueError) as e:
         if allow.strip() == 'all':
             return {}
@@ -151,7 +209,14 @@ def check_resume(workdir: str, config: dict, allow: str) -> dict[str, tuple[Any,
 
 def write_config(workdir: str, config: dict, changes: Optional[dict] = None) -> None:
     """config.json (atomically: a killed run never leaves half of it), and the resume's changes appended to
-    config_changes.jsonl so the record shows every setting a run was trained with."""
+    config_changes.jsonl so the record shows every setting a run was trained with. On an object store each
+    write replaces a whole object (atomic there); the append is a read and a rewrite."""
+    if is_url(workdir):
+        epath.Path(join(workdir, CONFIG_FILE)).write_text(json.dumps(config, indent=2) + '\n')
+        if changes:
+            log = epath.Path(join(workdir, CHANGES_FILE))
+            log.write_text((log.read_text() if log.exists() else '') + _changes_line(changes))
+        return
     path = os.path.join(workdir, CONFIG_FILE)
     tmp = f'{path}.tmp-{os.getpid()}'
     with open(tmp, 'w') as f:
@@ -159,5 +224,9 @@ def write_config(workdir: str, config: dict, changes: Optional[dict] = None) -> 
     os.replace(tmp, path)
     if changes:
         with open(os.path.join(workdir, CHANGES_FILE), 'a') as f:
-            f.write(json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
-                                'changes': {k: {'from': a, 'to': b} for k, (a, b) in changes.items()}}) + '\n')
+            f.write(_changes_line(changes))
+
+
+def _changes_line(changes: dict) -> str:
+    return json.dumps({'time': time.strftime('%Y-%m-%dT%H:%M:%S'),
+                       'changes': {k: {'from': a, 'to': b} for k, (a, b) in changes.items()}}) + '\n'

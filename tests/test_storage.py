@@ -1,0 +1,163 @@
+"""gs:// workdirs (vitjax/storage.py, the lease lock in vitjax/workdir.py) against a local GCS emulator: the
+run files, the lock, `vitjax.load` of a gs:// model, and train.py itself stopped and resumed on a bucket."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import vitjax
+from vitjax import storage, workdir
+
+BUCKET = 'gs://vitjax-test'
+
+
+@pytest.fixture(scope='module')
+def gcs(tmp_path_factory):
+    """An in-memory GCS on localhost; every client here and in train.py subprocesses is pointed at it: epath
+    through gcsfs (EPATH_USE_TF=false: TensorFlow's GCS has no endpoint setting), orbax's arrays through
+    tensorstore."""
+    with socket.socket() as s:
+        s.bind(('localhost', 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path_factory.mktemp('gcs') / 'emulator.log', 'w')
+    server = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), 'gcs_emulator.py'), 'start',
+                               '--host=localhost',
+                               f'--port={port}', '--in-memory', '--default-bucket=vitjax-test', '-q'],
+                              stdout=log, stderr=log)
+    url = f'http://localhost:{port}'
+    for _ in range(200):
+        try:
+            socket.create_connection(('localhost', port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    env = dict(STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url, EPATH_USE_TF='false',
+               GOOGLE_CLOUD_PROJECT='vitjax-test')
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield url
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.kill()
+    server.wait()
+    log.close()
+
+
+def names(url):
+    import fsspec
+    fsspec.filesystem('gs', finalize_on_close=True).invalidate_cache()  # epath's gcsfs caches listings
+    p = storage.epath.Path(url)
+    return sorted(x.name for x in p.iterdir()) if p.exists() else []
+
+
+def test_lease_lock_refuses_a_live_run_and_takes_over_a_dead_ones(gcs):
+    run = f'{BUCKET}/lock'
+    first = workdir.LeaseLock(run, lease=1.0, every=0.2)
+    time.sleep(2.0)  # longer than the lease: the heartbeat thread keeps it alive however busy the run is
+    with pytest.raises(workdir.WorkdirInUse, match=r'in use by another run \(pid \d+ on .* alive \d+ s ago'):
+        workdir.LeaseLock(run, lease=1.0)
+    first.release()
+    assert names(run) == []
+    dead = workdir.LeaseLock(run, lease=0.5, every=3600)  # never beats again: a run killed with -9
+    time.sleep(1.0)
+    second = workdir.LeaseLock(run, lease=0.5, every=3600)
+    dead.release()  # not its lock any more: it must not delete the new holder's
+    assert names(run) == ['train.lock'] and json.loads(storage.epath.Path(run, 'train.lock').read_text())[
+        'token'] == second.token
+    second.release()
+
+
+def test_model_published_to_gcs_loads_back(gcs, tmp_path):
+    model, variables = vitjax.create_model('vit_tiny_patch16_224', img_size=32, patch_size=8, depth=1,
+                                           num_classes=5, rng=__import__('jax').random.PRNGKey(0))
+    files = storage.RunFiles(f'{BUCKET}/pub')
+    vitjax.save(files.path('model'), model, variables)
+    files.publish_model()
+    assert names(f'{BUCKET}/pub/model') == ['config.json', 'params.safetensors']
+    loaded, got = vitjax.load(f'{BUCKET}/pub/model')
+    import jax
+    assert loaded.num_classes == 5 and all(np.array_equal(a, b) for a, b in
+                                           zip(jax.tree.leaves(variables), jax.tree.leaves(got)))
+    assert vitjax.io.read_config(f'{BUCKET}/pub/model')['model']['depth'] == 1
+    files.close()
+    assert not os.path.exists(files.local)
+    with pytest.raises(FileNotFoundError, match=f'{BUCKET}/nothing/config.json not found'):
+        vitjax.load(f'{BUCKET}/nothing')
+
+
+@pytest.mark.slow
+def test_train_py_on_a_bucket_stops_resumes_and_matches_a_local_run(gcs, tmp_path):
+    from test_train import QUICK, run_train
+    data_dir = str(tmp_path / 'tfds')
+    tmp = tmp_path / 'tmp'  # train.py's staging directories: none may be left behind
+    tmp.mkdir()
+    os.environ['TMPDIR'] = str(tmp)
+    try:
+        local = run_train(tmp_path / 'local', *QUICK, data_dir=data_dir)
+        assert local.returncode == 0, local.stderr[-3000:]
+        run = f'{BUCKET}/runs/quick'
+        first = run_train(run, *QUICK, '--stop_after=30', data_dir=data_dir)
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert names(run) == ['checkpoints', 'config.json', 'metrics.jsonl', 'tensorboard']
+        assert names(f'{run}/checkpoints') == ['20', '30']
+        nowhere = run_train('gs://no-such-bucket/run', *QUICK, data_dir=data_dir)
+        assert nowhere.returncode == 2 and 'error: cannot' in nowhere.stderr and 'no-such-bucket' in nowhere.stderr
+        again = run_train(run, *QUICK, data_dir=data_dir)  # without --resume: refused, nothing touched
+        assert again.returncode == 2 and 'already holds checkpoints (steps 20, 30)' in again.stderr
+        with workdir_locked(run):
+            busy = run_train(run, *QUICK, '--resume', data_dir=data_dir)
+        assert busy.returncode == 2 and 'is in use by another run' in busy.stderr
+        second = run_train(run, *QUICK, '--resume', data_dir=data_dir)
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert 'resumed from step 30' in second.stdout and f'model: {run}/model' in second.stdout
+    finally:
+        os.environ.pop('TMPDIR')
+    assert names(run) == ['checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'model', 'summary.json',
+                          'tensorboard']  # the lock released
+    assert names(f'{run}/checkpoints') == ['30', '40', '60']  # keep_checkpoints 3
+    assert [n for n in os.listdir(tmp) if n.startswith('vitjax-')] == []  # (tfds leaves a tmp*tfds of its own)
+    assert not os.path.exists(os.path.join(os.getcwd(), 'gs:'))
+    read = lambda text: [{k: r[k] for k in ('step', 'split', 'loss', 'accuracy', 'lr', 'grad_norm') if k in r}
+                         for r in map(json.loads, text.splitlines())]
+    # the stopped run's lines, then the resumed run's: the uninterrupted run's file, line for line
+    assert read(storage.epath.Path(run, 'metrics.jsonl').read_text()) == \
+        read((tmp_path / 'local' / 'metrics.jsonl').read_text())
+    assert len(names(f'{run}/tensorboard')) == 2  # one events file per invocation
+    summary = json.loads(storage.epath.Path(run, 'summary.json').read_text())
+    assert summary['steps'] == 60
+    import jax
+    _, a = vitjax.load(f'{run}/model')
+    _, b = vitjax.load(tmp_path / 'local' / 'model')
+    assert all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    # the model on the bucket is a starting point as it stands
+    tune = run_train(tmp_path / 'tune', *QUICK, '--config.total_steps=20', f'--config.init={run}/model',
+                     data_dir=data_dir)
+    assert tune.returncode == 0 and 'test accuracy' in tune.stdout, tune.stderr[-3000:]
+
+
+class workdir_locked:
+    """A live run's lock on a URL workdir, held by this process."""
+
+    def __init__(self, url):
+        self.url = url
+
+    def __enter__(self):
+        self.lock = workdir.LeaseLock(self.url)
+
+    def __exit__(self, *exc):
+        self.lock.release()
+
+
+def test_a_bucket_prefix_holding_other_files_is_not_a_workdir(gcs):
+    storage.epath.Path(f'{BUCKET}/theirs/notes.txt').write_text('not ours')
+    with pytest.raises(ValueError, match=r'gs://vitjax-test/theirs is not a vitjax run directory \(it holds notes.txt'):
+        workdir.check_ours(f'{BUCKET}/theirs')
+    workdir.check_ours(f'{BUCKET}/fresh')  # nothing there yet: a new run may start
