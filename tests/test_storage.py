@@ -40,15 +40,24 @@ def gcs(tmp_path_factory):
                GOOGLE_CLOUD_PROJECT='vitjax-test')
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    _epath_backend_choice_forgotten()
     yield url
     for k, v in old.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    _epath_backend_choice_forgotten()
     server.kill()
     server.wait()
     log.close()
+
+
+def _epath_backend_choice_forgotten():
+    """epath reads EPATH_USE_TF once per process (a cached function): an earlier test in this worker may already
+    have made it choose TensorFlow's GCS, which cannot reach the emulator."""
+    from etils.epath import gpath
+    getattr(getattr(gpath, '_is_tf_installed', None), 'cache_clear', lambda: None)()
 
 
 def names(url):
