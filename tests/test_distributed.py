@@ -142,3 +142,63 @@ def test_train_py_on_two_processes(tmp_path):
     for rc, out, err in resumed:
         assert rc == 0, err[-3000:]
     assert json.loads((tmp_path / 'cut' / 'summary.json').read_text())['params_sha256'] == two['params_sha256']
+
+
+def _cluster_py(workdir, per_process_args, timeout=120):
+    """train.py as len(per_process_args) processes, each with its own extra arguments (its cluster flags
+    included) -> [(rc, stdout, stderr)]; every process is killed by `timeout`."""
+    root = os.path.dirname(HERE)
+    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+    procs = [subprocess.Popen([sys.executable, 'train.py', f'--workdir={workdir}', *TRAIN, *args,
+                               f'--config.data_dir={workdir}-tfds'], cwd=root, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in per_process_args]
+    try:
+        deadline = time.time() + timeout
+        while any(p.poll() is None for p in procs) and time.time() < deadline:
+            time.sleep(0.5)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        return [(p.returncode, *p.communicate()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def _cluster(port, i, n=2):
+    return ['--config.distributed=True', f'--config.coordinator_address=127.0.0.1:{port}',
+            f'--config.num_processes={n}', f'--config.process_id={i}']
+
+
+@pytest.mark.slow
+def test_processes_with_different_settings_are_refused_before_step_1(tmp_path):
+    """A different lr (replicas would drift apart) and a different step count (a collective mismatch minutes
+    later): every process exits 2 at start-up naming each difference, and nothing is trained or written."""
+    port = _free_port()
+    runs = _cluster_py(tmp_path / 'w', [[*_cluster(port, 0), '--config.lr=1e-3', '--config.total_steps=8'],
+                                        [*_cluster(port, 1), '--config.lr=2e-3', '--config.total_steps=9']])
+    for rc, out, err in runs:
+        assert rc == 2, err[-3000:]
+        assert 'the processes of this run were started with different settings' in err
+        assert '--config.lr: process 0 has 0.001, process 1 has 0.002' in err
+        assert '--config.total_steps: process 0 has 8, process 1 has 9' in err
+        assert 'Traceback' not in err
+    assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.slow
+def test_two_processes_both_given_process_id_0(tmp_path):
+    """The second process 0 on a host is told at once (exit 2, what is wrong), instead of both waiting for
+    jax's timeout and dying of SIGABRT; the first says how long it waits, and that wait is a setting."""
+    port, t0 = _free_port(), time.time()
+    runs = _cluster_py(tmp_path / 'w', [[*_cluster(port, 0), '--config.distributed_timeout=5']] * 2, timeout=90)
+    told = [r for r in runs if r[0] == 2]
+    assert len(told) == 1, [r[2][-2000:] for r in runs]
+    rc, out, err = told[0]
+    assert f'already runs as process 0 with a coordinator on port {port}' in err, err[-3000:]
+    assert 'give each process its own --config.process_id' in err and 'Traceback' not in err
+    waiting = next(r for r in runs if r is not told[0])
+    assert 'process 0 of 2, waiting up to 5 s for all of them' in waiting[1]
+    assert time.time() - t0 < 80  # the waiting one gave up after its 5 s, not jax's default 300

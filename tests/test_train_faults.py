@@ -306,3 +306,39 @@ def test_workdir_holding_other_files_is_refused_untouched(tmp_path, data_dir):
     proc = train(run, *QUICK, data_dir=data_dir)
     assert proc.returncode == 2 and 'vitjax replaces only a model directory it wrote' in proc.stderr
     assert sorted(p.name for p in run.iterdir()) == ['.model.old', 'model']
+
+
+def _tiny_model_dir(path, **kw):
+    model, variables = vitjax.create_model('vit_tiny_patch16_224', depth=1, num_classes=10, **kw)
+    vitjax.save(path, model, variables, name='vit_tiny_patch16_224')
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_init_inside_the_runs_own_workdir_is_refused(tmp_path, data_dir):
+    """A finished run whose checkpoints were deleted, started again from its own model/: the run would replace
+    the very model it starts from. Refused before a byte is written, as convert refuses --out = the input."""
+    run = tmp_path / 'run'
+    (run / 'model').mkdir(parents=True)
+    before = _tiny_model_dir(run / 'model')
+    for init in (run / 'model', run):
+        proc = train(run, *QUICK, f'--config.init={init}', data_dir=data_dir)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert f'--config.init {init} is inside this run\'s workdir {run}' in proc.stderr
+        assert sorted(p.name for p in run.iterdir()) == ['model']
+        assert {p.name: p.read_bytes() for p in (run / 'model').iterdir()} == before
+
+
+def test_a_non_square_model_is_refused_before_compiling(tmp_path, data_dir):
+    """A dynamic_img_size model converted at 32x48: the pipeline makes square images, so the step compiled and
+    memory-checked for 32x48 would be fed 32x32 and compiled again. Refused with the way out; that way out
+    (--config.image_size) then trains."""
+    _tiny_model_dir(tmp_path / 'm', img_size=(32, 48), dynamic_img_size=True)
+    proc = train(tmp_path / 'r', *QUICK, f'--config.init={tmp_path / "m"}', data_dir=data_dir)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "the model's input size is 32x48 (HxW)" in proc.stderr and '--config.image_size=N' in proc.stderr
+    assert not (tmp_path / 'r' / 'checkpoints').exists()
+    proc = train(tmp_path / 'ok', *QUICK, '--config.total_steps=20', '--config.image_size=32',
+                 f'--config.init={tmp_path / "m"}', data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / 'ok' / 'summary.json').read_text())
+    assert summary['compilations'] == {'train': 1, 'eval': 1}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -28,6 +29,17 @@ def state_digest(state: Any) -> Optional[str]:
         h.update(f'{jax.tree_util.keystr(path)}|{a.dtype.str}|{a.shape}|'.encode())
         h.update(a.data)
     return h.hexdigest()
+
+
+# Errors that say a checkpoint was written for other devices, not that its bytes are bad.
+LAYOUT_ERRORS = re.compile(r'topology|sharding|mesh', re.I)
+
+
+def _aside(root: epath.Path, step: int) -> str:
+    """`<step>.corrupt`, or `<step>.corrupt-N` when an earlier resume already set a `<step>` aside: the step
+    is written again after the first set-aside, and may be damaged again."""
+    names = {p.name for p in root.iterdir()}
+    return next(n for n in (f'{step}.corrupt', *(f'{step}.corrupt-{i}' for i in range(1, 10**6))) if n not in names)
 
 
 class Checkpointer:
@@ -71,13 +83,17 @@ class Checkpointer:
                 state, meta = self.restore(target, step)
             except Exception as e:  # orbax/tensorstore raise many types for truncated or garbled files
                 first_line = (str(e).strip().splitlines() or [''])[0][:300]
+                if LAYOUT_ERRORS.search(first_line):  # intact bytes that do not fit this run: not damage
+                    raise ValueError(f'checkpoint {step} in {self.directory} does not restore into this run\'s '
+                                     f'device layout ({type(e).__name__}: {first_line}); nothing was set aside') from e
                 problems.append((step, f'{type(e).__name__}: {first_line}'))
                 continue
+            root = epath.Path(self.directory)
             for bad, why in problems:  # every process finds the same damage; process 0 moves it
+                aside = _aside(root, bad)
                 if jax.process_index() == 0:  # epath: on an object store a rename is a copy and a delete
-                    root = epath.Path(self.directory)
-                    (root / str(bad)).rename(root / f'{bad}.corrupt')
-                report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{bad}.corrupt')
+                    (root / str(bad)).rename(root / aside)
+                report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{aside}')
             if problems:
                 from vitjax.parallel import barrier
                 barrier('vitjax-checkpoints-set-aside')

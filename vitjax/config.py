@@ -82,6 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.coordinator_address = ''
     c.num_processes = 0  # 0: auto-detected
     c.process_id = -1  # -1: auto-detected
+    # Seconds to wait for every process to join (jax's initialization_timeout): past it jax aborts the process.
+    c.distributed_timeout = 300
     # 'pmap': replicated state; 'fsdp': params and Adam moments sharded over all devices (jit + NamedSharding),
     # arrays under fsdp_min_size_mb replicated (vitjax/parallel.py)
     c.parallelism = 'pmap'
@@ -104,14 +106,14 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     'weight_decay': _NONNEG, 'clip_norm': _NONNEG, 'warmup_steps': _NONNEG, 'end_lr': _NONNEG,
     'total_steps': _NONNEG, 'num_epochs': _NONNEG, 'image_size': _NONNEG, 'seed': _NONNEG,
     'eval_crop_pct': (0, 1, True), 'fsdp_min_size_mb': _NONNEG, 'cache_bytes': _NONNEG, 'data_shards': _NONNEG,
-    'device_memory_gb': _NONNEG,
+    'device_memory_gb': _NONNEG, 'distributed_timeout': _POS,
 }
 # Fields whose change does not change what a resumed run computes: everything else is refused by --resume
 # unless allow_changes names it.
 RESUME_SAFE = ('log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints', 'nan_policy', 'data_dir',
                'distributed', 'eval_split', 'test_split', 'grad_checkpointing', 'allow_changes', 'name',
                'parallelism', 'fsdp_min_size_mb', 'device_memory_gb', 'coordinator_address', 'num_processes',
-               'process_id')
+               'process_id', 'distributed_timeout')
 CHOICES = {'decay': ('cosine', 'linear', 'constant'), 'crop': ('random_resized_crop', 'resize'),
            'dtype': ('float32', 'bfloat16'), 'nan_policy': ('stop', 'skip'), 'parallelism': ('pmap', 'fsdp')}
 

@@ -86,7 +86,53 @@ def init_distributed(c) -> None:
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts; GPUs and TPUs bring their own
     named = dict(coordinator_address=c.coordinator_address, num_processes=c.num_processes,
                  process_id=c.process_id) if c.coordinator_address else {}
-    jax.distributed.initialize(**named)
+    if c.process_id == 0:
+        hold_coordinator_port(c.coordinator_address)
+    if named:  # jax waits for the others in C++ and aborts the process when the time is up: say so first
+        print(f'jax.distributed: process {c.process_id} of {c.num_processes}, waiting up to '
+              f'{c.distributed_timeout} s for all of them at {c.coordinator_address}', flush=True)
+    jax.distributed.initialize(**named, initialization_timeout=int(c.distributed_timeout))
+
+
+_COORDINATOR_LOCK = None  # held while this process lives
+
+
+def hold_coordinator_port(address: str) -> None:
+    """Two processes both started as process 0 on one host both serve the coordinator (gRPC binds with
+    SO_REUSEPORT), split the others between them, and wait until jax aborts them: a lock per port on this
+    host tells the second at once."""
+    global _COORDINATOR_LOCK
+    import fcntl
+    import tempfile
+    port = address.rpartition(':')[2]
+    path = os.path.join(tempfile.gettempdir(), f'vitjax-coordinator-{port}.lock')
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 200, 0).decode(errors='replace').strip()
+        os.close(fd)
+        raise ValueError(f'another process on this host ({holder or "pid unknown"}) already runs as process 0 '
+                         f'with a coordinator on port {port}: give each process its own --config.process_id '
+                         f'(0 to num_processes - 1), or use another port') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()}'.encode(), 0)
+    _COORDINATOR_LOCK = fd
+
+
+def check_same_job(c, workdir: str) -> None:
+    """Every process must run the same job: a different lr lets replicas drift apart silently, a different step
+    count ends in a collective mismatch minutes later. Compared once, before anything is built or written."""
+    from vitjax.parallel import gather_json
+    FLAGS = flags.FLAGS
+    mine = {'config': dict(json.loads(c.to_json()), process_id=None), 'workdir': workdir,
+            'resume': FLAGS.resume, 'stop_after': FLAGS.stop_after, 'compile_only': FLAGS.compile_only}
+    everyone = gather_json(mine)
+    diff = [f'  --{k}: process 0 has {a!r}, process {i} has {b!r}' for i, other in enumerate(everyone[1:], 1)
+            for k, (a, b) in workdirs.config_changes(everyone[0], other).items()]
+    if diff:
+        raise ValueError('the processes of this run were started with different settings:\n' + '\n'.join(diff) +
+                         '\nstart every process with the same command line (only --config.process_id differs)')
 
 
 def _process_index() -> int:
@@ -119,6 +165,11 @@ def main(argv) -> int:
         except (ValueError, RuntimeError) as e:
             print(f'error: jax.distributed.initialize: {e}', file=sys.stderr)
             return 2
+        try:
+            check_same_job(c, workdir)
+        except ValueError as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
     if FLAGS.compile_only:
         try:
             trainer.compile_only(c)
@@ -131,6 +182,9 @@ def main(argv) -> int:
         return 2
     try:
         workdirs.check_ours(workdir)
+        workdirs.check_init(workdir, c.init)
+        if is_url(workdir):  # a local model/ is checked once the workdir exists (its parent must take a probe)
+            workdirs.check_model_url(f'{workdir.rstrip("/")}/model')
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -53,6 +53,20 @@ def same_on_all_processes(digest: str) -> bool:
     return bool((multihost_utils.process_allgather(mine) == mine).all())
 
 
+def gather_json(value: Any) -> list[Any]:
+    """Every process's `value` (anything JSON holds), in process order, on every process."""
+    import json
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils
+    mine = np.frombuffer(json.dumps(value, sort_keys=True).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int32(mine.size)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[:mine.size] = mine
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    return [json.loads(bytes(row[:n]).decode()) for row, n in zip(rows, sizes)]
+
+
 def barrier(name: str) -> None:
     """Wait until every process gets here (after process 0 alone wrote or renamed files the others read)."""
     if jax.process_count() > 1:
@@ -178,7 +192,10 @@ class Pmap(Parallel):
     checkpoint_view = host_state
 
     def restore_target(self, state):
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), state)
+        # An explicit place: without one orbax restores into the layout saved with the checkpoint, which an fsdp
+        # run on another device count wrote ('Topology mismatch'). Each process restores whole arrays.
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=device), state)
 
     def adopt(self, restored):
         return self.replicate(jax.device_get(restored))

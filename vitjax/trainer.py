@@ -59,6 +59,15 @@ def build_model(c, num_classes: int):
     return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
 
 
+def check_square(model) -> None:
+    """The input pipeline makes square images; a model built for HxW (a dynamic_img_size conversion at
+    another aspect) would have its step compiled and memory-checked for HxW, then fed and recompiled at HxH."""
+    _, h, w = model.pretrained_cfg.input_size
+    if h != w:
+        raise ValueError(f'the model\'s input size is {h}x{w} (HxW), and train.py trains and evaluates on square '
+                         'images: pass --config.image_size=N to train at NxN (the position embeddings are resampled)')
+
+
 def evaluate(run: 'Run', split: str) -> dict[str, float]:
     from vitjax.evaluate import run_eval
     params, par, step = run.state.params, run.par, run.eval_step
@@ -178,6 +187,7 @@ def compile_only(c) -> None:
         print(f'compile_only: {c.dataset} is not at hand ({e}); the model\'s own head is used')
         num_classes = None
     model, variables = build_model(c, num_classes)
+    check_square(model)
     _state_and_steps(c, model, variables['params'], model.num_classes, c.total_steps or c.warmup_steps + 1000)
 
 
@@ -206,6 +216,7 @@ def setup(c, workdir: str, resume: bool, files) -> Run:
         if data.get_dataset_info(c.dataset, split, c.data_dir).num_examples == 0:
             raise ValueError(f'{c.dataset} split {split!r} is empty')
     model, variables = build_model(c, info.num_classes)
+    check_square(model)
     cfg = model.pretrained_cfg
     # num_examples counts the whole split (every process's shard); batch_size is global
     total_steps = c.total_steps or math.ceil(c.num_epochs * info.num_examples / c.batch_size)

@@ -52,6 +52,49 @@ def check_ours(workdir: str) -> None:
                          'metrics.jsonl, model/ and more there: pass a new or empty --workdir')
 
 
+def check_init(workdir: str, init: str) -> None:
+    """`--config.init` must not be the run's own output: the run replaces WORKDIR/model at its end (and a
+    resume re-reads its init), so starting from it would overwrite the very weights it started from."""
+    if not init:
+        return
+    if is_url(workdir) or is_url(init):
+        a, b = str(workdir).rstrip('/'), str(init).rstrip('/')
+        inside = b == a or b.startswith(a + '/') or a.startswith(b + '/')
+    else:
+        a, b = os.path.realpath(workdir), os.path.realpath(init)
+        inside = os.path.commonpath([a, b]) in (a, b)
+    if inside:
+        raise ValueError(f'--config.init {init} is inside this run\'s workdir {workdir}, whose model/ the run '
+                         'replaces when it ends: copy that model elsewhere and start from the copy, or pass another '
+                         '--workdir')
+
+
+def check_model_url(url: str) -> None:
+    """The object-store twin of `vitjax.io.check_writable_model_dir`: WORKDIR/model may be replaced only when
+    it is absent, empty, or a model directory holding just the files its config.json lists."""
+    from vitjax.io import CONFIG_FILE as MODEL_CONFIG, FORMAT, LEGACY_FILES
+    root = epath.Path(url)
+    names = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    if not names:
+        if root.exists():
+            raise ValueError(f'{url} is a file, not a directory; vitjax replaces only a model directory it wrote')
+        return
+    try:
+        cfg = json.loads((root / MODEL_CONFIG).read_text())
+    except (OSError, ValueError):
+        cfg = None
+    if not isinstance(cfg, dict) or cfg.get('format') != FORMAT:
+        extra = names
+    else:
+        listed = cfg.get('files')
+        ours = set(listed if isinstance(listed, list) and all(isinstance(f, str) for f in listed) else LEGACY_FILES)
+        extra = names - ours - {MODEL_CONFIG}
+    if extra:
+        shown = ', '.join(sorted(extra)[:5]) + (f' and {len(extra) - 5} more' if len(extra) > 5 else '')
+        raise ValueError(f'{url} holds {shown}, which vitjax did not write; vitjax replaces only a model directory '
+                         'it wrote: pass a new or empty --workdir')
+
+
 class Lock:
     """An exclusive `flock` on WORKDIR/train.lock held while the run lives. The kernel drops it when the
     process dies however it dies (kill -9 included), so a lock file left behind is stale by construction and
