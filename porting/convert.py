@@ -24,8 +24,8 @@ from porting import parity, sources
 
 def _size(text: str):
     parts = text.lower().split('x')
-    if len(parts) not in (1, 2) or not all(p.isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f'{text!r} is not N or HxW')
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f'{text!r} is not N or HxW (positive integers)')
     return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
 
 
@@ -101,15 +101,16 @@ def main(argv=None) -> int:
     ap.add_argument('--out', required=True, help='output model directory')
     ap.add_argument('--img-size', type=_size, help='convert to another input size (N or HxW): position '
                     'embeddings are resampled bicubically on the patch grid')
-    ap.add_argument('--num-classes', type=int, help='re-initialise the head for this many classes')
-    ap.add_argument('--window-size', type=int, help='Swin: another attention window; relative-position-bias '
-                    'tables are resized as timm does')
+    ap.add_argument('--num-classes', type=parity.integer(0),
+                    help='re-initialise the head for this many classes (0: no head)')
+    ap.add_argument('--window-size', type=parity.integer(1), help='Swin: another attention window; '
+                    'relative-position-bias tables are resized as timm does')
     ap.add_argument('--model-arg', type=_kv, action='append', default=[], metavar='KEY=VALUE',
                     help='extra timm.create_model argument, e.g. depth=2 (repeatable)')
-    ap.add_argument('--tolerance', type=float, default=1e-4,
+    ap.add_argument('--tolerance', type=parity.tolerance, default=1e-4,
                     help='parity passes when max|diff| <= tolerance * max(1, max|logit|)')
-    ap.add_argument('--batch', type=int, default=2, help='parity input batch size')
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--batch', type=parity.integer(1), default=2, help='parity input batch size')
+    ap.add_argument('--seed', type=parity.seed, default=0)
     args = ap.parse_args(argv)
 
     import vitjax
@@ -121,7 +122,14 @@ def main(argv=None) -> int:
         if args.checkpoint and Path(args.checkpoint).is_file():  # a directory is its library's own layout (HF)
             state = sources.read_state_dict(args.checkpoint)
         library = sources.detect(args.checkpoint, state) if args.source == 'auto' else args.source
-        torch_model = sources.loader(library)(args.model, args.checkpoint, state, **kwargs)
+        try:
+            torch_model = sources.loader(library)(args.model, args.checkpoint, state, **kwargs)
+        except (TypeError, AssertionError, ArithmeticError) as e:  # how timm's constructors refuse arguments
+            if not kwargs:
+                raise
+            given = ' '.join(f'{k}={v!r}' for k, v in kwargs.items())
+            raise ValueError(f'{library} cannot build {args.model} with --model-arg {given}: '
+                             f'{type(e).__name__}: {e}') from None
         state = None  # the model holds its own copy; keep one set of source weights in memory
         kwargs.pop('num_classes', None)
         model, variables, ref = convert(sources.source_of(torch_model, library), torch_model, args.model,

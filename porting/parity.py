@@ -1,10 +1,50 @@
 """Logit parity: the source PyTorch model and the Flax model on the same fixed input, in f32."""
 from __future__ import annotations
 
-from typing import Any
+import argparse
+import math
+import numbers
+from typing import Any, Optional
 
 import jax
 import numpy as np
+
+MAX_SEED = 2 ** 32 - 1  # numpy, torch and jax all take it
+
+
+def check_settings(batch: int, tolerance: float) -> None:
+    """Refuse a run that would pass vacuously: no input, or a tolerance that everything meets (or none can)."""
+    if not isinstance(batch, numbers.Integral) or batch < 1:
+        raise ValueError(f'parity needs at least one example, got batch={batch!r}')
+    if not isinstance(tolerance, numbers.Real) or not math.isfinite(tolerance) or tolerance <= 0:
+        raise ValueError(f'the parity tolerance must be a finite number > 0, got {tolerance!r}')
+
+
+# argparse types for the CLIs' numbers: a usage error naming the argument (exit 2), before any work
+def integer(lo: int, hi: Optional[int] = None):
+    want = f'an integer >= {lo}' if hi is None else f'an integer in [{lo}, {hi}]'
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f'must be {want}, got {text!r}')
+        return value
+    return parse
+
+
+def tolerance(text: str) -> float:
+    try:
+        value = float(text)
+        check_settings(1, value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'must be a finite number > 0, got {text!r}') from None
+    return value
+
+
+seed = integer(0, MAX_SEED)
 
 
 def _stats(name: str, ref: np.ndarray, out: np.ndarray, scale: float) -> dict[str, Any]:
@@ -22,6 +62,7 @@ def check(name: str, torch_model, model, variables, *, batch: int = 2, seed: int
 
     Tolerance per output is `tolerance * max(1, max|output|)`.
     """
+    check_settings(batch, tolerance)
     import torch
 
     from vitjax.registry import img_size_of

@@ -5,12 +5,21 @@ LayerScale scales are drawn far from 1, so a wrong mapping (a transposed kernel,
 LayerScale) cannot pass parity by accident.
 
     python -m porting.random_init --model deit_tiny_patch16_224 --out deit_tiny.safetensors
+
+An existing --out is replaced only if random_init wrote it (a mark in the safetensors metadata).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+MARK = {'written_by': 'vitjax random_init'}  # in the safetensors metadata: a file we may replace
+
+
+def ours(path) -> bool:
+    from porting import export
+    return export.ours(path, MARK)
 
 
 def perturb_(model, seed: int = 0) -> None:
@@ -34,27 +43,39 @@ def create(name: str, seed: int = 0, **kwargs):
 
 
 def save(model, path) -> Path:
+    """Atomically; refuses (ValueError) a `path` that is not new or a file random_init wrote."""
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    from vitjax.io import write_file
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    return write_file(path, lambda tmp: save_file(state, tmp, metadata={'format': 'pt', **MARK}), ours)
 
 
 def main(argv=None) -> int:
+    from porting import parity
     ap = argparse.ArgumentParser(prog='python -m porting.random_init', description=__doc__.split('\n')[0])
     ap.add_argument('--model', required=True, help='timm model name')
     ap.add_argument('--out', required=True, help='output .safetensors file')
-    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--seed', type=parity.seed, default=0)
     args = ap.parse_args(argv)
     if not args.out.endswith('.safetensors'):
         ap.error('--out must end in .safetensors')
+    from vitjax.io import check_output_file
+    try:
+        check_output_file(args.out, ours)  # before building the model: a user's file is never replaced
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     try:
         model = create(args.model, args.seed)
     except RuntimeError as e:  # timm's unknown-model error
         print(f'error: {e}', file=sys.stderr)
         return 2
-    print(f'wrote {save(model, args.out)} ({sum(p.numel() for p in model.parameters()):,} params)')
+    try:
+        save(model, args.out)
+    except (ValueError, OSError) as e:  # the disk filled up, or --out changed while we built the model
+        print(f'error: {e}; nothing written to {args.out}', file=sys.stderr)
+        return 1
+    print(f'wrote {args.out} ({sum(p.numel() for p in model.parameters()):,} params)')
     return 0
 
 

@@ -23,8 +23,10 @@ def run(name: str, work: Path) -> dict:
     ckpt = work / f'{name}.safetensors'
     out = work / name
     t0 = time.time()
-    subprocess.run([sys.executable, '-m', 'porting.random_init', '--model', name, '--out', str(ckpt)],
-                   check=True, capture_output=True)
+    proc = subprocess.run([sys.executable, '-m', 'porting.random_init', '--model', name, '--out', str(ckpt)],
+                          capture_output=True, text=True)
+    if proc.returncode:  # a row of its own, like a failed conversion: the other models still run
+        return {'model': name, 'passed': False, 'error': proc.stderr.strip().splitlines()[-1:]}
     proc = subprocess.run([sys.executable, '-m', 'porting.convert', '--model', name, '--checkpoint', str(ckpt),
                            '--out', str(out)], capture_output=True, text=True)
     ckpt.unlink()
@@ -57,13 +59,47 @@ def table(reports: list[dict]) -> str:
     return '\n'.join(HEADER + [row(r) for r in reports])
 
 
+def ours(path: Path) -> bool:
+    """A --json file this tool wrote: a list of parity reports."""
+    try:
+        reports = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(reports, list) and all(isinstance(r, dict) and {'model', 'passed'} <= set(r) for r in reports)
+
+
+def read_readme(readme: Path) -> str:
+    """Its text, if it is a file we can rewrite in place and it has the table markers; else ValueError."""
+    from vitjax.io import check_output_file
+    check_output_file(readme, lambda p: True)  # the user named it to rewrite; not a link or a directory
+    if not readme.is_file():
+        raise ValueError(f'{readme} does not exist')
+    body = readme.read_text()
+    if START not in body or END not in body:
+        raise ValueError(f'{readme} has no {START} ... {END} markers')
+    return body
+
+
 def main(argv=None) -> int:
     import vitjax
+    from vitjax.io import check_output_file, write_file
     ap = argparse.ArgumentParser(prog='python -m porting.registry_parity', description=__doc__.split('\n')[0])
     ap.add_argument('--pattern', nargs='+', default=['*'], help='registry names to run (shell patterns)')
     ap.add_argument('--readme', help='rewrite the table between the parity-table markers of this file')
-    ap.add_argument('--json', help='also write all reports to this file')
+    ap.add_argument('--json', help='also write all reports to this file (a new file, or one this tool wrote)')
     args = ap.parse_args(argv)
+    empty = [p for p in args.pattern if not vitjax.list_models(p)]
+    if empty:  # no runs would pass vacuously
+        ap.error(f'argument --pattern: {" ".join(empty)} matches no registry model')
+    readme = Path(args.readme) if args.readme else None
+    try:  # the runs take minutes: what would refuse the writes at the end is refused before them
+        if args.json:
+            check_output_file(args.json, ours)
+        if readme:
+            read_readme(readme)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         names = list(dict.fromkeys(n for p in args.pattern for n in vitjax.list_models(p)))
@@ -72,20 +108,19 @@ def main(argv=None) -> int:
             r = reports[-1]
             print(f"{name:40s} {'ok ' if r['passed'] else 'FAIL'} {r.get('max_abs_diff', r.get('error'))}",
                   flush=True)
-    text = table(reports)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(reports, indent=2) + '\n')
-    if args.readme:
-        readme = Path(args.readme)
-        body = readme.read_text()
-        if START not in body or END not in body:
-            print(f'error: {readme} has no {START} ... {END} markers', file=sys.stderr)
-            return 1
-        old = body[body.index(START) + len(START):body.index(END)]
-        text = merge(old, reports, vitjax.list_models())
-        body = body.replace(old, f'\n{text}\n')
-        readme.write_text(body)
+    print(table(reports))
+    try:  # through temporary files renamed into place: a kill never leaves either half-written
+        if args.json:
+            write_file(args.json, lambda tmp: Path(tmp).write_text(json.dumps(reports, indent=2) + '\n'), ours)
+        if readme:
+            body = read_readme(readme)  # again: it may have been edited during the runs
+            # by position, not str.replace: the old table's text (a lone newline, say) occurs elsewhere too
+            start, end = body.index(START) + len(START), body.index(END)
+            body = f'{body[:start]}\n{merge(body[start:end], reports, vitjax.list_models())}\n{body[end:]}'
+            write_file(readme, lambda tmp: Path(tmp).write_text(body), lambda p: True)
+    except (ValueError, OSError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     return 0 if all(r['passed'] for r in reports) else 1
 
 

@@ -73,3 +73,27 @@ def test_export_never_replaces_a_file_it_did_not_write(tmp_path, capsys):
         os.umask(old)
     assert os.stat(tmp_path / 'back.safetensors').st_mode & 0o777 == 0o644  # readable like any other file
     assert sorted(os.listdir(tmp_path)) == ['back.safetensors', 'dir.safetensors', 'm', 'user.safetensors']
+
+
+@pytest.fixture(scope='module')
+def deit_dir(tmp_path_factory):
+    """A model directory without initialising the model (a compile): its refusals come before any parity run."""
+    import numpy as np
+    from vitjax.io import param_shapes, unflatten
+    from vitjax.registry import build_model
+    model = build_model('deit_tiny_patch16_224', depth=1)
+    params = unflatten({k: np.zeros(s, np.float32) for k, s in param_shapes(model).items()})
+    return vitjax.save(tmp_path_factory.mktemp('deit') / 'm', model, {'params': params}, name='deit_tiny_patch16_224')
+
+
+@pytest.mark.parametrize('timm_name, builds', [('swin_tiny_patch4_window7_224', 'a SwinTransformer (vitjax swin)'),
+                                               ('eva02_tiny_patch14_224', 'an Eva (vitjax eva)'),
+                                               ('resnet18', 'a ResNet, which vitjax does not convert')])
+def test_export_timm_name_of_another_architecture(deit_dir, tmp_path, capsys, timm_name, builds):
+    import os
+    assert export.main(['--model', str(deit_dir), '--out', str(tmp_path / 'x.safetensors'),
+                        '--timm-name', timm_name]) == 1
+    got = capsys.readouterr()
+    assert got.err == (f'error: {deit_dir} (deit_tiny_patch16_224) is a vitjax vit model, but timm {timm_name} '
+                       f'builds {builds}: pass the --timm-name of a timm vit model\n')
+    assert 'parity' not in got.out and os.listdir(tmp_path) == []
