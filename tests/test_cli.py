@@ -238,3 +238,43 @@ def test_a_broken_model_config_is_one_error_line(converted, photos, tmp_path):
     assert _refused(proc, 'config.json: invalid model config: depth=1000000: must be in 1..1000; '
                           'pretrained_cfg.std=(0, 0, 0): must be > 0'), proc.stderr[-2000:]
     assert not (tmp_path / 'f.npz').exists()
+
+
+def test_predict_and_features_stream_a_folder_batch_by_batch(tmp_path, capsys):
+    """Memory is bounded by the batch (32), not the folder: 64 tiny PNGs, each 0.6 MB once preprocessed to
+    224x224 float32, are never all held at once (two batches at most: jax lets go of a batch's input a moment
+    after its run). Outputs are what the whole folder at once gave (same batches)."""
+    import tracemalloc
+    import zipfile
+    import vitjax
+    from vitjax import cli as vcli, inference
+    model = vitjax.registry.build_model('vit_tiny_patch16_224', 3, None, patch_size=32, depth=1, embed_dim=32,
+                                        num_heads=2)
+    rng = np.random.default_rng(0)  # random params without compiling an init
+    variables = {'params': vitjax.io.unflatten({k: 0.1 * rng.standard_normal(s).astype(np.float32)
+                                                for k, s in vitjax.io.param_shapes(model).items()})}
+    vitjax.save(tmp_path / 'm', model, variables)
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 255, (6, 8, 3), np.uint8)).save(folder / f'{i:03d}.png')
+    image, outs = 224 * 224 * 3 * 4, []
+    for args in (['predict', '--json'], ['features', '--kind', 'tokens', '--out', str(tmp_path / 'f.npz')]):
+        tracemalloc.start()
+        try:
+            assert vcli.main([args[0], '--model', str(tmp_path / 'm'), str(folder), *args[1:]]) == 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 3 * 32 * image, f'{args[0]}: peak {peak / image:.0f} preprocessed images, batches of 32'
+        outs.append(json.loads(capsys.readouterr().out))
+    files = vcli.expand_images([str(folder)])
+    x = inference.preprocess(files, model)
+    feats = inference.features(model, variables, x, 'tokens')  # the whole folder at once, as before
+    logits = np.asarray(model.apply(variables, feats['tokens'], method=model.forward_head))
+    assert [r['file'] for r in outs[0]] == files
+    assert [[t['index'] for t in r['top']] for r in outs[0]] == np.argsort(-logits, 1, kind='stable')[:, :3].tolist()
+    np.savez(tmp_path / 'ref.npz', files=np.asarray(files), **feats)
+    with zipfile.ZipFile(tmp_path / 'f.npz') as a, zipfile.ZipFile(tmp_path / 'ref.npz') as b:
+        assert a.namelist() == b.namelist() and all(a.read(n) == b.read(n) for n in b.namelist())
+    assert outs[1]['tokens'] == [64, 50, 32]

@@ -285,3 +285,74 @@ def test_config_json_that_is_not_an_object_or_bad_extra_names(saved, tmp_path):
     with pytest.raises(ValueError, match=r"extra_json names must be plain \*.json file names, got \['../x.json'\]"):
         vitjax.save(tmp_path / 'n', model, variables, extra_json={'../x.json': {}})
     assert sorted(os.listdir(tmp_path)) == ['m']
+
+
+def _with_params(saved, tmp_path, change):
+    """A copy of the saved model whose params.safetensors holds `change(flat params)`, its checksum updated."""
+    from safetensors.numpy import load_file, save_file
+    path, d = saved[0], tmp_path / 'm'
+    shutil.copytree(path, d)
+    save_file(change(load_file(str(path / 'params.safetensors'))), str(d / 'params.safetensors'))
+    cfg = json.loads((d / 'config.json').read_text())
+    (d / 'config.json').write_text(json.dumps({**cfg, 'params_sha256': vitjax.io.sha256(d / 'params.safetensors')}))
+    return d
+
+
+def test_params_of_other_dtypes_are_refused_naming_the_file_and_keys(saved, tmp_path):
+    d = _with_params(saved, tmp_path, lambda f: {k: v.astype(np.int8) if k.startswith('blocks_') else
+                                                 v.astype(bool) if k == 'norm/scale' else v for k, v in f.items()})
+    with pytest.raises(ValueError) as e:
+        vitjax.load(d)
+    msg = str(e.value)
+    assert str(d / 'params.safetensors') in msg and 'params must be floats' in msg, msg
+    assert 'int8: blocks_0/attn/key/bias' in msg and 'bool: norm/scale' in msg and ' more' in msg, msg
+    _, model, variables = saved  # save refuses what load would refuse
+    bad = jax.tree.map(lambda v: np.asarray(v).astype(np.int8), variables)
+    with pytest.raises(ValueError, match='params to save: .*int8: blocks_0'):
+        vitjax.save(tmp_path / 'out', model, bad)
+    assert not (tmp_path / 'out').exists()
+
+
+def test_half_precision_params_are_cast_to_float32_with_a_note(saved, tmp_path, capsys):
+    import ml_dtypes
+    _, model, variables = saved
+    for dtype in (np.float16, ml_dtypes.bfloat16):
+        shutil.rmtree(tmp_path / 'm', ignore_errors=True)
+        d = _with_params(saved, tmp_path, lambda f: {k: v.astype(dtype) for k, v in f.items()})
+        loaded, lv = vitjax.load(d)
+        assert {x.dtype for x in jax.tree.leaves(lv)} == {np.dtype(np.float32)}
+        want = jax.tree.map(lambda v: np.asarray(v).astype(dtype).astype(np.float32), variables)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(lv), jax.tree.leaves(want)))
+        note = capsys.readouterr().err
+        assert note.count('\n') == 1 and str(d / 'params.safetensors') in note, note
+        assert f'{np.dtype(dtype).name} params cast to float32' in note, note
+
+
+def test_non_finite_params_are_refused_naming_the_keys(saved, tmp_path):
+    def poison(f):
+        f = {k: v.copy() for k, v in f.items()}
+        f['blocks_1/mlp/fc2/kernel'][0, 3] = np.nan
+        f['norm/bias'][-1] = -np.inf
+        return f
+    d = _with_params(saved, tmp_path, poison)
+    with pytest.raises(ValueError) as e:
+        vitjax.load(d)
+    msg = str(e.value)
+    assert str(d / 'params.safetensors') in msg and 'non-finite' in msg, msg
+    assert 'blocks_1/mlp/fc2/kernel (1 NaN)' in msg and 'norm/bias (1 Inf)' in msg, msg
+    huge = _with_params(saved, tmp_path / 'h', lambda f: {**f, 'norm/bias': np.full_like(f['norm/bias'], 1e300,
+                                                                                         np.float64)})
+    with pytest.raises(ValueError, match=r'non-finite.*norm/bias \(192 Inf\)'):  # float64 beyond float32's range
+        vitjax.load(huge)
+
+
+def test_a_url_to_write_is_refused_not_written_under_the_cwd(saved, tmp_path, monkeypatch):
+    _, model, variables = saved
+    monkeypatch.chdir(tmp_path)
+    for write in (lambda: vitjax.save('gs://bucket/m', model, variables),
+                  lambda: vitjax.io.check_writable_model_dir('gs://bucket/m'),
+                  lambda: vitjax.io.write_file('gs://bucket/f.npz', lambda tmp: None, lambda p: True)):
+        with pytest.raises(ValueError, match='cannot write gs://bucket/.*: vitjax writes model directories and '
+                                             'output files locally'):
+            write()
+    assert os.listdir(tmp_path) == []

@@ -103,3 +103,24 @@ def test_naflex_full_size(tmp_path):
 def test_train_py_fine_tunes_naflex(tmp_path):
     """`--config.init` a converted NaFlexViT: trained on the digits at 32x32 (its 16x16 grid resized to 2x2)."""
     fine_tune_family(tmp_path, 'naflexvit_base_patch16_gap', SMALL, 32)
+
+
+def test_patchify_pads_as_timm_and_names_what_does_not_fit():
+    """Sizes that are no multiple of the patch (one smaller than a patch) are zero-padded on the bottom and right,
+    as timm's Patchify does; what cannot be laid out is a ValueError naming the image, the patch and the limit."""
+    from timm.data.naflex_dataset import NaFlexCollator
+    from timm.data.naflex_transforms import Patchify
+    ims = _images([(10, 12, 3), (20, 40, 3), (32, 16, 3)])
+    ours = patchify(ims, 16, max_patches=6)
+    ref, _ = NaFlexCollator(max_seq_len=6)([(Patchify(16)(torch.from_numpy(im.transpose(2, 0, 1).copy())), 0)
+                                            for im in ims])
+    for a, k in zip(ours, ('patches', 'patch_coord', 'patch_valid')):
+        np.testing.assert_array_equal(a, ref[k].numpy())
+    assert ours[2].sum(1).tolist() == [1, 6, 2]
+    with pytest.raises(ValueError, match=r'image 1 \(20x40\) makes 6 patches of 16x16, more than max_patches=4'):
+        patchify(ims, 16, max_patches=4)
+    for bad, msg in (([], 'no images'), ([np.zeros((0, 16, 3))], r'image 0 \(0x16\) is empty'),
+                     ([np.zeros((16, 16))], r'image 0: expected \(H, W, C\), got shape \(16, 16\)'),
+                     ([ims[0], np.zeros((16, 16, 1))], 'image 1 has 1 channels, image 0 has 3')):
+        with pytest.raises(ValueError, match=msg):
+            patchify(bad, 16)

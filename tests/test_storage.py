@@ -170,3 +170,31 @@ def test_a_bucket_prefix_holding_other_files_is_not_a_workdir(gcs):
     with pytest.raises(ValueError, match=r'gs://vitjax-test/theirs is not a vitjax run directory \(it holds notes.txt'):
         workdir.check_ours(f'{BUCKET}/theirs')
     workdir.check_ours(f'{BUCKET}/fresh')  # nothing there yet: a new run may start
+
+
+def test_a_bucket_model_directory_behaves_like_the_local_one(gcs, tmp_path, capsys):
+    """A subfolder in it (a user's notes, an eval run) and `vitjax predict --model gs://...`: what works on the
+    local directory works on its copy in the bucket, and errors name the bucket's files, not a local copy's."""
+    import jax
+    from PIL import Image
+    from vitjax import cli
+    model = vitjax.registry.build_model('vit_tiny_patch16_224', 5, 32, patch_size=8, depth=1)
+    rng = np.random.default_rng(0)  # random params without compiling an init
+    variables = {'params': vitjax.io.unflatten({k: rng.standard_normal(s).astype(np.float32)
+                                                for k, s in vitjax.io.param_shapes(model).items()})}
+    files = storage.RunFiles(f'{BUCKET}/sub')
+    local, url = files.path('model'), f'{BUCKET}/sub/model'
+    vitjax.save(local, model, variables)
+    os.makedirs(os.path.join(local, 'evals', 'v1'))
+    open(os.path.join(local, 'evals', 'v1', 'notes.txt'), 'w').write('ours')
+    files.publish_model()
+    assert names(url) == ['config.json', 'evals', 'params.safetensors']
+    (_, want), (_, got) = vitjax.load(local), vitjax.load(url)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)))
+    Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).save(tmp_path / 'x.png')
+    assert cli.main(['predict', '--model', url, str(tmp_path / 'x.png'), '--json', '--top', '2']) == 0
+    assert [len(r['top']) for r in json.loads(capsys.readouterr().out)] == [2]
+    storage.epath.Path(url, 'params.safetensors').unlink()
+    with pytest.raises(ValueError, match=f'cannot read {url}/params.safetensors: '):
+        vitjax.load(url)
+    files.close()

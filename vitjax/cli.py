@@ -1,13 +1,14 @@
 """`vitjax`: the command-line front door (pyproject [project.scripts]).
 
-    vitjax predict   --model DIR|NAME IMAGE_OR_FOLDER... [--top 5] [--json]
+    vitjax predict   --model DIR|NAME IMAGE_OR_FOLDER... [--top 5] [--json] [--batch-size 32]
     vitjax features  --model DIR|NAME IMAGE_OR_FOLDER... --out feats.npz [--kind pooled|cls|tokens|map|intermediates]
+                     [--batch-size 32]
     vitjax attention --model DIR|NAME IMAGE --out attn.png
     vitjax evaluate  --model DIR --dataset NAME|FOLDER [--split test] [--batch-size 64]
     vitjax convert ... | vitjax export ... | vitjax train ...   (the porting CLIs and train.py, same arguments)
 
-DIR is a vitjax model directory (from `vitjax convert` or `train.py`); NAME is a timm name, converted from
-the hub once (needs torch and network) into ~/.cache/vitjax/NAME with its parity check.
+DIR is a vitjax model directory (from `vitjax convert` or `train.py`), local or gs://...; NAME is a timm name,
+converted from the hub once (needs torch and network) into ~/.cache/vitjax/NAME with its parity check.
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from vitjax.images import IMAGE_EXTENSIONS
 
@@ -36,8 +38,12 @@ def _at_least_one(flag: str):
     return parse
 
 
-def resolve_model(spec: str) -> Path:
-    """A model directory as given, or a timm name converted (with parity) into the cache on first use."""
+def resolve_model(spec: str) -> Union[str, Path]:
+    """A model directory as given (a gs://... one as is: Path would mangle it), or a timm name converted (with
+    parity) into the cache on first use."""
+    from vitjax import storage
+    if storage.is_url(spec):
+        return spec
     path = Path(spec)
     if path.is_dir():
         return path
@@ -91,7 +97,7 @@ def cmd_predict(args) -> int:
     path, model, variables = _load(args.model)
     files = expand_images(args.images)
     preds = inference.predict(model, variables, files, top=args.top,
-                              class_names=inference.class_names_for(model, path))
+                              class_names=inference.class_names_for(model, path), batch_size=args.batch_size)
     if args.json:
         print(json.dumps([{'file': f, 'top': p} for f, p in zip(files, preds)], indent=2))
         return 0
@@ -142,14 +148,45 @@ def cmd_features(args) -> int:
     out = _check_out(args.out, '.npz', _our_npz, [i for i in args.images if os.path.isfile(i)])
     _, model, variables = _load(args.model)
     files = expand_images(args.images)
-    feats = inference.features(model, variables, inference.preprocess(files, model), args.kind)
+    shapes = {}
 
     def write(tmp):
-        with open(tmp, 'wb') as f:  # a file object: np.savez appends '.npz' to a name without it
-            np.savez(f, files=np.asarray(files), **feats)
+        shapes.update(_savez_batches(tmp, files, inference.iter_features(model, variables, files, args.kind,
+                                                                          args.batch_size)))
     write_file(out, write, _our_npz)
-    print(json.dumps({'out': str(out), 'files': len(files), **{k: list(v.shape) for k, v in feats.items()}}))
+    print(json.dumps({'out': str(out), 'files': len(files), **shapes}))
     return 0
+
+
+def _savez_batches(path: str, files: list[str], batches) -> dict[str, list[int]]:
+    """`np.savez(path, files=files, **arrays)`, the arrays given batch by batch along axis 0, with one batch in
+    memory: each grows in an unnamed temporary file beside `path` (gone with the process, whatever kills it) and is
+    then copied into the archive as savez stores it. Returns the arrays' shapes."""
+    import tempfile
+    import zipfile
+    import numpy as np
+    from numpy.lib import format as npf
+    spools, shapes = {}, {}
+    try:
+        for batch in batches:
+            for k, v in batch.items():
+                if k not in spools:
+                    shapes[k] = (len(files), *v.shape[1:])
+                    spools[k] = tempfile.TemporaryFile(dir=os.path.dirname(path) or '.')
+                    npf.write_array_header_1_0(spools[k], {'descr': npf.dtype_to_descr(v.dtype),
+                                                           'fortran_order': False, 'shape': shapes[k]})
+                spools[k].write(np.ascontiguousarray(v).tobytes())
+        with zipfile.ZipFile(path, 'w', zipfile.ZIP_STORED, allowZip64=True) as z:
+            with z.open('files.npy', 'w', force_zip64=True) as f:
+                npf.write_array(f, np.asarray(files))
+            for k in sorted(spools):  # savez's order: the keys of the dict that jax's tree functions sort
+                spools[k].seek(0)
+                with z.open(f'{k}.npy', 'w', force_zip64=True) as f:
+                    shutil.copyfileobj(spools[k], f, 1 << 22)
+    finally:
+        for spool in spools.values():
+            spool.close()
+    return {k: list(shape) for k, shape in sorted(shapes.items())}
 
 
 def cmd_attention(args) -> int:
@@ -196,12 +233,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument('images', nargs='+', help='image files or folders')
     p.add_argument('--top', type=_at_least_one('--top'), default=5, help='classes per image (at most all of them)')
     p.add_argument('--json', action='store_true', help='JSON on stdout')
+    p.add_argument('--batch-size', type=_at_least_one('--batch-size'), default=32, help='images at a time')
     p.set_defaults(fn=cmd_predict)
     p = sub.add_parser('features', help='features of images into an .npz')
     p.add_argument('--model', required=True)
     p.add_argument('images', nargs='+')
     p.add_argument('--out', required=True, help='output .npz (arrays + files)')
     p.add_argument('--kind', default='pooled', choices=('pooled', 'cls', 'tokens', 'map', 'intermediates'))
+    p.add_argument('--batch-size', type=_at_least_one('--batch-size'), default=32, help='images at a time')
     p.set_defaults(fn=cmd_features)
     p = sub.add_parser('attention', help='attention rollout and last-layer attention over an image, as a PNG')
     p.add_argument('--model', required=True)

@@ -10,7 +10,7 @@ import gzip
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,7 @@ from vitjax.models.vit import to_2tuple
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
 FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
+BATCH = 32  # images preprocessed and run at a time: what bounds the memory of a folder's worth
 _INFO = Path(__file__).parent / 'data' / 'imagenet'
 # Class lists by head size (WordNet synsets; names from timm's ImageNet metadata, Apache-2.0).
 _SUBSETS = {1000: 'imagenet_synsets.txt.gz', 11821: 'imagenet12k_synsets.txt.gz',
@@ -70,8 +71,8 @@ def preprocess(images: Sequence[ImageLike], model) -> np.ndarray:
     scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
     resample = RESAMPLE.get(cfg.interpolation, 3)
     mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
-    out = []
-    for image in images:
+    out = np.empty((len(images), h, w, 3), np.float32)  # filled in place: one copy of the batch, not three
+    for i, image in enumerate(images):
         im = open_image(image)
         if cfg.crop_mode == 'squash' or scale[0] != scale[1]:
             im = im.resize((scale[1], scale[0]), resample)
@@ -88,29 +89,34 @@ def preprocess(images: Sequence[ImageLike], model) -> np.ndarray:
             im, (iw, ih) = canvas, canvas.size
         top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
         im = im.crop((left, top, left + w, top + h))
-        out.append((np.asarray(im, np.float32) / 255.0 - mean) / std)
-    return np.stack(out).astype(np.float32)
+        out[i] = (np.asarray(im, np.float32) / 255.0 - mean) / std
+    return out
 
 
-def _batched(fn, x: np.ndarray, batch: int = 32):
+def _chunks(images: Sequence[ImageLike], batch_size: int) -> Iterator[Sequence[ImageLike]]:
+    # preprocessed where they are run, not by a generator: the previous batch would live on beside the next
+    return (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+
+
+def _batched(fn, x: np.ndarray, batch: int = BATCH):
     outs = [fn(x[i:i + batch]) for i in range(0, len(x), batch)]
     return jax.tree.map(lambda *a: np.concatenate([np.asarray(v) for v in a]), *outs)
 
 
 # -- predictions -------------------------------------------------------------------------------------------
 def predict(model, variables, images: Sequence[ImageLike], top: int = 5,
-            class_names: Optional[Sequence[str]] = None) -> list[list[dict[str, Any]]]:
+            class_names: Optional[Sequence[str]] = None, batch_size: int = BATCH) -> list[list[dict[str, Any]]]:
     """Top-k `{'index', 'label', 'probability'}` per image, most probable first."""
     if model.num_classes <= 0:
         raise ValueError('this model has no classifier head (num_classes=0); use features instead')
     names = list(class_names) if class_names is not None else class_names_for(model)
-    logits = _batched(jax.jit(lambda x: model.apply(variables, x)), preprocess(images, model))
-    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
-    k = min(top, probs.shape[-1])
+    run = jax.jit(lambda x: model.apply(variables, x))
+    k = min(top, model.num_classes)
     result = []
-    for p in probs:
-        idx = np.argsort(-p, kind='stable')[:k]
-        result.append([{'index': int(i), 'label': names[i], 'probability': float(p[i])} for i in idx])
+    for chunk in _chunks(images, batch_size):  # only the top k of each image kept: not N x classes
+        for p in np.asarray(jax.nn.softmax(jnp.asarray(run(preprocess(chunk, model)), jnp.float32), axis=-1)):
+            idx = np.argsort(-p, kind='stable')[:k]
+            result.append([{'index': int(i), 'label': names[i], 'probability': float(p[i])} for i in idx])
     return result
 
 
@@ -123,6 +129,18 @@ def features(model, variables, x: np.ndarray, kind: str = 'pooled') -> dict[str,
     map     (B, h, w, D)  the patch tokens as a grid (ViT-B/16 at 224: 14x14x768; Swin: the last stage map)
     intermediates         every block's (ViT) or stage's (Swin) output, NHWC, as `block_i` / `stage_i`
     """
+    return _batched(_features_fn(model, variables, kind), x)
+
+
+def iter_features(model, variables, images: Sequence[ImageLike], kind: str = 'pooled',
+                  batch_size: int = BATCH) -> Iterator[dict[str, np.ndarray]]:
+    """`features` of image files, `batch_size` at a time, in order (the arrays as numpy, keys sorted)."""
+    run = _features_fn(model, variables, kind)
+    for chunk in _chunks(images, batch_size):
+        yield jax.tree.map(np.asarray, run(preprocess(chunk, model)))
+
+
+def _features_fn(model, variables, kind: str):
     if kind not in FEATURE_KINDS:
         raise ValueError(f'kind must be one of {FEATURE_KINDS}, got {kind!r}')
     swin = isinstance(model, SwinTransformer)
@@ -147,7 +165,7 @@ def features(model, variables, x: np.ndarray, kind: str = 'pooled') -> dict[str,
         ph, pw = to_2tuple(model.patch_size)  # non-square patches: each axis its own stride
         return {kind: f[:, model.num_prefix_tokens:].reshape(b, h // ph, w // pw, -1)}
 
-    return _batched(jax.jit(run), x)
+    return jax.jit(run)
 
 
 # -- attention ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
@@ -68,6 +69,26 @@ def check_params(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], 
         raise ValueError('\n'.join(lines))
 
 
+FLOAT_DTYPES = ('float32', 'bfloat16', 'float16', 'float64')  # what params may be stored as
+
+
+def float32_params(flat: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """The params as float32, refused (one error naming the keys) unless of a float dtype and finite as float32:
+    an int8 or bool file would predict garbage, a NaN would surface only as a NaN loss."""
+    bad = sorted(f'{v.dtype.name}: {k}' for k, v in flat.items() if v.dtype.name not in FLOAT_DTYPES)
+    if bad:
+        raise ValueError(f"{what}: params must be floats ({', '.join(FLOAT_DTYPES)}); got {_show(bad)}")
+    out, nonfinite = {}, []
+    for k, v in flat.items():
+        out[k] = v = v.astype(np.float32, copy=False)
+        if not np.isfinite(v).all():
+            nan, inf = int(np.isnan(v).sum()), int(np.isinf(v).sum())
+            nonfinite.append(f"{k} ({', '.join(f'{n} {w}' for n, w in ((nan, 'NaN'), (inf, 'Inf')) if n)})")
+    if nonfinite:
+        raise ValueError(f'{what}: non-finite values in {_show(nonfinite)}')
+    return out
+
+
 def as_tuples(v: Any) -> Any:
     """JSON lists back to tuples (nested, dict values too): module attributes stay hashable."""
     if isinstance(v, dict):
@@ -91,12 +112,13 @@ def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
     """Write a model directory atomically. `extra_json` maps file names to JSON objects written beside it.
 
     Refuses (ValueError, before any work) a `path` that is not absent, empty or a model directory vitjax wrote."""
-    path = Path(path)
+    path = _local(path)
     check_writable_model_dir(path)
     if getattr(model, 'scan_blocks', False):  # on disk, blocks are always stored one by one (timm's layout)
         model, variables = model.clone(scan_blocks=False), {'params': unstack_blocks(variables['params'])}
     flat = flatten(variables['params'])
     check_params(flat, param_shapes(model), 'params to save')
+    float32_params(flat, 'params to save')  # nothing load would refuse
     files = {CONFIG_FILE: None, **(extra_json or {})}
     bad = [f for f in files if not f.endswith('.json') or os.sep in f or f.startswith('.')]
     if bad:
@@ -139,6 +161,13 @@ def umask() -> int:
         return mask
 
 
+def _local(path: Union[str, os.PathLike]) -> Path:
+    if storage.is_url(path):  # Path('gs://b/m') is the local 'gs:/b/m': it would be written under the cwd
+        raise ValueError(f'cannot write {path}: vitjax writes model directories and output files locally (an '
+                         'object store has no atomic rename); write it locally and copy it')
+    return Path(path)
+
+
 def _is_config(path: Path) -> bool:
     try:
         cfg = json.loads(path.read_text())
@@ -174,7 +203,7 @@ def _foreign(path: Path) -> Optional[str]:
 
 def check_place(path: Union[str, os.PathLike], inputs: Iterable[Union[None, str, os.PathLike]] = ()) -> None:
     """`path` is not an input, inside one or around one, and its nearest existing parent takes new entries."""
-    path = Path(path)
+    path = _local(path)
     real = Path(os.path.realpath(path))
     for inp in inputs:
         if inp is None or not os.path.lexists(inp):
@@ -197,7 +226,7 @@ def check_place(path: Union[str, os.PathLike], inputs: Iterable[Union[None, str,
 def check_writable_model_dir(path: Union[str, os.PathLike],
                              inputs: Iterable[Union[None, str, os.PathLike]] = ()) -> Path:
     """Raise ValueError unless `save(path, ...)` may write there; call it before expensive work."""
-    path = Path(path)
+    path = _local(path)
     if path.name in ('', '..'):  # '.' or '..': a rename cannot replace them
         raise ValueError(f'{path}: name the model directory itself')
     check_place(path, inputs)
@@ -283,7 +312,7 @@ def _install(tmp: Path, path: Path) -> None:
 def write_file(path: Union[str, os.PathLike], write: Callable[[str], None], ours: Callable[[Path], bool]) -> Path:
     """Write a file through a hidden temporary sibling renamed into place: never half-written under its name,
     nothing left behind on failure, modes from the umask. Replaces only a file that `ours` recognises."""
-    path = Path(path)
+    path = _local(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.tmp-', suffix=path.suffix, dir=path.parent)
@@ -305,7 +334,7 @@ def write_file(path: Union[str, os.PathLike], write: Callable[[str], None], ours
 def check_output_file(path: Union[str, os.PathLike], ours: Callable[[Path], bool],
                       inputs: Iterable[Union[None, str, os.PathLike]] = ()) -> Path:
     """Raise ValueError unless `write_file(path, ..., ours)` may write there; call it before expensive work."""
-    path = Path(path)
+    path = _local(path)
     check_place(path, inputs)
     what = ('a symbolic link' if path.is_symlink() else 'a directory' if path.is_dir() else
             'a file vitjax did not write' if path.exists() and not ours(path) else None)
@@ -327,20 +356,29 @@ def _cfg_dict(cfg: PretrainedCfg) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _fetched(url: str, only: Optional[str] = None):
+def _fetched(url: str, names: Iterable[str]):
+    """A local copy of the files `names` of a model directory on an object store; errors name the store's files."""
     url = str(url).rstrip('/')
     if not storage.exists(f'{url}/{CONFIG_FILE}'):
         raise FileNotFoundError(f'{url}/{CONFIG_FILE} not found: {url} is not a vitjax model directory')
-    local = storage.fetch_dir(url, only)
+    local = storage.fetch_dir(url, names)
     try:
         yield local
+    except (ValueError, OSError) as e:
+        try:
+            named = type(e)(str(e).replace(local, url)) if local in str(e) else None
+        except TypeError:  # a type that takes more than a message
+            named = None
+        if named is None:
+            raise
+        raise named from None
     finally:
         shutil.rmtree(local, ignore_errors=True)
 
 
 def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if storage.is_url(path):  # a model on an object store (a run's gs://.../model): its config alone
-        with _fetched(path, only=CONFIG_FILE) as local:
+        with _fetched(path, [CONFIG_FILE]) as local:
             return read_config(local)
     path = Path(path)
     cfg_file = path / CONFIG_FILE
@@ -363,8 +401,8 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
          rng: Optional[jax.Array] = None, **overrides: Any) -> tuple[Model, dict]:
     """Load `(model, variables)` from a model directory (a local path or gs://...), optionally with another head
     size or image size."""
-    if storage.is_url(path):  # safetensors reads local files: the directory (a few flat files) is fetched first
-        with _fetched(path) as local:
+    if storage.is_url(path):  # safetensors reads local files: the two files read here are fetched first
+        with _fetched(path, [CONFIG_FILE, PARAMS_FILE]) as local:
             return load(local, num_classes, img_size, rng, **overrides)
     path = Path(path)
     cfg = read_config(path)
@@ -382,6 +420,10 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     except Exception as e:  # safetensors raises several types for truncated or corrupt files
         raise ValueError(f'cannot read {path / PARAMS_FILE}: {e}') from None
     check_params(flat, shapes, str(path / PARAMS_FILE))
+    cast = sorted({v.dtype.name for v in flat.values()} - {'float32'})
+    flat = float32_params(flat, str(path / PARAMS_FILE))
+    if cast:  # the model computes in float32, and training from float16 params would overflow to NaN
+        print(f"note: {path / PARAMS_FILE}: {', '.join(cast)} params cast to float32", file=sys.stderr)
     params = unflatten(flat)
     changes = dict(overrides)
     scan = changes.pop('scan_blocks', False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Iterable, Optional, Union
 
 from etils import epath
 
@@ -81,12 +81,23 @@ def exists(path: str) -> bool:
     return epath.Path(path).exists()
 
 
-def fetch_dir(url: str, only: Optional[str] = None) -> str:
-    """The files of an object-store directory (a saved model: a few flat files), or just the one named `only`,
-    copied into a new local temporary directory, for code that reads local files (safetensors' memory map)."""
-    src = epath.Path(url)
+def fetch_dir(url: str, only: Union[None, str, Iterable[str]] = None) -> str:
+    """The files of an object-store directory (a saved model), subfolders included, or just those named in
+    `only` (absent ones skipped), copied into a new local temporary directory, for code that reads local files
+    (safetensors' memory map)."""
     local = tempfile.mkdtemp(prefix='vitjax-fetch-')
-    for f in ([src / only] if only else src.iterdir() if src.is_dir() else []):
-        if f.exists():
-            f.copy(epath.Path(local) / f.name, overwrite=True)
+    try:
+        _download(epath.Path(url), local, [only] if isinstance(only, str) else only)
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
     return local
+
+
+def _download(src: epath.Path, dst: str, only: Optional[Iterable[str]] = None) -> None:
+    for f in ([src / n for n in only] if only is not None else src.iterdir() if src.is_dir() else []):
+        if f.is_dir():  # a copy would raise IsADirectoryError: what a local directory holds, a fetch holds
+            os.makedirs(os.path.join(dst, f.name), exist_ok=True)
+            _download(f, os.path.join(dst, f.name))
+        elif f.exists():
+            f.copy(epath.Path(dst) / f.name, overwrite=True)

@@ -118,16 +118,31 @@ class NaFlexVit(VisionTransformer):
         return x if pre_logits or self.head is None else self.head(x)
 
 
-def patchify(images, patch_size: int, max_patches: Optional[int] = None):
-    """NHWC images of any sizes (a list) -> a NaFlex batch as timm's collator lays it out: `patches` (B, N,
-    p*p*C) in (ph, pw, C) order, row-major over each image's grid, zero-padded to the longest (or
-    `max_patches`); `patch_coord` (B, N, 2); `patch_valid` (B, N)."""
+def patchify(images, patch_size: Size, max_patches: Optional[int] = None):
+    """NHWC images of any sizes (a list) -> a NaFlex batch as timm's Patchify and collator lay it out: each image
+    zero-padded on the bottom and right to whole patches, `patches` (B, N, ph*pw*C) in (ph, pw, C) order,
+    row-major over each image's grid, zero-padded to the longest (or `max_patches`); `patch_coord` (B, N, 2);
+    `patch_valid` (B, N). timm's collator would drop the patches past `max_patches`: an error here."""
     import numpy as np
-    out = []
-    for im in images:
+    ph, pw = to_2tuple(patch_size)
+    if not len(images):
+        raise ValueError('patchify: no images')
+    out, chans = [], None
+    for i, im in enumerate(images):
+        im = np.asarray(im)
+        if im.ndim != 3:
+            raise ValueError(f'patchify: image {i}: expected (H, W, C), got shape {im.shape}')
         h, w, c = im.shape
-        gh, gw = h // patch_size, w // patch_size
-        p = np.asarray(im)[:gh * patch_size, :gw * patch_size].reshape(gh, patch_size, gw, patch_size, c)
+        if not h or not w or not c:
+            raise ValueError(f'patchify: image {i} ({h}x{w}) is empty')
+        chans = c if chans is None else chans
+        if c != chans:
+            raise ValueError(f'patchify: image {i} has {c} channels, image 0 has {chans}')
+        gh, gw = -(-h // ph), -(-w // pw)
+        if max_patches is not None and gh * gw > max_patches:
+            raise ValueError(f'patchify: image {i} ({h}x{w}) makes {gh * gw} patches of {ph}x{pw}, more than '
+                             f'max_patches={max_patches}; resize it first (timm: ResizeToSequence)')
+        p = np.pad(im, ((0, gh * ph - h), (0, gw * pw - w), (0, 0))).reshape(gh, ph, gw, pw, c)
         p = p.transpose(0, 2, 1, 3, 4).reshape(gh * gw, -1)
         coord = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing='ij'), -1).reshape(-1, 2)
         out.append((p, coord))
