@@ -198,3 +198,22 @@ def test_a_bucket_model_directory_behaves_like_the_local_one(gcs, tmp_path, caps
     with pytest.raises(ValueError, match=f'cannot read {url}/params.safetensors: '):
         vitjax.load(url)
     files.close()
+
+
+def test_a_bucket_model_prefix_of_user_files_is_refused_untouched(gcs):
+    """runs/m/model/ in the bucket holds config.json, params.safetensors and notes.txt that vitjax did not
+    write: train.py refuses the workdir as it refuses the same local layout, and every object stays."""
+    root = f'{BUCKET}/runs/m'
+    mine = {'config.json': '{"my": "model"}', 'params.safetensors': 'my weights', 'notes.txt': 'my notes'}
+    for f, text in mine.items():
+        storage.epath.Path(f'{root}/model/{f}').write_text(text)
+    with pytest.raises(ValueError, match=r'model holds config.json, notes.txt, params.safetensors, which vitjax did'):
+        workdir.check_model_url(f'{root}/model')
+    cmd = [sys.executable, 'train.py', f'--workdir={root}', '--config.total_steps=5', '--config.warmup_steps=1']
+    proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert 'vitjax replaces only a model directory it wrote' in proc.stderr
+    assert names(root) == ['model'] and names(f'{root}/model') == sorted(mine)
+    assert {f: storage.epath.Path(f'{root}/model/{f}').read_text() for f in mine} == mine
+    workdir.check_model_url(f'{BUCKET}/runs/new/model')  # nothing there: a run may write it
