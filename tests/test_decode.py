@@ -1,6 +1,7 @@
 """Decoding after the shuffle: the fused JPEG crop against decode-then-crop, the per-file decoder choice, timm's
 eval crop taken from the original image, and uint8 batches normalised on the device."""
 import io
+import os
 
 import jax
 import numpy as np
@@ -161,3 +162,108 @@ def test_uint8_normalised_on_the_device_equals_the_float_pipeline():
     assert model_input(floats, mean, std) is floats  # float batches are taken as already normalised
     with pytest.raises(ValueError, match='mean and std'):
         model_input(pixels, None, None)
+
+
+def _chunk(kind, body):
+    import struct
+    import zlib
+    return struct.pack('>I', len(body)) + kind + body + struct.pack('>I', zlib.crc32(kind + body))
+
+
+def _png(idats, extra=(), interlace=0, pixels=None):
+    """A 64 x 48 RGB PNG from raw IDAT payloads, every chunk with a valid CRC."""
+    import struct
+    head = b'\x89PNG\r\n\x1a\n' + _chunk(b'IHDR', struct.pack('>IIBBBBB', 64, 48, 8, 2, 0, 0, interlace))
+    return head + b''.join(_chunk(k, b) for k, b in extra) + b''.join(_chunk(b'IDAT', d) for d in idats) \
+        + _chunk(b'IEND', b'')
+
+
+def _rows(pixels, filter_type=0):
+    return b''.join(bytes([filter_type]) + row.tobytes() for row in pixels)
+
+
+def _scan_bounds(data):
+    """(start, end) of a baseline JPEG's entropy-coded data: after its SOS segment, up to the EOI marker."""
+    import struct
+    sos = data.index(b'\xff\xda')
+    return sos + 2 + struct.unpack('>H', data[sos + 2:sos + 4])[0], data.rindex(b'\xff\xd9')
+
+
+def _bad_and_good_files(photo):
+    """{name: (bytes, whether TensorFlow's decoders fail on it)}: every chunk CRC and JPEG marker in place."""
+    import zlib
+    rng = np.random.default_rng(0)
+    pixels = photo[:48, :64]
+    raw = _rows(pixels)
+    good = zlib.compress(raw)
+    jpeg, prog = _jpeg(photo[:192, :256]), _jpeg(photo[:192, :256], progressive=True)
+    s, e = _scan_bounds(jpeg)
+    noise = rng.integers(0, 256, e - s, np.uint8)
+    dht = prog.index(b'\xff\xc4', prog.index(b'\xff\xda'))  # a Huffman table between progressive scans
+    ac_scan = prog.index(b'\xff\xda', dht)  # the AC scan after it: point its table at one never defined
+    undefined = prog[:ac_scan + 6] + bytes([prog[ac_scan + 6] | 0x03]) + prog[ac_scan + 7:]
+    unfinished = zlib.compressobj()
+    unfinished = unfinished.compress(raw + raw) + unfinished.flush(zlib.Z_SYNC_FLUSH)  # every row, no stream end
+    return {
+        'nonzlib.png': (_png([rng.integers(0, 256, 500, np.uint8).tobytes()]), True),
+        'zlib_cut.png': (_png([good[:len(good) // 2]]), True),
+        'short_pixels.png': (_png([zlib.compress(raw[:len(raw) // 2])]), True),
+        'bad_filter.png': (_png([zlib.compress(_rows(pixels, 7))]), True),
+        'bad_adler.png': (_png([good[:-4] + b'\0\0\0\0']), True),
+        'no_idat.png': (_png([]), True),
+        'unknown_critical_chunk.png': (_png([good], extra=[(b'ABCD', b'xyz')]), True),
+        'noise_with_markers.jpg': (jpeg[:s] + noise.tobytes() + jpeg[e:], True),
+        'sof_in_scan.jpg': (jpeg[:s + 100] + b'\xff\xc0\x00\x11garbage' + jpeg[s + 100:], True),
+        'bogus_huffman_table.jpg': (prog[:dht + 4] + b'\xff' * 20 + prog[dht + 24:], True),
+        'undefined_huffman_table.jpg': (undefined, True),
+        'zlib_unfinished.png': (_png([unfinished]), True),
+        # damaged but decodable (libjpeg / libpng warn): must not be skipped
+        'noise_no_markers.jpg': (jpeg[:s] + np.minimum(noise, 254).tobytes() + jpeg[e:], False),
+        'scan_cut_short.jpg': (jpeg[:s] + jpeg[s:s + 10] + jpeg[e:], False),
+        'trailing_bytes.jpg': (jpeg + bytes(4096), False),
+        'progressive.jpg': (prog, False),
+        'split_idat.png': (_png([good[:10], good[10:]]), False),
+        'extra_zlib_data.png': (_png([zlib.compress(raw + raw)]), False),
+        'interlaced.png': (_png([zlib.compress(_adam7(pixels))], interlace=1), False),
+    }
+
+
+def _adam7(pixels):
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    return b''.join(_rows(pixels[y0::dy, x0::dx]) for x0, y0, dx, dy in passes if pixels[y0::dy, x0::dx].size)
+
+
+def test_probe_rejects_what_tensorflow_cannot_decode(tmp_path, photo):
+    """Files whose headers, chunk CRCs and markers are all in place but whose body TensorFlow's decoder rejects
+    (with an error naming no file) are rejected by the probe; damaged files the decoders accept are kept."""
+    for name, (content, tf_fails) in _bad_and_good_files(photo).items():
+        path = str(tmp_path / name)
+        with open(path, 'wb') as f:
+            f.write(content)
+        try:
+            decode.decode_and_crop(tf.constant(content), decode.full_window)
+            assert not tf_fails, f'{name}: TensorFlow decodes it'
+        except tf.errors.InvalidArgumentError:
+            assert tf_fails, f'{name}: TensorFlow fails on it'
+        if tf_fails:
+            with pytest.raises(ValueError):
+                images.probe(path)
+        else:
+            images.probe(path)
+
+
+def test_folder_skips_a_png_with_non_zlib_pixels(tmp_path, photo, capsys):
+    """The file of the issue: a PNG whose IDAT is not a zlib stream is skipped and counted like any bad image;
+    the pipeline then trains over the rest."""
+    from vitjax import data
+    for c in ('a', 'b'):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(photo[i * 40:i * 40 + 32, :32]).save(tmp_path / c / f'{i}.png')
+    (tmp_path / 'a' / 'nonzlib.png').write_bytes(_png([bytes(range(256)) * 2]))
+    index = images.scan(str(tmp_path))
+    assert [os.path.basename(p) for p, _ in index.skipped] == ['nonzlib.png'] and len(index.files) == 6
+    assert 'skipped 1 unreadable image file(s)' in capsys.readouterr().err
+    batch = next(data.create_train_dataset(str(tmp_path), 'all', global_batch_size=6, image_size=16,
+                                           process_index=0, process_count=1))
+    assert batch['image'].shape == (6, 16, 16, 3)

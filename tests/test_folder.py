@@ -54,14 +54,37 @@ def test_split_folders(tmp_path):
 @pytest.mark.parametrize('split, message', [
     ('bogus', "has no split 'bogus' (class folders: its splits are all, test, train)"),
     ('train[:0]', "split 'train[:0]' is empty"),
-    ('train[50%:10%]', "split 'train[50%:10%]' is empty"),
+    ('train[50%:10%]', "split 'train[50%:10%]' is reversed: it starts at example 3 of 'train' and ends at 1"),
+    ('train[5:2]', "split 'train[5:2]' is reversed"),
+    ('train[-1:-3]', "split 'train[-1:-3]' is reversed"),
+    ('train[200%:]', "split 'train[200%:]': 200% is not within -100% and 100%"),
+    ('train[:-101%]', "split 'train[:-101%]': -101% is not within -100% and 100%"),
+    ('train[7:]', "split 'train[7:]': 7 is out of range ('train' holds 6 examples)"),
+    ('train[2:50%]', "split 'train[2:50%]' mixes an absolute and a percent bound"),
     ('train[:', 'cannot parse split'),
+    ('train[abc]', 'cannot parse split'),
+    ('train[1:2:3]', 'cannot parse split'),
 ])
-def test_unknown_or_empty_split_is_an_error(tmp_path, split, message):
+def test_unknown_empty_or_reversed_split_is_an_error(tmp_path, split, message):
+    """Where the split is resolved, so train.py and `vitjax evaluate` both get it (tfds: test_input_pipeline)."""
+    _fill(tmp_path, {'a': 4, 'b': 4})  # train: 3 of each class
+    for fn in (lambda: data.get_dataset_info(str(tmp_path), split),
+               lambda: data.create_eval_dataset(str(tmp_path), split, global_batch_size=2, image_size=8,
+                                                process_index=0, process_count=1)):
+        with pytest.raises(ValueError) as e:
+            fn()
+        assert message in str(e.value)
+
+
+@pytest.mark.parametrize('split, n', [('train[-5%:]', 0), ('train[-50%:]', 3), ('train[-2:]', 2), ('train[1.5%:]', 6),
+                                      ('train[0%:0%]', 0), ('train[:100%]', 6), ('train[-100%:]', 6)])
+def test_split_slices_resolve_as_tfds_does(tmp_path, split, n):
     _fill(tmp_path, {'a': 4, 'b': 4})
-    with pytest.raises(ValueError) as e:
-        data.get_dataset_info(str(tmp_path), split)
-    assert message in str(e.value)
+    if n:
+        assert data.get_dataset_info(str(tmp_path), split).num_examples == n
+    else:
+        with pytest.raises(ValueError, match='is empty'):
+            data.get_dataset_info(str(tmp_path), split)
 
 
 @pytest.mark.slow
@@ -116,3 +139,40 @@ def test_vitjax_predict_on_a_bomb(bomb, tmp_path):
         proc = subprocess.run([sys.executable, '-m', 'vitjax.cli', 'predict', '--model', str(model), '--top', top,
                                str(bomb)], cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 2 and '--top must be an integer >= 1' in proc.stderr
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    """One class trains to accuracy 1 and loss 0 on anything: refused where the dataset info is built, so
+    train.py stops with an error before training and `vitjax evaluate` before evaluating."""
+    _fill(tmp_path / 'one', {'cat': 4})
+    with pytest.raises(ValueError, match=r"one holds one class \('cat'\); classification needs at least two"):
+        data.get_dataset_info(str(tmp_path / 'one'), 'train')
+    _fill(tmp_path / 'splits' / 'train', {'cat': 3})
+    _fill(tmp_path / 'splits' / 'val', {'cat': 2})
+    with pytest.raises(ValueError, match=r"splits holds one class \('cat'\)"):
+        data.get_dataset_info(str(tmp_path / 'splits'), 'val')
+    _fill(tmp_path / 'empty', {'cat': 3, 'dog': 0})
+    (tmp_path / 'empty' / 'dog' / 'broken.jpg').write_bytes(b'not an image')
+    with pytest.raises(ValueError, match=r"only class 'cat' holds readable images \(none: dog\)"):
+        data.get_dataset_info(str(tmp_path / 'empty'), 'all')
+    with pytest.raises(ValueError, match='holds one class'):
+        next(data.create_train_dataset(str(tmp_path / 'one'), 'all', global_batch_size=2, image_size=8,
+                                       process_index=0, process_count=1))
+
+
+def test_tfds_dataset_with_fewer_than_two_classes_or_no_label_is_an_error(monkeypatch):
+    import types
+    import tensorflow_datasets as tfds
+    from vitjax.data import input_pipeline
+
+    def fake(features):
+        info = types.SimpleNamespace(features=tfds.features.FeaturesDict(features), splits={})
+        builder = types.SimpleNamespace(info=info, as_dataset=lambda **kw: None)
+        monkeypatch.setattr(input_pipeline, '_builder', lambda *a, **kw: builder)
+        monkeypatch.setattr(input_pipeline, '_num_examples', lambda *a: 10)
+    fake({'image': tfds.features.Image(), 'label': tfds.features.ClassLabel(names=['only'])})
+    with pytest.raises(ValueError, match=r"fake holds one class \('only'\); classification needs at least two"):
+        data.get_dataset_info('fake', 'train')
+    fake({'image': tfds.features.Image(), 'caption': tfds.features.Text()})
+    with pytest.raises(ValueError, match="fake has no 'label' class feature to classify by .features: caption, image"):
+        data.get_dataset_info('fake', 'train')

@@ -16,7 +16,7 @@ def data_dir(tmp_path_factory):
 def train_iter(data_dir, **kw):
     args = dict(global_batch_size=32, image_size=16, data_dir=data_dir, crop='random_resized_crop', flip=True,
                 scale=(0.5, 1.0))
-    return data.create_train_dataset('vitjax_digits', 'train', **{**args, **kw})
+    return data.create_train_dataset('vitjax_digits', kw.pop('split', 'train'), **{**args, **kw})
 
 
 @pytest.mark.slow
@@ -172,3 +172,30 @@ def test_folder_dataset_and_80_10_10_split(image_folder):
 def test_dataset_smaller_than_a_batch(image_folder):
     with pytest.raises(ValueError, match='fewer than one batch'):
         next(data.create_train_dataset(str(image_folder), 'all[90%:]', global_batch_size=4, image_size=16))
+
+
+@pytest.mark.parametrize('split, message', [
+    ('train[50%:10%]', "vitjax_digits split 'train[50%:10%]' is reversed: it starts at example 718 of 'train'"),
+    ('train[10:5]', "split 'train[10:5]' is reversed"),
+    ('train[200%:]', "split 'train[200%:]': 200% is not within -100% and 100%"),
+    ('train[5000:]', "split 'train[5000:]': 5000 is out of range ('train' holds 1437 examples)"),
+    ('train[abc]', "cannot parse split 'train[abc]'"),
+    ('train[:10]+valid', "vitjax_digits has no split 'valid' (its splits are test, train)"),
+    ('all[:10%]', "tfds cannot slice 'all'"),
+])
+def test_bad_tfds_split_is_a_clear_error(data_dir, split, message):
+    """Resolved like a folder's split (tfds itself counts a reversed slice negative and then fails reading it
+    with a bare AssertionError), for the dataset info and both pipelines, so train.py and `vitjax evaluate`
+    both report it."""
+    for fn in (lambda: data.get_dataset_info('vitjax_digits', split, data_dir),
+               lambda: train_iter(data_dir, split=split, process_index=0, process_count=1),
+               lambda: eval_batches('vitjax_digits', split, data_dir, process_index=0, process_count=1)):
+        with pytest.raises(ValueError) as e:
+            fn()
+        assert message in str(e.value)
+
+
+def test_tfds_split_slices(data_dir):
+    info = lambda split: data.get_dataset_info('vitjax_digits', split, data_dir).num_examples
+    assert info('train[-5%:]') == 72 and info('train[:10]+test[-10:]') == 20 and info('all') == 1437 + 360
+    assert info('train[1.5%:]') == 1437 - 22 and info('train[0shard]') == 1437  # tfds's own shard syntax

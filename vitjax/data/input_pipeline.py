@@ -9,11 +9,13 @@ Each process reads its own shard; batch sizes here are per process.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import math
 import os
 import re
+import weakref
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -51,38 +53,115 @@ def _builder(dataset: str, data_dir: Optional[str], prepare: bool = True):
     return builder
 
 
-def _parse_split(split: str) -> tuple[str, Optional[str], Optional[str]]:
-    """tfds split syntax: `name` or `name[a:b]`, a/b absolute or percent."""
-    m = re.fullmatch(r'(\w+)(?:\[(-?\d+%?)?:(-?\d+%?)?\])?', split.strip())
-    if not m:
-        raise ValueError(f'cannot parse split {split!r} (use e.g. train, train[:80%], train[80%:90%])')
-    return m[1], m[2], m[3]
+_BOUND = r'-?\d+(?:\.\d+)?%|-?\d+'
+_PART = re.compile(rf'([\w-]+)(?:\[({_BOUND})?:({_BOUND})?\])?')
 
 
-def _slice_bounds(split: str, n: int) -> tuple[int, int]:
-    _, lo, hi = _parse_split(split)
+def _parse_split(split: str) -> list[tuple[str, Optional[str], Optional[str]]]:
+    """tfds split syntax: parts `name` or `name[a:b]` (a, b absolute or percent) joined by '+'."""
+    parts = [_PART.fullmatch(p) for p in re.split(r'\s*\+\s*', split.strip())]
+    if not all(parts):
+        raise ValueError(f'cannot parse split {split!r} (use e.g. train, train[:80%], train[80%:90%], train+test)')
+    return [(m[1], m[2], m[3]) for m in parts]
+
+
+def _slice(where: str, part, n: int) -> tuple[int, int]:
+    """[start, end) of a split part over n examples, as tfds resolves it (a percent to the nearest example),
+    except that -5% of a split too small for 5% to hold an example is its end, not its start. ValueError
+    naming the split (`where`) for a bound out of range, mixed units or a reversed slice; tfds takes a
+    reversed slice for a negative count and then fails reading it with a bare AssertionError."""
+    name, lo, hi = part
+    if lo and hi and lo.endswith('%') != hi.endswith('%'):
+        raise ValueError(f'{where} mixes an absolute and a percent bound (tfds would read both as percent)')
+
     def bound(text, default):
         if text is None:
             return default
-        v = int(text.rstrip('%'))
-        v = round(v * n / 100) if text.endswith('%') else v
-        return min(max(v + n if v < 0 else v, 0), n)
-    return bound(lo, 0), bound(hi, n)
+        if text.endswith('%'):
+            if abs(float(text[:-1])) > 100:
+                raise ValueError(f'{where}: {text} is not within -100% and 100%')
+            size = round(abs(float(text[:-1])) * n / 100)
+        elif abs(int(text)) > n:
+            raise ValueError(f'{where}: {text} is out of range ({name!r} holds {n} examples)')
+        else:
+            size = abs(int(text))
+        return n - size if text.startswith('-') else size
+    start, end = bound(lo, 0), bound(hi, n)
+    if start > end:
+        raise ValueError(f'{where} is reversed: it starts at example {start} of {name!r} and ends at {end} (a '
+                         f'slice is [start:end])')
+    return start, end
+
+
+def _tfds_split(dataset: str, builder, split: str) -> str:
+    """The split checked and resolved to the absolute slices tfds then reads (`_slice`), so that a tfds name and
+    a folder read a split alike. Syntax of tfds's own beyond `_parse_split` (shards) is resolved by tfds."""
+    infos, where = builder.info.splits, f'{dataset} split {split!r}'
+    if not infos:  # no split metadata (e.g. under tfds.testing.mock_data): tfds alone resolves it
+        return split
+    try:
+        parts = _parse_split(split)
+    except ValueError as ours:
+        try:
+            absolute = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+        except Exception:  # tfds raises ValueError, NotImplementedError ('all[:5%]'), AssertionError
+            raise ValueError(f'{dataset}: {ours}') from None
+        parts = [(a.splitname, str(a.from_ or 0), str(infos[a.splitname].num_examples if a.to is None else a.to))
+                 for a in absolute]
+    if 'all' not in infos:  # tfds's 'all': every split, whole
+        if any(name == 'all' and (lo or hi) for name, lo, hi in parts):
+            raise ValueError(f'{where}: tfds cannot slice \'all\'; join sliced splits with +')
+        parts = [q for p in parts for q in ([(name, None, None) for name in infos] if p[0] == 'all' else [p])]
+    out = []
+    for name, lo, hi in parts:
+        if name not in infos:
+            raise ValueError(f'{dataset} has no split {name!r} (its splits are {", ".join(sorted(infos))})')
+        start, end = _slice(where, (name, lo, hi), infos[name].num_examples)
+        out.append(f'{name}[{start}:{end}]')
+    return '+'.join(out)
 
 
 def _folder_split(root, split, process_index, process_count):
     """This process's (files, labels) of a folder split, the class names, and the split's size (all processes)."""
-    name = _parse_split(split)[0]
+    parts = _parse_split(split)
     found = images.folder_splits(os.path.abspath(root))
-    if name not in found.splits:
-        raise ValueError(f'{root} has no split {name!r} ({found.layout}: its splits are '
-                         f'{", ".join(sorted(found.splits))})')
-    files, labels = found.splits[name]
-    lo, hi = _slice_bounds(split, len(files))
-    files, labels = files[lo:hi], labels[lo:hi]
+    files, labels = [], []
+    for name, lo, hi in parts:
+        if name not in found.splits:
+            raise ValueError(f'{root} has no split {name!r} ({found.layout}: its splits are '
+                             f'{", ".join(sorted(found.splits))})')
+        part_files, part_labels = found.splits[name]
+        start, end = _slice(f'{root} split {split!r}', (name, lo, hi), len(part_files))
+        files, labels = files + part_files[start:end], labels + part_labels[start:end]
     if not files:
-        raise ValueError(f'{root} split {split!r} is empty ({name!r} holds {len(found.splits[name][0])} images)')
+        held = ', '.join(f'{name!r} holds {len(found.splits[name][0])} images' for name in dict.fromkeys(
+            name for name, _, _ in parts))
+        raise ValueError(f'{root} split {split!r} is empty ({held})')
+    _two_classes(root, found.classes)
+    readable = {found.classes[k] for _, part_labels in found.splits.values() for k in set(part_labels)}
+    if len(readable) < 2:  # the model would see one label only: the same accuracy 1 and loss 0
+        raise ValueError(f'{root}: only class {next(iter(readable))!r} holds readable images (none: '
+                         f'{", ".join(c for c in found.classes if c not in readable)}); classification needs at '
+                         'least two')
     return files[process_index::process_count], labels[process_index::process_count], found.classes, len(files)
+
+
+def _two_classes(dataset: str, names: Sequence[str]):
+    """One class trains to accuracy 1 and loss 0 whatever the model: refused before any training."""
+    if len(names) < 2:
+        held = f'one class ({names[0]!r})' if names else 'no classes'
+        raise ValueError(f'{dataset} holds {held}; classification needs at least two')
+
+
+def _label_feature(dataset: str, builder):
+    """The tfds dataset's ClassLabel 'label', checked along with an 'image' to classify."""
+    features = builder.info.features
+    if 'label' not in features or not isinstance(features['label'], tfds.features.ClassLabel) \
+            or 'image' not in features:
+        missing = "'label' class feature to classify by" if 'image' in features else "'image' feature"
+        raise ValueError(f'{dataset} has no {missing} (features: {", ".join(sorted(features.keys()))})')
+    _two_classes(dataset, features['label'].names)
+    return features['label']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,7 +188,9 @@ def _source(dataset, split, data_dir, process_index, process_count, sizes: bool 
         encoded = float(np.mean([os.path.getsize(f) for f in files[:SAMPLE]]))
         return Source(records, len(files), encoded, 3 * sum(probes[f].pixels for f in files), 'folder')
     builder = _builder(dataset, data_dir)
-    shard = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+    _label_feature(dataset, builder)
+    shard = tfds.split_for_jax_process(_tfds_split(dataset, builder, split), process_index=process_index,
+                                       process_count=process_count)
     # no tfds autocache: whether a split is cached is decided here, by its decoded bytes
     ds = builder.as_dataset(split=shard, shuffle_files=False, decoders={'image': tfds.decode.SkipDecoding()},
                             read_config=tfds.ReadConfig(shuffle_seed=0, try_autocache=False))
@@ -153,8 +234,8 @@ def get_dataset_info(dataset: str, split: str, data_dir: Optional[str] = None,
         _, _, classes, n = _folder_split(dataset, split, 0, 1)
         return DatasetInfo(len(classes), classes, n)
     builder = _builder(dataset, data_dir, prepare)
-    label = builder.info.features['label']
-    n = _num_examples(builder, split)
+    label = _label_feature(dataset, builder)
+    n = _num_examples(builder, _tfds_split(dataset, builder, split))
     if n == 0:
         raise ValueError(f'{dataset} split {split!r} is empty')
     return DatasetInfo(label.num_classes, tuple(label.names), n)
@@ -188,6 +269,11 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
     as a fused crop upsamples chroma at its border). `threads` bounds tf.data's threads (default: one per core)."""
     if crop not in ('random_resized_crop', 'resize'):
         raise ValueError(f"crop must be 'random_resized_crop' or 'resize', got {crop!r}")
+    _check_sizes(global_batch_size=global_batch_size, image_size=image_size, shuffle_buffer=shuffle_buffer)
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f'scale must be (min, max) with 0 < min <= max <= 1, got {tuple(scale)}')
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f'ratio must be (min, max) with 0 < min <= max, got {tuple(ratio)}')
     process_index, process_count = _process(process_index, process_count)
     shards = data_shards or process_count
     if shards % process_count:
@@ -198,16 +284,18 @@ def create_train_dataset(dataset: str, split: str, *, global_batch_size: int, im
     kw = dict(batch=global_batch_size // shards, image_size=image_size, seed=seed, crop=crop, flip=flip,
               scale=scale, ratio=ratio, interpolation=interpolation, shuffle_buffer=shuffle_buffer,
               cache_bytes=cache_bytes // len(mine), start_step=start_step)
-    streams = [_shard_stream(dataset, split, data_dir, k, shards, verbose=verbose and k == mine[0], **kw)
-               for k in mine]
+    streams, finders = zip(*[_shard_stream(dataset, split, data_dir, k, shards, verbose=verbose and k == mine[0],
+                                           **kw) for k in mine])
     ds = streams[0] if len(streams) == 1 else tf.data.Dataset.zip(tuple(streams)).map(
         lambda *parts: {key: tf.concat([p[key] for p in parts], 0) for key in parts[0]})
-    return _numpy(ds.prefetch(AUTOTUNE), threads)
+    return _numpy(ds.prefetch(AUTOTUNE), threads, f'{dataset} split {split!r}',
+                  lambda j: [f for find in finders for f in find(j)])
 
 
 def _shard_stream(dataset, split, data_dir, shard, shards, *, batch, image_size, seed, crop, flip, scale, ratio,
-                  interpolation, shuffle_buffer, cache_bytes, start_step, verbose) -> tf.data.Dataset:
-    """Shard `shard` of `shards` as batches of `batch`, from batch `start_step` on."""
+                  interpolation, shuffle_buffer, cache_bytes, start_step, verbose):
+    """Shard `shard` of `shards` as batches of `batch`, from batch `start_step` on, and a function that finds the
+    files of batch j (from start_step) that the decoders fail on (see `_bad_files`)."""
     src = _source(dataset, split, data_dir, shard, shards)
     n = src.num_examples
     if n < batch:
@@ -243,7 +331,11 @@ def _shard_stream(dataset, split, data_dir, shard, shards, *, batch, image_size,
         image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation, mirror)
         return {'image': image, 'label': tf.cast(record['label'], tf.int32)}
 
-    return stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch, drop_remainder=True)
+    def bad_files(j):  # a cached shard decodes every record before its first batch: any can be the one
+        return _bad_files(src.records if cached else stream.skip(j * batch).take(batch).map(lambda i, r: r))
+
+    return (stream.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).batch(batch, drop_remainder=True),
+            bad_files)
 
 
 def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
@@ -253,6 +345,9 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     """Full batches {'image' uint8, 'label', 'mask'}; padding rows are zero with mask 0. Every process yields
     the same number of batches (collectives over devices need that). The crop is timm's (short side to
     image_size / crop_pct, center image_size), taken from the original image so only it is decoded."""
+    _check_sizes(global_batch_size=global_batch_size, image_size=image_size)
+    if not crop_pct > 0:
+        raise ValueError(f'crop_pct must be > 0, got {crop_pct}')
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
         raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
@@ -270,13 +365,91 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     pad = tf.data.Dataset.from_tensors({'image': tf.zeros((image_size, image_size, 3), tf.uint8),
                                         'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}).repeat()
     ds = src.records.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).concatenate(pad)
-    return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads)
+    return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads, f'{dataset} split {split!r}',
+                  lambda j: _bad_files(src.records.skip(j * batch).take(batch)))
 
 
-def _numpy(ds: tf.data.Dataset, threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
+def _check_sizes(**sizes):
+    """Checked up front: TensorFlow fails on them only once the pipeline runs."""
+    for name, value in sizes.items():
+        if not value >= 1:
+            raise ValueError(f'{name} must be >= 1, got {value}')
+
+
+def _bad_files(records: tf.data.Dataset) -> list[str]:
+    """'path (error)' for each folder record the pipeline's decoders fail on, each decoded on its own."""
+    bad = []
+    for r in records.as_numpy_iterator():
+        if 'path' not in r:  # a tfds record: no file to name
+            return []
+        path = r['path'].decode()
+        try:
+            if r['pil']:
+                images.load_rgb(path)
+            else:
+                decode.decode_and_crop(tf.io.read_file(path), decode.full_window)
+        except (tf.errors.OpError, ValueError, OSError) as e:
+            bad.append(f'{path} ({_reason(e)})')
+    return bad
+
+
+def _reason(e: Exception) -> str:
+    """The line of a TensorFlow error that says what failed (a Python exception's, for a numpy_function's)."""
+    text = re.sub(r'\{\{[^}]*\}\}|\[Op:\w+\].*', '', getattr(e, 'message', None) or str(e))
+    lines = [line.strip() for line in text.splitlines() if line.strip()] or [type(e).__name__]
+    raised = [line for line in lines if re.match(r'\w+(Error|Exception): ', line)]
+    return raised[-1] if raised else lines[0].split('transformation with iterator: ')[-1]
+
+
+def _numpy(ds: tf.data.Dataset, threads: Optional[int], where: str, bad_files) -> Iterator[dict[str, np.ndarray]]:
     options = tf.data.Options()
     options.deterministic = True
     if threads:
         options.threading.private_threadpool_size = threads
         options.threading.max_intra_op_parallelism = 1
-    return iter(tfds.as_numpy(ds.with_options(options)))
+    return Pipeline(ds.with_options(options), where, bad_files)
+
+
+class Pipeline:
+    """An iterator of numpy batches that `close()` (or dropping it) stops; the ones still open at exit are closed
+    by an atexit hook. The pipeline's PIL calls (`tf.numpy_function`) run Python on tf.data's threads: an
+    iterator left for the interpreter's module teardown is destroyed after CPython has begun finalizing, when it
+    ends any thread that takes the GIL, so the call in flight never returns and the destructor, waiting for it,
+    never does either (the process hangs at exit)."""
+
+    def __init__(self, ds: tf.data.Dataset, where: str, bad_files):
+        self._it, self._where, self._bad_files, self._batches = iter(ds.as_numpy_iterator()), where, bad_files, 0
+        _OPEN.add(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        """A batch; a ValueError naming the files for one whose images cannot be decoded. The probe skips bad
+        files up front, but a file can change after it, and a decoder's error names no file: the batch's files
+        (the pipeline is deterministic, so its errors come in order) are then decoded one by one to find them."""
+        if self._it is None:
+            raise StopIteration
+        try:
+            batch = next(self._it)
+        except tf.errors.OpError as e:
+            self.close()
+            bad = self._bad_files(self._batches)
+            if bad:
+                raise ValueError(f'{self._where}: cannot decode {len(bad)} image file(s) (changed since the folder '
+                                 f'was scanned?): {"; ".join(bad[:5])}' + (' ...' if len(bad) > 5 else '')) from None
+            raise ValueError(f'{self._where}: reading batch {self._batches} failed: {_reason(e)}') from None
+        self._batches += 1
+        return batch
+
+    def close(self):
+        self._it = None  # TensorFlow cancels the pipeline and waits for its calls in flight, the GIL released
+
+
+_OPEN: 'weakref.WeakSet[Pipeline]' = weakref.WeakSet()
+
+
+@atexit.register  # atexit runs before finalization, while tf.data's threads can still finish their Python calls
+def _close_open_pipelines():
+    for pipeline in list(_OPEN):
+        pipeline.close()
