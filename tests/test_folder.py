@@ -176,3 +176,11 @@ def test_tfds_dataset_with_fewer_than_two_classes_or_no_label_is_an_error(monkey
     fake({'image': tfds.features.Image(), 'caption': tfds.features.Text()})
     with pytest.raises(ValueError, match="fake has no 'label' class feature to classify by .features: caption, image"):
         data.get_dataset_info('fake', 'train')
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    """Jupyter's .ipynb_checkpoints (or a .git) beside the class folders would be an extra, empty class."""
+    _fill(tmp_path / 'classes', {'cat': 3, 'dog': 3, '.ipynb_checkpoints': 2})
+    _fill(tmp_path / 'split', {'train/cat': 2, 'train/dog': 2, '.cache/x': 1})
+    assert data.get_dataset_info(str(tmp_path / 'classes'), 'all').class_names == ('cat', 'dog')
+    assert data.get_dataset_info(str(tmp_path / 'split'), 'train').class_names == ('cat', 'dog')

@@ -289,7 +289,8 @@ def scan(root: str) -> FolderIndex:
     that a corrupt one is skipped and reported up front instead of failing mid-training, without decoding a
     1.28M-file folder before step 1. The order is a fixed shuffle, so that slices like train[:80%] /
     train[80%:90%] are random but reproducible."""
-    classes = tuple(sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))))
+    # hidden folders (.ipynb_checkpoints, .git) are not classes: each would add an empty class to the head
+    classes = tuple(sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d))))
     if not classes:
         raise ValueError(f'{root} has no class subfolders (expected ROOT/<class>/<image>)')
     files, labels, skipped, counts, probes = [], [], [], [], {}
@@ -338,7 +339,7 @@ def folder_splits(root: str) -> FolderSplits:
     1 - HELD_OUT and HELD_OUT of every class (at least one image of each class with two or more goes to
     'test'), drawn by the fixed shuffle of `scan`, so the same folder always splits the same way; 'all' is
     the whole folder."""
-    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    subdirs = sorted(d for d in os.listdir(root) if not d.startswith('.') and os.path.isdir(os.path.join(root, d)))
     if subdirs and set(subdirs) <= set(SPLIT_DIRS):
         indexes = {d: scan(os.path.join(root, d)) for d in subdirs}
         classes = {d: ix.classes for d, ix in indexes.items()}
