@@ -41,8 +41,8 @@ def _at_least_one(flag: str):
 def resolve_model(spec: str) -> Union[str, Path]:
     """A model directory as given (a gs://... one as is: Path would mangle it), or a timm name converted (with
     parity) into the cache on first use."""
-    from vitjax import storage
-    if storage.is_url(spec):
+    from vitjax import hub, storage
+    if storage.is_url(spec) or hub.is_hub_name(spec):  # hub weights load torch-free (vitjax/hub.py)
         return spec
     path = Path(spec)
     if path.is_dir():
@@ -221,7 +221,7 @@ def cmd_evaluate(args) -> int:
 
 
 def _saved_names(path) -> Optional[list]:
-    from vitjax.io import read_config
+    from vitjax.loader import read_config
     return read_config(path).get('class_names')
 
 

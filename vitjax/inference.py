@@ -43,7 +43,7 @@ def imagenet_class_names(num_classes: int) -> Optional[list[str]]:
 def class_names_for(model, model_dir: Optional[Union[str, os.PathLike]] = None) -> list[str]:
     """The names `train.py` saved with a fine-tuned model, else ImageNet names by head size, else indices."""
     if model_dir is not None:
-        from vitjax.io import read_config
+        from vitjax.loader import read_config
         names = read_config(model_dir).get('class_names')
         if names and len(names) == model.num_classes:
             return list(names)

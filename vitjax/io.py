@@ -400,7 +400,7 @@ def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
 def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
          rng: Optional[jax.Array] = None, **overrides: Any) -> tuple[Model, dict]:
     """Load `(model, variables)` from a model directory (a local path or gs://...), optionally with another head
-    size or image size."""
+    size or image size. (`vitjax.load` also takes hub names: vitjax/loader.py.)"""
     if storage.is_url(path):  # safetensors reads local files: the two files read here are fetched first
         with _fetched(path, [CONFIG_FILE, PARAMS_FILE]) as local:
             return load(local, num_classes, img_size, rng, **overrides)
@@ -424,7 +424,12 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     flat = float32_params(flat, str(path / PARAMS_FILE))
     if cast:  # the model computes in float32, and training from float16 params would overflow to NaN
         print(f"note: {path / PARAMS_FILE}: {', '.join(cast)} params cast to float32", file=sys.stderr)
-    params = unflatten(flat)
+    return adapted(model, unflatten(flat), num_classes, img_size, rng, overrides)
+
+
+def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Union[None, int, tuple],
+             rng: Optional[jax.Array], overrides: Mapping[str, Any]) -> tuple[Model, dict]:
+    """What timm does at load time when asked for a change: a new head, a resampled position grid."""
     changes = dict(overrides)
     scan = changes.pop('scan_blocks', False)
     if scan and not hasattr(model, 'scan_blocks'):

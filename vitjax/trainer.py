@@ -46,7 +46,7 @@ def build_model(c, num_classes: int):
         if set(overrides) - {'img_size'}:
             print(f'--config.init: the architecture is the one in {c.init}; model_overrides '
                   f'{sorted(set(overrides) - {"img_size"})} are not used')
-        stored = vitjax.io.read_config(c.init)['model'].get('num_classes')
+        stored = vitjax.loader.read_config(c.init)['model'].get('num_classes')
         if num_classes is not None and stored != num_classes:
             print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
                   'training a new zero-initialised head (the backbone is loaded as is)')
@@ -360,7 +360,7 @@ def finish(run: Run, wall: float) -> dict:
     files = run.files
     vitjax.save(files.path('model'),
                 model.clone(dtype=jnp.float32, drop_rate=0., drop_path_rate=0., pretrained_cfg=eval_cfg),
-                {'params': params}, name=vitjax.io.read_config(c.init)['model_name'] if c.init else c.model,
+                {'params': params}, name=vitjax.loader.read_config(c.init)['model_name'] if c.init else c.model,
                 meta={'class_names': list(run.info.class_names)})
     seen = (steps - run.start) * c.batch_size
     summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],

@@ -55,7 +55,8 @@ def check_ours(workdir: str) -> None:
 def check_init(workdir: str, init: str) -> None:
     """`--config.init` must not be the run's own output: the run replaces WORKDIR/model at its end (and a
     resume re-reads its init), so starting from it would overwrite the very weights it started from."""
-    if not init:
+    from vitjax import hub
+    if not init or hub.is_hub_name(init):
         return
     if is_url(workdir) or is_url(init):
         a, b = str(workdir).rstrip('/'), str(init).rstrip('/')
