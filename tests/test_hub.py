@@ -188,3 +188,60 @@ def test_a_pinned_revision_is_the_one_loaded(tmp_path):
     for key, paths in (('main', main), ('pinned', pinned), ('kw', pinned)):
         ref = timm_logits(paths['model'], x)
         np.testing.assert_allclose(out[key], ref, atol=1e-4 * max(1, np.abs(ref).max()), err_msg=key)
+
+
+def test_porting_verify_runs_the_parity_proof_on_hub_weights(cache):
+    """With torch at hand, `python -m porting.verify NAME`: timm's own hub loading against vitjax's, both from the
+    one cache. A damaged mapping would fail it: the weights timm loads are the ones in the file."""
+    c, _ = cache
+    proc = subprocess.run([sys.executable, '-m', 'porting.verify', NAME, '--json'], cwd=ROOT,
+                          env=hubcache.offline_env(c), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index('{'):])
+    assert report['passed'] and report['max_abs_diff'] <= report['tolerance'] and report['max_abs_logit'] > 0
+    bad = subprocess.run([sys.executable, '-m', 'porting.verify', 'vit_nonexistent_patch16_224'], cwd=ROOT,
+                         env=hubcache.offline_env(c), capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and bad.stderr.startswith('error: ') and 'Traceback' not in bad.stderr
+
+
+def test_predict_prints_the_tags_class_names(cache, tmp_path):
+    """`vitjax predict --model hf-hub:timm/<tag> image.jpg`: top-5 with the names of the tag's label set."""
+    from PIL import Image
+    c, _ = cache
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 60, 3), np.uint8)).save(tmp_path / 'x.jpg')
+    env = hubcache.offline_env(c)
+    code = 'import sys; sys.modules["torch"] = None; from vitjax import cli; sys.exit(cli.main(sys.argv[1:]))'
+    proc = subprocess.run([sys.executable, '-c', code, 'predict', '--model', f'hf-hub:timm/{NAME}',
+                           str(tmp_path / 'x.jpg'), '--json'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = json.loads(proc.stdout)[0]['top']
+    from vitjax import labels
+    names = labels.names('imagenet-1k')
+    assert len(top) == 5 and all(t['label'] in names for t in top), top
+
+
+def test_nnx_face_fine_tunes_hub_weights(cache):
+    """vitjax.nnx: hub weights as an nnx.Module (Flax's bridge) computing what the Linen model does, and a few
+    nnx.Optimizer steps of a new 3-class head lower the loss."""
+    c, _ = cache
+    out, _ = torch_free(c, f'''
+        import optax
+        from flax import nnx
+        import vitjax.nnx
+        linen, v = vitjax.create_model('{NAME}', pretrained=True)
+        m = vitjax.nnx.create_model('{NAME}', pretrained=True)
+        out['diff'] = np.abs(m(inp['x']) - linen.apply(v, inp['x'])).max()
+        m = vitjax.nnx.create_model('{NAME}', pretrained=True, num_classes=3)
+        opt = nnx.Optimizer(m, optax.adamw(1e-3), wrt=nnx.Param)
+        y = np.array([0, 1])
+
+        @nnx.jit
+        def step(m, opt, x, y):
+            loss, g = nnx.value_and_grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(m)
+            opt.update(m, g)
+            return loss
+        out['losses'] = np.array([float(step(m, opt, inp['x'], y)) for _ in range(6)])
+    ''', x=_x())
+    assert out['diff'] == 0.0
+    assert abs(out['losses'][0] - np.log(3)) < 1e-5 and out['losses'][-1] < 0.5 * out['losses'][0], out['losses']
