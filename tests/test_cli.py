@@ -152,7 +152,8 @@ def test_names_resolve_through_the_cache(converted, photos, tmp_path):
     typo = cli('predict', '--model', 'deit_tiyn_patch16_224', photos / 'p0.jpg', env={'VITJAX_CACHE': cache})
     assert typo.returncode == 1 and 'did you mean deit_tiny_patch16_224' in typo.stderr
     offline = cli('predict', '--model', 'deit_small_patch16_224', photos / 'p0.jpg', env={'VITJAX_CACHE': cache})
-    assert offline.returncode == 1 and 'could not convert deit_small_patch16_224 from the hub' in offline.stderr
+    # a hub name goes torch-free through huggingface_hub, whose cache does not hold it here (tests/test_hub.py)
+    assert offline.returncode == 1 and 'not in the huggingface_hub cache' in offline.stderr, offline.stderr
     assert not (cache / 'deit_small_patch16_224').exists()
 
 

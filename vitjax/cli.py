@@ -39,11 +39,13 @@ def _at_least_one(flag: str):
 
 
 def resolve_model(spec: str) -> Union[str, Path]:
-    """A model directory as given (a gs://... one as is: Path would mangle it), or a timm name converted (with
-    parity) into the cache on first use."""
+    """A model directory as given (a gs://... one as is: Path would mangle it), a timm hub name (loaded without
+    torch), or another timm name converted (with parity) into the cache on first use."""
     from vitjax import hub, storage
-    if storage.is_url(spec) or hub.is_hub_name(spec):  # hub weights load torch-free (vitjax/hub.py)
+    if storage.is_url(spec):
         return spec
+    if hub.is_hub_name(spec):  # torch-free from the hub (vitjax/hub.py), unless converted here before
+        return CACHE / spec if (CACHE / spec).is_dir() else spec
     path = Path(spec)
     if path.is_dir():
         return path
