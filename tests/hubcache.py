@@ -32,7 +32,9 @@ def add(cache, name: str, seed: int = 0, revision: str = None, files=('config.js
             model = create(name, seed=seed, **model_args).to(dtype)
         save_for_hf(model, tmp, safe_serialization='both' if 'pytorch_model.bin' in files else True,
                     model_args=model_args or None)
-        repo = os.path.join(str(cache), 'models--timm--' + name)
+        import timm
+        hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id or f'timm/{name}'  # some tags share a repo
+        repo = os.path.join(str(cache), 'models--' + hub_id.replace('/', '--'))
         commit = revision or hashlib.sha1(f'{name}-{seed}'.encode()).hexdigest()
         snap = os.path.join(repo, 'snapshots', commit)
         os.makedirs(os.path.join(repo, 'blobs'), exist_ok=True)

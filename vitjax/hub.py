@@ -185,9 +185,13 @@ def read_config(name: str, revision: Optional[str] = None) -> dict[str, Any]:
             hub_cfg = json.load(f)
     except FileNotFoundError:
         raise HubError(f'{repo} has no {CONFIG}: not a timm model repo') from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise HubError(f'{repo}: {CONFIG} is not valid JSON ({e})') from None
-    arch = hub_cfg.get('architecture') if isinstance(hub_cfg, dict) else None
+    if not isinstance(hub_cfg, dict):
+        raise HubError(f'{repo}: {CONFIG} is not a JSON object')
+    # a timm name's own architecture: some share a repo with another (the QuickGELU CLIP towers' weights are in
+    # the plain CLIP repos, whose config.json names the plain architecture)
+    arch = full.partition('.')[0] if full else hub_cfg.get('architecture')
     z = zoo()
     if arch not in z['architectures']:
         why = z['left_out'].get(arch)
@@ -197,11 +201,15 @@ def read_config(name: str, revision: Optional[str] = None) -> dict[str, Any]:
     source = sources.get('timm', row['family'])
     config = dict(row['config'], **z['tags'].get(full, {}).get('config', {}))
     model_args = dict(hub_cfg.get('model_args') or {})
-    unknown = sorted(set(model_args) - set(source.create_kwargs))
+    if isinstance(model_args.get('img_size'), list) and len(set(model_args['img_size'])) == 1:
+        model_args['img_size'] = model_args['img_size'][0]  # timm records (224, 224); the readers say 224
+    same = lambda k: json.dumps(config.get(k)) == json.dumps(model_args[k])  # JSON's view: tuples are lists
+    unknown = sorted(k for k in model_args if k not in source.create_kwargs and not same(k))
     if unknown:
         raise HubError(f'{repo}: model_args {unknown} have no torch-free mapping; convert it with torch: '
                        f'python -m porting.convert --model {full or arch} --out DIR')
-    config.update(model_args, num_classes=int(hub_cfg.get('num_classes', config.get('num_classes', 0))))
+    config.update({k: v for k, v in model_args.items() if k in source.create_kwargs},
+                  num_classes=int(hub_cfg.get('num_classes', config.get('num_classes', 0))))
     pre = dict(hub_cfg.get('pretrained_cfg') or {})
     img = config.get('img_size', 224)
     size = pre.get('input_size') or [3, *((img, img) if isinstance(img, int) else img)]
