@@ -196,9 +196,28 @@ def _table_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg
     return family, kwargs, PretrainedCfg((3, img, img), **{'mean': IMAGENET_MEAN, 'std': IMAGENET_STD, **pre}, tag=tag)
 
 
+def _zoo_args(arch: str, tag: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
+    """timm's own config and preprocessing for a name of the zoo table (vitjax/zoo.json)."""
+    from vitjax import hub
+    z = hub.zoo()
+    row = z['architectures'][arch]
+    tag = tag or row['tags'][0]
+    if f'{arch}.{tag}' not in z['tags']:
+        raise ValueError(f'unknown tag {tag!r} for {arch} (timm has: {", ".join(row["tags"])})')
+    t = z['tags'][f'{arch}.{tag}']
+    kwargs = io.as_tuples(dict(row['config'], **t.get('config', {}), num_classes=t['num_classes']))
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)}
+    pre = io.as_tuples({k: v for k, v in t.items() if k in known and v is not None})
+    return row['family'], kwargs, PretrainedCfg(**pre, tag=tag)
+
+
 def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
-    """Decode a timm name (optionally `.tag`) into (architecture, module kwargs, PretrainedCfg)."""
+    """A timm name (optionally `.tag`) -> (architecture, module kwargs, PretrainedCfg): from the zoo table for
+    every architecture timm has pretrained weights for, decoded from the name's parts for the others."""
     arch, tag = split_tag(name)
+    from vitjax import hub
+    if arch in hub.zoo()['architectures']:
+        return _zoo_args(arch, tag)
     if arch in NAMED_TAGS:
         return _table_args(arch, tag)
     parts = arch.split('_')
