@@ -135,7 +135,8 @@ def _read_tensors(path: str, repo: str) -> dict[str, np.ndarray]:
             if not 2 <= n <= 100 << 20:
                 raise ValueError(f'header length {n}')
             header = json.loads(f.read(n))
-            data = np.frombuffer(f.read(), np.uint8)
+        # mapped, not read: float32 tensors are then views of the file, so the one copy is the param tables'
+        data = np.memmap(path, np.uint8, mode='r', offset=8 + n)
         dtypes = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64}
         out = {}
         for k, v in header.items():
@@ -146,7 +147,7 @@ def _read_tensors(path: str, repo: str) -> dict[str, np.ndarray]:
             lo, hi = v['data_offsets']
             if not 0 <= lo <= hi <= data.size:
                 raise ValueError(f'{k} lies past the end of the file (truncated)')
-            out[k] = data[lo:hi].view(dtypes[v['dtype']]).reshape(v['shape']).astype(np.float32)
+            out[k] = data[lo:hi].view(dtypes[v['dtype']]).reshape(v['shape']).astype(np.float32, copy=False)
     except (ValueError, KeyError, TypeError, OSError) as e:
         _evict(path)
         raise HubError(f'{repo}: {WEIGHTS} in the cache is not a readable safetensors file ({e}); removed it from '
