@@ -28,7 +28,7 @@ QUICK = {'vit_tiny_patch16_224': (32, 16, False), 'vit_small_patch16_224': (32, 
 FULL = {'vit_tiny_patch16_224': (64, 32, True), 'vit_small_patch16_224': (32, 32, True),
         'vit_base_patch16_224': (16, 8, True)}
 CONVERT = ['vit_base_patch16_224', 'vit_large_patch16_224']
-SECTIONS = ('models', 'input', 'convert', 'pmap', 'scan', 'fsdp', 'input_scale')
+SECTIONS = ('models', 'input', 'convert', 'hub', 'pmap', 'scan', 'fsdp', 'input_scale')
 __all__ = ['FIELDS', 'main', 'run']
 
 
@@ -197,6 +197,9 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
         records += bench_input(step, repeats)
     if 'convert' in sections:
         records += bench_conversion(CONVERT)
+    if 'hub' in sections:
+        from benchmarks.hub_load import bench_hub_load
+        records += bench_hub_load(repeats)
     if 'pmap' in sections:
         records += bench_pmap(repeats)
     if 'scan' in sections:
@@ -229,7 +232,7 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
-    ap.add_argument('--sections', help="comma-separated, of: models,input,convert,pmap,scan,fsdp,input_scale,accel "
+    ap.add_argument('--sections', help="comma-separated, of: models,input,convert,hub,pmap,scan,fsdp,input_scale,accel "
                     "(default: all; accel only where jax sees a GPU or TPU)")
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import torch
 
-import hubcache
+from porting import hubcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = {'embed_dim', 'depth', 'depths', 'num_heads', 'img_size', 'patch_size', 'num_classes', 'window_size',

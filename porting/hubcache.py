@@ -1,4 +1,5 @@
-"""A Hugging Face hub cache on disk holding timm repos as timm publishes them, for the torch-free loader's tests.
+"""A Hugging Face hub cache on disk holding timm repos as timm publishes them: the torch-free loader's tests and
+benchmark, and a way to try `pretrained=True` offline.
 
 `add(cache, 'vit_base_patch16_224.augreg2_in21k_ft_in1k', depth=1)` builds the timm model with random,
 perturbed weights, writes it with timm's own `save_for_hf` (config.json + model.safetensors, what timm pushes
