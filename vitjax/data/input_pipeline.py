@@ -104,7 +104,7 @@ def _tfds_split(dataset: str, builder, split: str) -> str:
     except ValueError as ours:
         try:
             absolute = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
-        except Exception:  # tfds raises ValueError, NotImplementedError ('all[:5%]'), AssertionError
+        except (ValueError, KeyError, NotImplementedError, AssertionError):  # tfds's ways of saying 'bad split'
             raise ValueError(f'{dataset}: {ours}') from None
         parts = [(a.splitname, str(a.from_ or 0), str(infos[a.splitname].num_examples if a.to is None else a.to))
                  for a in absolute]
