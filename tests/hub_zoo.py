@@ -89,3 +89,20 @@ def check(results: dict, name: str) -> None:
     assert logits.shape == ref.shape
     diff = float(np.abs(logits - ref).max())
     assert diff <= tol, f'{name}: max |dlogit| {diff:.3g} > {tol:.3g}'
+
+
+def half(i: int):
+    """(names, the module fixture, the test) for half `i` of 2: each test_hub_zoo_<i>.py assigns them, one file
+    per xdist worker (--dist loadfile keeps a file on one worker)."""
+    import pytest
+    names = representatives()[i::2]
+
+    @pytest.fixture(scope='module')
+    def results(tmp_path_factory):
+        return run(tmp_path_factory.mktemp('hf'), names)
+
+    @pytest.mark.slow
+    @pytest.mark.parametrize('name', names)
+    def test_loads_torch_free_with_timm_logits_and_convert_config(results, name):
+        check(results, name)
+    return names, results, test_loads_torch_free_with_timm_logits_and_convert_config
