@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Collection, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Collection, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -128,13 +128,14 @@ def _raise(what: str, unused: Sequence[str], missing: Sequence[str], wrong: Sequ
         raise ConversionError('\n'.join(lines))
 
 
-def apply_rules(state: Mapping[str, np.ndarray], rules: Sequence[Rule], expected: Mapping[str, tuple], ctx: Ctx,
-                what: str = 'conversion') -> dict[str, np.ndarray]:
-    """Source state dict -> flat target dict ('/'-joined names), strictly checked against `expected` shapes."""
+def apply_rules(state: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], rules: Sequence[Rule],
+                expected: Mapping[str, tuple], ctx: Ctx, what: str = 'conversion') -> dict[str, np.ndarray]:
+    """Source state dict (or its (key, value) pairs) -> flat target dict ('/'-joined names), strictly checked
+    against `expected` shapes."""
     out: dict[str, np.ndarray] = {}
     unused, wrong = [], []
     by_source = [(r.source, r) for r in rules]
-    for key, value in state.items():
+    for key, value in (state.items() if isinstance(state, Mapping) else state):
         rule, idx = _match(key, by_source)
         if rule is None:
             unused.append(key)
@@ -143,15 +144,16 @@ def apply_rules(state: Mapping[str, np.ndarray], rules: Sequence[Rule], expected
             name = target.format(**idx)
             if name in out:
                 raise ConversionError(f'{what}: two source keys map to {name}')
-            out[name] = arr
+            # Exactly one copy per tensor, made here: the source may be views of torch storage (an optimizer
+            # step on the source model must not change our params), transposed kernels become contiguous, and
+            # a source read lazily is freed tensor by tensor.
+            out[name] = np.array(arr, order='C', copy=True)
     missing = [k for k in expected if k not in out]
     unused += [f'{k} (no target in this model)' for k in out if k not in expected]
     wrong = [f'{k}: {tuple(out[k].shape)} != {tuple(expected[k])}'
              for k in out if k in expected and tuple(out[k].shape) != tuple(expected[k])]
     _raise(what, unused, missing, wrong)
-    # Exactly one copy per tensor, here: the source may be views of torch storage (an optimizer step on the
-    # source model must not change our params), and transposed kernels become contiguous in the same pass.
-    return {k: np.array(v, order='C', copy=True) for k, v in out.items()}
+    return out
 
 
 def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx, what: str = 'export',

@@ -125,9 +125,10 @@ class Source:
     def from_state(self, state: dict, config: dict) -> dict:
         """State dict (torch or numpy values) + vitjax config -> Flax params, strictly checked."""
         from vitjax.io import param_shapes, unflatten
-        state = {k: to_numpy(v) for k, v in state.items() if not k.endswith(self.buffers)}
+        # pairs, not a dict: a lazy state (the hub's file reader) is then read one tensor at a time
+        pairs = ((k, to_numpy(state[k])) for k in state if not k.endswith(self.buffers))
         expected = param_shapes(self.module(config))
-        return unflatten(apply_rules(state, self.rules, expected, config, f'{self.name} -> vitjax'))
+        return unflatten(apply_rules(pairs, self.rules, expected, config, f'{self.name} -> vitjax'))
 
     def to_state(self, params, config: dict, source_keys=None) -> dict:
         """The exact inverse of `from_state`: Flax params -> state dict (numpy); `source_keys`, the PyTorch

@@ -1,4 +1,5 @@
-"""Half 1 of 2 of the zoo through the torch-free hub path (tests/hub_zoo.py)."""
+"""Part 1 of 4 of every zoo architecture through the torch-free hub path, at reduced depth (tests/hub_zoo.py)."""
 import hub_zoo
 
-NAMES, results, test_loads_torch_free_with_timm_logits_and_convert_config = hub_zoo.half(0)
+NAMES = hub_zoo.part(0, hub_zoo.PARTS)
+results, test_loads_torch_free_with_timm_logits_and_convert_params = hub_zoo.tests(NAMES)

@@ -73,3 +73,25 @@ def test_vitjax_imports_without_torch_or_tensorflow():
             "print(m.apply(v, __import__('numpy').zeros((1, 32, 32, 3), 'float32')).shape)")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == '(1, 1000)'
+
+
+def test_names_outside_the_zoo_decode_for_random_init_and_take_no_tag():
+    m = build_model('vit_base_patch8_384')  # timm has no weights for it: decoded from its parts
+    assert (m.patch_size, m.img_size, m.embed_dim) == (8, 384, 768)
+    with pytest.raises(ValueError, match='no pretrained weights for vit_base_patch8_384'):
+        build_model('vit_base_patch8_384.augreg_in21k')
+    with pytest.raises(ValueError, match="zoo's names only"):
+        build_model('eva02_small_patch3_224')
+
+
+def test_a_size_that_is_not_whole_patches_floors_as_timm_at_the_models_own_size():
+    """timm's strict PatchEmbed drops the trailing pixels (SigLIP so400m/14 at 384); a dynamic model refuses."""
+    import numpy as np
+    m, v = vitjax.create_model('vit_tiny_patch16_224', img_size=232, num_classes=3)
+    x = np.random.default_rng(0).standard_normal((1, 232, 232, 3)).astype(np.float32)
+    y = x.copy()
+    y[:, 224:], y[:, :, 224:] = 0, 0  # the pixels past the last whole patch do not count
+    np.testing.assert_array_equal(np.asarray(m.apply(v, x)), np.asarray(m.apply(v, y)))
+    d, dv = vitjax.create_model('vit_tiny_patch16_224', num_classes=3, dynamic_img_size=True)
+    with pytest.raises(ValueError, match='not divisible by patch size'):
+        d.apply(dv, x[:, :230, :230])

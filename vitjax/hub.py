@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import MutableMapping
 from typing import Any, Optional
 
 import numpy as np
@@ -125,34 +126,66 @@ def _evict(path: str) -> None:
             os.unlink(p)
 
 
-def _read_tensors(path: str, repo: str) -> dict[str, np.ndarray]:
-    """safetensors -> float32 numpy (bfloat16 via ml_dtypes: numpy has none); a truncated or garbled file is
-    one error, and is evicted from the cache."""
-    import ml_dtypes
-    try:
-        with open(path, 'rb') as f:
-            n = int.from_bytes(f.read(8), 'little')
-            if not 2 <= n <= 100 << 20:
-                raise ValueError(f'header length {n}')
-            header = json.loads(f.read(n))
-        # mapped, not read: float32 tensors are then views of the file, so the one copy is the param tables'
-        data = np.memmap(path, np.uint8, mode='r', offset=8 + n)
-        dtypes = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64}
-        out = {}
-        for k, v in header.items():
-            if k == '__metadata__':
-                continue
-            if v['dtype'] not in dtypes:
-                raise ValueError(f'{k} is {v["dtype"]}, not a float')
-            lo, hi = v['data_offsets']
-            if not 0 <= lo <= hi <= data.size:
-                raise ValueError(f'{k} lies past the end of the file (truncated)')
-            out[k] = data[lo:hi].view(dtypes[v['dtype']]).reshape(v['shape']).astype(np.float32, copy=False)
-    except (ValueError, KeyError, TypeError, OSError) as e:
-        _evict(path)
-        raise HubError(f'{repo}: {WEIGHTS} in the cache is not a readable safetensors file ({e}); removed it from '
-                       'the cache: try again') from None
-    return out
+class _Tensors(MutableMapping):
+    """A safetensors file as {name: float32 numpy}, each tensor read when asked for (bfloat16 via ml_dtypes:
+    numpy has none). Read, not mapped: the tables copy one tensor at a time, so the file's tensors and the
+    params are never all in memory together. The header is checked whole up front; a truncated or garbled
+    file is one error, and is evicted from the cache."""
+
+    DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64}
+
+    def __init__(self, path: str, repo: str):
+        self.path, self.repo, self.changed = path, repo, {}
+        try:
+            size = os.path.getsize(path)
+            with open(path, 'rb') as f:
+                n = int.from_bytes(f.read(8), 'little')
+                if not 2 <= n <= min(100 << 20, size - 8):
+                    raise ValueError(f'header length {n}')
+                header = json.loads(f.read(n))
+            self.start = 8 + n
+            self.header = {k: v for k, v in header.items() if k != '__metadata__'}
+            for k, v in self.header.items():
+                if v['dtype'] not in self.DTYPES and v['dtype'] != 'BF16':
+                    raise ValueError(f'{k} is {v["dtype"]}, not a float')
+                lo, hi = v['data_offsets']
+                width = 2 if v['dtype'] in ('F16', 'BF16') else np.dtype(self.DTYPES[v['dtype']]).itemsize
+                if not 0 <= lo <= hi <= size - self.start or hi - lo != width * int(np.prod(v['shape'])):
+                    raise ValueError(f'{k} lies past the end of the file (truncated)')
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            self._fail(e)
+
+    def _fail(self, e):
+        _evict(self.path)
+        raise HubError(f'{self.repo}: {WEIGHTS} in the cache is not a readable safetensors file ({e}); removed it '
+                       'from the cache: try again') from None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self.changed:
+            return self.changed[key]
+        v = self.header[key]
+        import ml_dtypes
+        dtype = ml_dtypes.bfloat16 if v['dtype'] == 'BF16' else self.DTYPES[v['dtype']]
+        lo, hi = v['data_offsets']
+        try:
+            raw = np.fromfile(self.path, np.uint8, hi - lo, offset=self.start + lo)
+            if raw.size != hi - lo:
+                raise OSError(f'{key}: short read')
+        except OSError as e:
+            self._fail(e)
+        return raw.view(dtype).reshape(v['shape']).astype(np.float32, copy=False)
+
+    def __setitem__(self, key: str, value: np.ndarray) -> None:
+        self.changed[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError('read-only')
+
+    def __iter__(self):
+        return iter(self.header)
+
+    def __len__(self) -> int:
+        return len(self.header)
 
 
 def adapt_in_chans(w: np.ndarray, in_chans: int) -> np.ndarray:
@@ -240,7 +273,7 @@ def read_params(cfg: dict[str, Any], in_chans: Optional[int] = None) -> tuple[di
         raise HubError(f'{repo} has no {WEIGHTS} (only a pickled {PICKLE}?), which vitjax reads only through '
                        f'torch: python -m porting.convert --model {cfg["model_name"]} --out DIR, then load DIR'
                        ) from None
-    state = _read_tensors(path, repo)
+    state = _Tensors(path, repo)
     cfg = copy.deepcopy(cfg)
     config = cfg['model']
     if in_chans is not None and in_chans != config.get('in_chans', 3):
@@ -250,6 +283,8 @@ def read_params(cfg: dict[str, Any], in_chans: Optional[int] = None) -> tuple[di
     source = sources.get('timm', cfg['architecture'])
     try:
         params = source.from_state(state, as_tuples(config))
+    except HubError:
+        raise
     except ValueError as e:
         raise HubError(f'{repo}: {WEIGHTS} does not fit {cfg["model_name"]}: {e}') from None
     return cfg, flatten(params)

@@ -362,14 +362,15 @@ class AttentionPoolLatent(nn.Module):
 
 def check_images(x: jax.Array, in_chans: int, img_size: tuple[int, int], patch_size: tuple[int, int],
                  dynamic_img_size: bool) -> None:
-    """The input contract shared by every model: NHWC, the model's size (unless dynamic), whole patches."""
+    """The input contract shared by every model: NHWC, and the model's size, or whole patches when dynamic. At
+    the model's own size the patch grid floors, as timm's strict PatchEmbed does (SigLIP so400m/14 at 384)."""
     if x.ndim != 4 or x.shape[-1] != in_chans:
         raise ValueError(f'expected NHWC images with {in_chans} channels, got shape {x.shape}')
     (h, w), (ph, pw) = x.shape[1:3], patch_size
     if not dynamic_img_size and (h, w) != tuple(img_size):
         raise ValueError(f'input size {(h, w)} does not match img_size {tuple(img_size)}; '
                          'build the model with that img_size or dynamic_img_size=True')
-    if h % ph or w % pw:
+    if dynamic_img_size and (h % ph or w % pw):
         raise ValueError(f'input size {(h, w)} is not divisible by patch size {(ph, pw)}')
 
 
