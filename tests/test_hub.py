@@ -245,3 +245,41 @@ def test_nnx_face_fine_tunes_hub_weights(cache):
     ''', x=_x())
     assert out['diff'] == 0.0
     assert abs(out['losses'][0] - np.log(3)) < 1e-5 and out['losses'][-1] < 0.5 * out['losses'][0], out['losses']
+
+
+def test_train_init_features_and_attention_take_a_hub_name(cache, tmp_path):
+    """`train.py --config.init=NAME` fine-tunes hub weights (new 10-way head, grid resampled, backbone frozen
+    here, so it must come out unchanged) and `vitjax features|attention --model NAME` read the same name."""
+    from PIL import Image
+
+    import vitjax
+    from vitjax.io import flatten
+    c, _ = cache
+    env = hubcache.offline_env(c)
+    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "ft"}', f'--config.init={NAME}',
+                           '--config.image_size=32', '--config.trainable=^head', '--config.total_steps=4',
+                           '--config.warmup_steps=1', '--config.eval_every=4', '--config.batch_size=16',
+                           f'--config.data_dir={tmp_path / "tfds"}'], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'has a 1000-class head, the dataset has 10 classes' in proc.stdout
+    out, _ = torch_free(c, f'''
+        from vitjax.io import flatten
+        for k, a in flatten(vitjax.load('{NAME}')[1]['params']).items():
+            out[k] = a
+    ''')
+    model, tuned = vitjax.load(tmp_path / 'ft' / 'model')
+    tuned = flatten(tuned['params'])
+    assert (model.num_classes, model.img_size) == (10, 32)
+    assert tuned.keys() == out.keys()
+    assert [k for k in out if not k.startswith(('head', 'pos_embed')) and not np.array_equal(out[k], tuned[k])] == []
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
+    code = 'import sys; sys.modules["torch"] = None; from vitjax import cli; sys.exit(cli.main(sys.argv[1:]))'
+    for cmd in (['features', '--model', NAME, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'f.npz')],
+                ['attention', '--model', f'hf-hub:timm/{NAME}', str(tmp_path / 'x.png'), '--out',
+                 str(tmp_path / 'a.png')]):
+        proc = subprocess.run([sys.executable, '-c', code, *cmd], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, (cmd[0], proc.stderr[-3000:])
+    assert np.load(tmp_path / 'f.npz')['pooled'].shape == (1, 192)
+    assert Image.open(tmp_path / 'a.png').size[0] > 0
