@@ -247,6 +247,7 @@ def test_nnx_face_fine_tunes_hub_weights(cache):
     assert abs(out['losses'][0] - np.log(3)) < 1e-5 and out['losses'][-1] < 0.5 * out['losses'][0], out['losses']
 
 
+@pytest.mark.slow
 def test_train_init_features_and_attention_take_a_hub_name(cache, tmp_path):
     """`train.py --config.init=NAME` fine-tunes hub weights (new 10-way head, grid resampled, backbone frozen
     here, so it must come out unchanged) and `vitjax features|attention --model NAME` read the same name."""

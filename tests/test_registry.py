@@ -84,6 +84,7 @@ def test_names_outside_the_zoo_decode_for_random_init_and_take_no_tag():
         build_model('eva02_small_patch3_224')
 
 
+@pytest.mark.slow
 def test_a_size_that_is_not_whole_patches_floors_as_timm_at_the_models_own_size():
     """timm's strict PatchEmbed drops the trailing pixels (SigLIP so400m/14 at 384); a dynamic model refuses."""
     import numpy as np
