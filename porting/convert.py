@@ -66,7 +66,7 @@ def convert(source: sources.Source, torch_model, name: str = '', img_size=None, 
     if source.resize_state is None:
         raise ValueError(f'--img-size / --num-classes / --window-size apply to timm sources, not {source.name}; '
                          'convert as is, then use vitjax.load(DIR, img_size=..., num_classes=...)')
-    from vitjax.io import adapt_params
+    from vitjax.adapt import adapt_params
     new = model.clone(**changes)
     params = adapt_params(params, model, new, jax.random.PRNGKey(seed))
     return new, {'params': params}, _resized_reference(source, name, state, model, new, config, params,

@@ -128,14 +128,14 @@ def _raise(what: str, unused: Sequence[str], missing: Sequence[str], wrong: Sequ
         raise ConversionError('\n'.join(lines))
 
 
-def apply_rules(state: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]], rules: Sequence[Rule],
-                expected: Mapping[str, tuple], ctx: Ctx, what: str = 'conversion') -> dict[str, np.ndarray]:
-    """Source state dict (or its (key, value) pairs) -> flat target dict ('/'-joined names), strictly checked
-    against `expected` shapes."""
+def apply_rules(state: Iterable[tuple[str, np.ndarray]], rules: Sequence[Rule], expected: Mapping[str, tuple],
+                ctx: Ctx, what: str = 'conversion') -> dict[str, np.ndarray]:
+    """A source state dict's (key, value) pairs -> flat target dict ('/'-joined names), strictly checked against
+    `expected` shapes. Pairs, so that a lazily read source is read one tensor at a time."""
     out: dict[str, np.ndarray] = {}
     unused, wrong = [], []
     by_source = [(r.source, r) for r in rules]
-    for key, value in (state.items() if isinstance(state, Mapping) else state):
+    for key, value in state:
         rule, idx = _match(key, by_source)
         if rule is None:
             unused.append(key)

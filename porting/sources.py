@@ -125,7 +125,6 @@ class Source:
     def from_state(self, state: dict, config: dict) -> dict:
         """State dict (torch or numpy values) + vitjax config -> Flax params, strictly checked."""
         from vitjax.io import param_shapes, unflatten
-        # pairs, not a dict: a lazy state (the hub's file reader) is then read one tensor at a time
         pairs = ((k, to_numpy(state[k])) for k in state if not k.endswith(self.buffers))
         expected = param_shapes(self.module(config))
         return unflatten(apply_rules(pairs, self.rules, expected, config, f'{self.name} -> vitjax'))

@@ -20,7 +20,7 @@ PARTS = 4
 
 
 def _zoo() -> dict:
-    return json.load(open(os.path.join(ROOT, 'vitjax', 'zoo.json')))['architectures']
+    return json.load(open(os.path.join(ROOT, 'vitjax', 'zoo.json')))
 
 
 def _cost(config: dict) -> int:
@@ -35,7 +35,8 @@ def _cost(config: dict) -> int:
 def part(i: int, n: int) -> list[str]:
     """Part `i` of `n` of every zoo architecture as `arch.tag`, its first tag on the hub (else its first), dealt
     by cost so the parts take alike."""
-    zoo, tags = _zoo(), json.load(open(os.path.join(ROOT, 'vitjax', 'zoo.json')))['tags']
+    z = _zoo()
+    zoo, tags = z['architectures'], z['tags']
     archs = sorted(zoo, key=lambda a: (_cost(zoo[a]['config']), a))
     first = {a: next((t for t in zoo[a]['tags'] if tags[f'{a}.{t}'].get('hf_hub_id')), zoo[a]['tags'][0])
              for a in archs}
@@ -47,7 +48,7 @@ def reduced(family: str) -> dict:
 
 
 def _digests(flat: dict) -> dict:
-    return {k: hashlib.sha256(np.ascontiguousarray(v, np.float32).tobytes()).hexdigest() for k, v in flat.items()}
+    return {k: hashlib.sha256(np.ascontiguousarray(v, np.float32)).hexdigest() for k, v in flat.items()}
 
 
 def run(cache, names: list[str], full_size: bool = False) -> dict:
@@ -57,7 +58,7 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
 
     from porting.sources import source_of
     from vitjax.io import flatten
-    zoo = _zoo()
+    zoo = _zoo()['architectures']
     refs, inputs = {}, {}
     for i, name in enumerate(names):
         family = zoo[name.split('.')[0]]['family']

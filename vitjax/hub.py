@@ -132,10 +132,10 @@ class _Tensors(MutableMapping):
     params are never all in memory together. The header is checked whole up front; a truncated or garbled
     file is one error, and is evicted from the cache."""
 
-    DTYPES = {'F32': np.float32, 'F16': np.float16, 'F64': np.float64}
-
     def __init__(self, path: str, repo: str):
+        import ml_dtypes
         self.path, self.repo, self.changed = path, repo, {}
+        self.dtypes = {'F32': np.float32, 'F16': np.float16, 'BF16': ml_dtypes.bfloat16, 'F64': np.float64}
         try:
             size = os.path.getsize(path)
             with open(path, 'rb') as f:
@@ -146,10 +146,10 @@ class _Tensors(MutableMapping):
             self.start = 8 + n
             self.header = {k: v for k, v in header.items() if k != '__metadata__'}
             for k, v in self.header.items():
-                if v['dtype'] not in self.DTYPES and v['dtype'] != 'BF16':
+                if v['dtype'] not in self.dtypes:
                     raise ValueError(f'{k} is {v["dtype"]}, not a float')
                 lo, hi = v['data_offsets']
-                width = 2 if v['dtype'] in ('F16', 'BF16') else np.dtype(self.DTYPES[v['dtype']]).itemsize
+                width = np.dtype(self.dtypes[v['dtype']]).itemsize
                 if not 0 <= lo <= hi <= size - self.start or hi - lo != width * int(np.prod(v['shape'])):
                     raise ValueError(f'{k} lies past the end of the file (truncated)')
         except (ValueError, KeyError, TypeError, OSError) as e:
@@ -164,8 +164,6 @@ class _Tensors(MutableMapping):
         if key in self.changed:
             return self.changed[key]
         v = self.header[key]
-        import ml_dtypes
-        dtype = ml_dtypes.bfloat16 if v['dtype'] == 'BF16' else self.DTYPES[v['dtype']]
         lo, hi = v['data_offsets']
         try:
             raw = np.fromfile(self.path, np.uint8, hi - lo, offset=self.start + lo)
@@ -173,7 +171,7 @@ class _Tensors(MutableMapping):
                 raise OSError(f'{key}: short read')
         except OSError as e:
             self._fail(e)
-        return raw.view(dtype).reshape(v['shape']).astype(np.float32, copy=False)
+        return raw.view(self.dtypes[v['dtype']]).reshape(v['shape']).astype(np.float32, copy=False)
 
     def __setitem__(self, key: str, value: np.ndarray) -> None:
         self.changed[key] = value
@@ -306,7 +304,7 @@ def _label_names(hub_cfg: dict, full: str, num_classes: int) -> Optional[list[st
 
 def load(name: str, num_classes: Optional[int] = None, img_size: Any = None, rng: Any = None,
          in_chans: Optional[int] = None, revision: Optional[str] = None, **overrides: Any):
-    """`(model, variables)` from hub weights, with timm's load-time changes (`vitjax.io.adapted`)."""
+    """`(model, variables)` from hub weights, with timm's load-time changes (`vitjax.adapt`)."""
     from vitjax import io
     cfg, flat = read_params(read_config(str(name), revision), in_chans)
     try:
@@ -315,4 +313,5 @@ def load(name: str, num_classes: Optional[int] = None, img_size: Any = None, rng
         raise HubError(f'{name}: {e}') from None
     io.check_params(flat, io.param_shapes(model), str(name))
     params = io.unflatten(io.float32_params(flat, str(name)))
-    return io.adapted(model, params, num_classes, img_size, rng, overrides)
+    from vitjax.adapt import adapted
+    return adapted(model, params, num_classes, img_size, rng, overrides)

@@ -1,0 +1,77 @@
+"""timm's load-time changes on vitjax params: a new head for another class count, the position grid
+resampled for another image size, Swin's relative-position tables resized for another window. Used by
+`vitjax.load` (directories and hub weights) and `porting.convert`."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Union
+
+import jax
+import numpy as np
+
+from vitjax.io import check_params, flatten, param_shapes, unflatten
+from vitjax.models import Model, img_size_of, init_variables
+from vitjax.models.layers import resample_abs_pos_embed
+from vitjax.models.swin import resize_rel_pos_bias_table
+from vitjax.models.vit import stack_blocks
+
+
+def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Union[None, int, tuple],
+             rng: Optional[jax.Array], overrides: Mapping[str, Any]) -> tuple[Model, dict]:
+    """What timm does at load time when asked for a change: a new head, a resampled position grid."""
+    changes = dict(overrides)
+    scan = changes.pop('scan_blocks', False)
+    if scan and not hasattr(model, 'scan_blocks'):
+        raise ValueError(f'scan_blocks is an option of VisionTransformer, not of {type(model).__name__}')
+    if num_classes is not None and num_classes != model.num_classes:
+        changes['num_classes'] = num_classes
+    if img_size is not None:
+        changes['img_size'] = img_size
+        changes['pretrained_cfg'] = model.pretrained_cfg.at_size(img_size)
+    if changes:
+        new_model = model.clone(**changes)
+        params = adapt_params(params, model, new_model, jax.random.PRNGKey(0) if rng is None else rng)
+        model = new_model
+    if scan:
+        model, params = model.clone(scan_blocks=True), stack_blocks(params, model.depth)
+    return model, {'params': params}
+
+
+def _window_of(model, key: str) -> tuple[int, int]:
+    """The (possibly clipped) window of the Swin block that owns `key` (layers_i/blocks_j/...)."""
+    from vitjax.models.swin import stage_resolutions, window_and_shift
+    stage = int(key.split('/')[0].split('_')[1])
+    res = stage_resolutions(model.grid_size, len(model.depths))[stage]
+    win = model.stage_window_sizes[stage]
+    return window_and_shift(res, win, (0, 0), model.always_partition)[0]
+
+
+def adapt_params(params: Mapping, src: Model, dst: Model, rng: jax.Array) -> dict:
+    """Carry params from `src` to `dst`: same shapes copied, position embeddings resampled to the new grid,
+    a head of another class count freshly initialised. Any other mismatch is an error."""
+    flat_src, dst_shapes = flatten(params), param_shapes(dst)
+    fresh = None
+    out = {}
+    for key, shape in dst_shapes.items():
+        value = flat_src.get(key)
+        # by grid, not by shape: 14x16 and 16x14 grids hold the same number of embeddings
+        if key == 'pos_embed' and value is not None and tuple(src.pos_grid) != tuple(dst.pos_grid):
+            out[key] = np.asarray(resample_abs_pos_embed(
+                value, dst.pos_grid, src.pos_grid, 0 if src.no_embed_class else src.num_prefix_tokens,
+                src.pos_embed_interp))
+        elif value is not None and tuple(value.shape) == shape:
+            out[key] = value
+        elif key.endswith('relative_position_bias_table') and value is not None:
+            # a new window size (Swin): timm's resize on the relative-offset grid, per head
+            out[key] = resize_rel_pos_bias_table(value, _window_of(dst, key), _window_of(src, key))
+        elif key.split('/')[0] in ('head', 'head_dist'):
+            fresh = flatten(init_variables(dst, rng)['params']) if fresh is None else fresh
+            out[key] = fresh[key]
+        else:
+            have = 'absent' if value is None else f'shape {tuple(value.shape)}'
+            raise ValueError(f'cannot carry {key!r} ({have}) into a model expecting {shape} '
+                             f'(img_size {img_size_of(src)} -> {img_size_of(dst)})')
+    dropped = sorted(k for k in set(flat_src) - set(out) if k.split('/')[0] not in ('head', 'head_dist'))
+    if dropped:
+        raise ValueError(f'params with no place in the new model: {dropped}')
+    check_params(out, dst_shapes, 'adapted params')
+    return unflatten(out)
