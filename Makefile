@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 
 # Two workers (these machines have 2 cores); a test file stays on one worker so its module fixtures (a
 # reference run, a converted model) are built once. XLA's compilation cache is shared (tests/conftest.py).
-# --durations: the 25 slowest tests close the log, to see where the suite's time goes.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=25
+# --durations: the 60 slowest tests close the log, to see where the suite's time goes.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=60
 
 test: install
 	$(PYTEST)

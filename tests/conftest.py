@@ -120,7 +120,7 @@ def tiny_vit():
 # 580 s, parallel 367 s, train_faults 303 s, ...), so the workers finish together instead of one running the
 # recipes alone at the end (the default file order left ~8 of 22 minutes on one worker).
 SPLIT_PER_TEST = ('tests/test_recipes.py',)
-LONGEST_FIRST = ('test_recipes', 'test_parallel', 'test_train_faults', *(f'test_hub_zoo_{i}' for i in range(4)),
+LONGEST_FIRST = ('test_recipes', 'test_make_train', 'test_parallel', 'test_train_faults', *(f'test_hub_zoo_{i}' for i in range(4)),
                  'test_train', 'test_eva', 'test_swin', 'test_bench', 'test_vit', 'test_torchvision', 'test_cli',
                  'test_families', 'test_distributed', 'test_train_step')
 

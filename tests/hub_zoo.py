@@ -1,10 +1,10 @@
 """Every architecture of the zoo through the torch-free hub path (shared by test_hub_zoo_*.py, test_hub_full.py).
 
 Each architecture, with its first tag, is built in timm at reduced depth (full size in test_hub_full.py),
-published into a hub cache with timm's `save_for_hf`, loaded torch-free in one subprocess per test file, and
-compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
+published into a hub cache with timm's `save_for_hf`, loaded torch-free by one worker process per test file
+(one repo on disk at a time), and compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
 timm model, and its params must be bit for bit the ones `porting.convert`'s table makes from that model
-(compared by a SHA-256 per tensor, so the subprocess need not send the weights back)."""
+(compared by a SHA-256 per tensor, so the worker need not send the weights back)."""
 import hashlib
 import json
 import os
@@ -51,30 +51,7 @@ def _digests(flat: dict) -> dict:
     return {k: hashlib.sha256(np.ascontiguousarray(v, np.float32)).hexdigest() for k, v in flat.items()}
 
 
-def run(cache, names: list[str], full_size: bool = False) -> dict:
-    """Publish `names` into `cache`, load them torch-free in one process;
-    {name: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests)}."""
-    import torch
-
-    from porting.sources import source_of
-    from vitjax.io import flatten
-    zoo = _zoo()['architectures']
-    refs, inputs = {}, {}
-    for i, name in enumerate(names):
-        family = zoo[name.split('.')[0]]['family']
-        paths = hubcache.add(cache, name, seed=i, **({} if full_size else reduced(family)))
-        m = paths.pop('model')
-        _, h, w = m.pretrained_cfg['input_size']
-        x = np.random.default_rng(i).standard_normal((1, h, w, 3)).astype(np.float32)
-        with torch.no_grad():
-            ref = m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
-        src = source_of(m, 'timm')
-        config = src.model_config(m)
-        refs[name] = ref, _digests(flatten(src.from_state(src.state_of(m), config)))
-        inputs[name] = (x, json.loads(json.dumps(config)))
-        del m
-    np.savez(os.path.join(str(cache), 'in.npz'), **{n: x for n, (x, _) in inputs.items()})
-    code = '''
+_WORKER = '''
 import sys, json
 for m in ('torch', 'timm', 'torchvision'):
     sys.modules[m] = None
@@ -85,24 +62,68 @@ from vitjax import hub
 from vitjax.io import flatten
 sys.path.insert(0, 'tests')
 from hub_zoo import _digests
-inp, out, cfgs = dict(np.load(sys.argv[1])), {}, {}
-for name, x in inp.items():
+for line in sys.stdin:
+    name, x_file, out_file = json.loads(line)
     # timm has a few tags only as a URL to a pickle: their architectures load from a repo named directly
     name_or_repo = name if hub.zoo()['tags'][name].get('hf_hub_id') else f'hf-hub:timm/{name}'
     model, variables = (vitjax.create_model(name, pretrained=True) if name == name_or_repo
                         else vitjax.load(name_or_repo))
-    out[name] = np.asarray(jax.jit(model.apply)(variables, x))
-    cfgs[name] = hub.read_config(name_or_repo)['model'], _digests(jax.tree.map(np.asarray, flatten(variables['params'])))
+    np.save(out_file, np.asarray(jax.jit(model.apply)(variables, np.load(x_file))))
+    digests = _digests(jax.tree.map(np.asarray, flatten(variables['params'])))
+    print('RESULT', json.dumps([hub.read_config(name_or_repo)['model'], digests]), flush=True)
     del model, variables
-np.savez(sys.argv[2], **out)
-json.dump(cfgs, open(sys.argv[3], 'w'))
+    jax.clear_caches()
 '''
-    files = [os.path.join(str(cache), f) for f in ('in.npz', 'out.npz', 'cfg.json')]
-    proc = subprocess.run([sys.executable, '-c', code, *files], cwd=ROOT, env=hubcache.offline_env(cache),
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out, cfgs = dict(np.load(files[1])), json.load(open(files[2]))
-    return {n: (out[n], refs[n][0], cfgs[n][0], inputs[n][1], cfgs[n][1], refs[n][1]) for n in names}
+
+
+def run(cache, names: list[str], full_size: bool = False) -> dict:
+    """Publish each of `names` into `cache` in turn, load it in one torch-free worker process, then delete its
+    repo (a part's repos together are GBs: a CI disk can be small);
+    {name: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests)}."""
+    import select
+    import shutil
+
+    import torch
+
+    from porting.sources import source_of
+    from vitjax.io import flatten
+    zoo = _zoo()['architectures']
+    cache = str(cache)
+    x_file, out_file, log = (os.path.join(cache, f) for f in ('x.npy', 'out.npy', 'worker.log'))
+    out = {}
+    with open(log, 'w') as err:
+        worker = subprocess.Popen([sys.executable, '-c', _WORKER], cwd=ROOT, env=hubcache.offline_env(cache),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        for i, name in enumerate(names):
+            family = zoo[name.split('.')[0]]['family']
+            paths = hubcache.add(cache, name, seed=i, **({} if full_size else reduced(family)))
+            m = paths.pop('model')
+            _, h, w = m.pretrained_cfg['input_size']
+            x = np.random.default_rng(i).standard_normal((1, h, w, 3)).astype(np.float32)
+            np.save(x_file, x)
+            worker.stdin.write(json.dumps([name, x_file, out_file]) + '\n')
+            worker.stdin.flush()
+            with torch.no_grad():  # timm runs while the worker loads
+                ref = m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+            src = source_of(m, 'timm')
+            config = json.loads(json.dumps(src.model_config(m)))
+            convert_digests = _digests(flatten(src.from_state(src.state_of(m), config)))
+            del m
+            while True:
+                ready, _, _ = select.select([worker.stdout], [], [], 900)
+                line = worker.stdout.readline() if ready else ''
+                if not line or line.startswith('RESULT '):
+                    break
+            assert line, f'{name}: the torch-free worker died or hung:\n' + open(log).read()[-4000:]
+            hub_cfg, hub_digests = json.loads(line[len('RESULT '):])
+            out[name] = np.load(out_file), ref, hub_cfg, config, hub_digests, convert_digests
+            shutil.rmtree(paths['config.json'].rsplit(os.sep + 'snapshots' + os.sep, 1)[0])
+    finally:
+        worker.stdin.close()
+        worker.kill()
+        worker.wait()
+    return out
 
 
 def check(results: dict, name: str) -> None:
@@ -124,7 +145,10 @@ def tests(names: list[str], full_size: bool = False):
 
     @pytest.fixture(scope='module')
     def results(tmp_path_factory):
-        return run(tmp_path_factory.mktemp('hf'), names, full_size)
+        import shutil
+        cache = tmp_path_factory.mktemp('hf')
+        yield run(cache, names, full_size)
+        shutil.rmtree(cache, ignore_errors=True)
 
     @pytest.mark.slow
     @pytest.mark.parametrize('name', names)

@@ -60,6 +60,18 @@ def test_load_with_new_head_and_size(saved):
                                   variables['params']['blocks_0']['mlp']['fc1']['kernel'])
 
 
+@pytest.mark.parametrize('name', ['deit_tiny_patch16_224', 'eva02_tiny_patch14_224', 'swin_tiny_patch4_window7_224',
+                                  'naflexvit_base_patch16_gap'])
+def test_a_new_head_on_load_is_what_init_makes(name):
+    """Load-time adaptation writes a new head as zeros without initialising the model: every architecture's
+    init must give exactly that (its head's kernel_init and bias init), or the two would differ."""
+    from vitjax.models import init_variables
+    small = {'depths': (1, 1, 1, 1)} if name.startswith('swin') else {'depth': 1}
+    model, _ = vitjax.create_model(name, num_classes=3, **small)
+    head = init_variables(model, jax.random.PRNGKey(3))['params']['head']
+    assert {k: float(np.abs(v).max()) for k, v in head.items()} == {'kernel': 0.0, 'bias': 0.0}
+
+
 def test_create_model_pretrained_dir(saved):
     path, model, variables = saved
     m, v = vitjax.create_model(NAME, pretrained=str(path), num_classes=3)

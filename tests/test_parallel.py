@@ -101,17 +101,3 @@ def test_fsdp_resume_is_exact_and_checkpoints_cross_modes(tmp_path_factory):
             np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=30 * 2e-3 if k.endswith('key/bias') else 1e-5,
                                        err_msg=k)
         assert [r['accuracy'] for r in records(workdir, 'eval')] == [r['accuracy'] for r in records(full, 'eval')]
-
-
-@pytest.mark.slow
-def test_fsdp_trains_the_digits_default_to_097(tmp_path):
-    """`python train.py --config.parallelism=fsdp`: the embedded default, unchanged, on 4 simulated devices.
-    Measured 0.9778 here (deterministic for this code and machine kind); the recipe's runs over seeds, device
-    counts and modes measured 0.9778-0.9944 (README), so a change that reorders sums can move it by a few images."""
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', '--config.parallelism=fsdp',
-                           f'--config.data_dir={tmp_path / "tfds"}'], cwd=ROOT, env=FOUR, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
-    assert (summary['parallelism'], summary['devices'], summary['test_examples']) == ('fsdp', 4, 360)
-    assert summary['test_accuracy'] >= 0.97, summary

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Union
 
-import jax
 import numpy as np
 
 from vitjax.io import check_params, flatten, param_shapes, unflatten
-from vitjax.models import Model, img_size_of, init_variables
+from vitjax.models import Model, img_size_of
 from vitjax.models.layers import resample_abs_pos_embed
 from vitjax.models.swin import resize_rel_pos_bias_table
 from vitjax.models.vit import stack_blocks
 
 
 def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Union[None, int, tuple],
-             rng: Optional[jax.Array], overrides: Mapping[str, Any]) -> tuple[Model, dict]:
+            overrides: Mapping[str, Any]) -> tuple[Model, dict]:
     """What timm does at load time when asked for a change: a new head, a resampled position grid."""
     changes = dict(overrides)
     scan = changes.pop('scan_blocks', False)
@@ -29,7 +28,7 @@ def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Un
         changes['pretrained_cfg'] = model.pretrained_cfg.at_size(img_size)
     if changes:
         new_model = model.clone(**changes)
-        params = adapt_params(params, model, new_model, jax.random.PRNGKey(0) if rng is None else rng)
+        params = adapt_params(params, model, new_model)
         model = new_model
     if scan:
         model, params = model.clone(scan_blocks=True), stack_blocks(params, model.depth)
@@ -45,11 +44,10 @@ def _window_of(model, key: str) -> tuple[int, int]:
     return window_and_shift(res, win, (0, 0), model.always_partition)[0]
 
 
-def adapt_params(params: Mapping, src: Model, dst: Model, rng: jax.Array) -> dict:
+def adapt_params(params: Mapping, src: Model, dst: Model) -> dict:
     """Carry params from `src` to `dst`: same shapes copied, position embeddings resampled to the new grid,
-    a head of another class count freshly initialised. Any other mismatch is an error."""
+    a head of another class count new. Any other mismatch is an error."""
     flat_src, dst_shapes = flatten(params), param_shapes(dst)
-    fresh = None
     out = {}
     for key, shape in dst_shapes.items():
         value = flat_src.get(key)
@@ -64,8 +62,9 @@ def adapt_params(params: Mapping, src: Model, dst: Model, rng: jax.Array) -> dic
             # a new window size (Swin): timm's resize on the relative-offset grid, per head
             out[key] = resize_rel_pos_bias_table(value, _window_of(dst, key), _window_of(src, key))
         elif key.split('/')[0] in ('head', 'head_dist'):
-            fresh = flatten(init_variables(dst, rng)['params']) if fresh is None else fresh
-            out[key] = fresh[key]
+            # what init gives: every vitjax head starts at zero (big_vision's head_zeroinit; tests/test_io.py
+            # holds each architecture to it), so no model-wide init is traced and compiled for it
+            out[key] = np.zeros(shape, np.float32)
         else:
             have = 'absent' if value is None else f'shape {tuple(value.shape)}'
             raise ValueError(f'cannot carry {key!r} ({have}) into a model expecting {shape} '

@@ -302,7 +302,7 @@ def _label_names(hub_cfg: dict, full: str, num_classes: int) -> Optional[list[st
     return None
 
 
-def load(name: str, num_classes: Optional[int] = None, img_size: Any = None, rng: Any = None,
+def load(name: str, num_classes: Optional[int] = None, img_size: Any = None,
          in_chans: Optional[int] = None, revision: Optional[str] = None, **overrides: Any):
     """`(model, variables)` from hub weights, with timm's load-time changes (`vitjax.adapt`)."""
     from vitjax import io
@@ -314,4 +314,4 @@ def load(name: str, num_classes: Optional[int] = None, img_size: Any = None, rng
     io.check_params(flat, io.param_shapes(model), str(name))
     params = io.unflatten(io.float32_params(flat, str(name)))
     from vitjax.adapt import adapted
-    return adapted(model, params, num_classes, img_size, rng, overrides)
+    return adapted(model, params, num_classes, img_size, overrides)

@@ -394,13 +394,12 @@ def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
     return cfg
 
 
-def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
-         rng: Optional[jax.Array] = None, **overrides: Any) -> tuple[Model, dict]:
-    """Load `(model, variables)` from a model directory (a local path or gs://...), optionally with another head
-    size or image size. (`vitjax.load` also takes hub names: vitjax/loader.py.)"""
+def read_model(path: Union[str, os.PathLike]) -> tuple[Model, dict]:
+    """`(model, params)` from a model directory (a local path or gs://), checked against each other. Load-time
+    changes (another head or image size) are `vitjax.load`'s (vitjax/loader.py, vitjax/adapt.py)."""
     if storage.is_url(path):  # safetensors reads local files: the two files read here are fetched first
         with _fetched(path, [CONFIG_FILE, PARAMS_FILE]) as local:
-            return load(local, num_classes, img_size, rng, **overrides)
+            return read_model(local)
     path = Path(path)
     cfg = read_config(path)
     try:  # everything the config says is checked before the model is traced or the params read
@@ -421,5 +420,4 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
     flat = float32_params(flat, str(path / PARAMS_FILE))
     if cast:  # the model computes in float32, and training from float16 params would overflow to NaN
         print(f"note: {path / PARAMS_FILE}: {', '.join(cast)} params cast to float32", file=sys.stderr)
-    from vitjax.adapt import adapted  # it builds on this module's flat-param helpers
-    return adapted(model, unflatten(flat), num_classes, img_size, rng, overrides)
+    return model, unflatten(flat)

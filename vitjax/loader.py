@@ -7,17 +7,19 @@ import os
 from typing import Any, Optional, Union
 
 from vitjax import hub, io
+from vitjax.adapt import adapted
 
 
-def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Any = None, rng: Any = None,
+def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_size: Any = None,
          in_chans: Optional[int] = None, revision: Optional[str] = None, **overrides: Any):
     """`(model, variables)`, optionally with another head size, image size or (hub weights, adapted as timm
     does) input channel count; `revision` pins a hub commit (also `name@rev`)."""
     if hub.is_hub_name(path):
-        return hub.load(str(path), num_classes, img_size, rng, in_chans, revision, **overrides)
+        return hub.load(str(path), num_classes, img_size, in_chans, revision, **overrides)
     if in_chans is not None or revision is not None:
         raise ValueError(f'{path}: in_chans and revision apply to hub weights, not to a model directory')
-    return io.load(path, num_classes, img_size, rng, **overrides)
+    model, params = io.read_model(path)
+    return adapted(model, params, num_classes, img_size, overrides)
 
 
 def read_config(path: Union[str, os.PathLike], revision: Optional[str] = None) -> dict[str, Any]:

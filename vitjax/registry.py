@@ -185,22 +185,21 @@ def create_model(name: str, pretrained: Union[bool, str, None] = None, num_class
     `pretrained=True` loads the timm weights of `name` (`arch.tag`; the arch's default tag without one) from the
     Hugging Face hub, without torch (vitjax/hub.py; `revision` pins a hub commit, `in_chans` adapts the first
     conv as timm does). `pretrained=DIR` loads a directory written by `porting.convert` or `train.py`. Either
-    way the head is re-initialised when `num_classes` differs and position embeddings are resampled when
+    way the head is new (zeros, as init makes it) when `num_classes` differs and position embeddings are resampled when
     `img_size` differs. Otherwise the variables are a fresh initialisation from `rng`.
     """
-    rng = jax.random.PRNGKey(0) if rng is None else rng
     if pretrained is True:
         from vitjax import hub
         if not hub.is_hub_name(name):
             hub.repo_of(name)  # the reason it has no hub weights, with close matches
         return hub.load(name if hub.is_hub_name(name) else f'{hub.PREFIX}{name}', num_classes=num_classes,
-                        img_size=img_size, rng=rng, revision=revision, **overrides)
+                        img_size=img_size, revision=revision, **overrides)
     if pretrained:
         from vitjax import loader
         stored = loader.read_config(pretrained, revision).get('model_name') or ''
         if stored and split_tag(name)[0] != split_tag(stored)[0]:
             raise ValueError(f'{pretrained} holds {stored!r}, not {name!r}')
-        return loader.load(pretrained, num_classes=num_classes, img_size=img_size, rng=rng, revision=revision,
+        return loader.load(pretrained, num_classes=num_classes, img_size=img_size, revision=revision,
                            **overrides)
     model = build_model(name, num_classes, img_size, **overrides)
-    return model, init_variables(model, rng)
+    return model, init_variables(model, jax.random.PRNGKey(0) if rng is None else rng)

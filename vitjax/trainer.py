@@ -50,8 +50,7 @@ def build_model(c, num_classes: int):
         if num_classes is not None and stored != num_classes:
             print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
                   'training a new zero-initialised head (the backbone is loaded as is)')
-        return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, rng=rng,
-                           **regularisation)
+        return vitjax.load(c.init, num_classes=num_classes, img_size=c.image_size or None, **regularisation)
     # --config.image_size is the run's input size, above a preset's model_overrides.img_size
     img_size = overrides.pop('img_size', None)
     img_size = c.image_size or img_size
