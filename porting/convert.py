@@ -40,7 +40,7 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def convert(source: sources.Source, torch_model, name: str = '', img_size=None, num_classes: Optional[int] = None,
-            seed: int = 0, window_size=None, **create_kwargs):
+            window_size=None, **create_kwargs):
     """PyTorch model -> (vitjax model, variables, parity reference with the same size/head changes).
 
     `create_kwargs` are the extra constructor arguments the source was built with (timm resizes rebuild it).
@@ -68,7 +68,7 @@ def convert(source: sources.Source, torch_model, name: str = '', img_size=None, 
                          'convert as is, then use vitjax.load(DIR, img_size=..., num_classes=...)')
     from vitjax.adapt import adapt_params
     new = model.clone(**changes)
-    params = adapt_params(params, model, new, jax.random.PRNGKey(seed))
+    params = adapt_params(params, model, new)
     return new, {'params': params}, _resized_reference(source, name, state, model, new, config, params,
                                                         window_size, create_kwargs)
 
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         state = None  # the model holds its own copy; keep one set of source weights in memory
         kwargs.pop('num_classes', None)
         model, variables, ref = convert(sources.source_of(torch_model, library), torch_model, args.model,
-                                        args.img_size, args.num_classes, args.seed, args.window_size, **kwargs)
+                                        args.img_size, args.num_classes, args.window_size, **kwargs)
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
                               tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, UnsupportedModel, linear, norm
+from porting.source import Source
 
 LAYER = 'encoder.layer.{i}'
 RULES = (
@@ -101,3 +102,17 @@ class ParityAdapter:
         x = x[:, 0]
         head = getattr(self.model, 'classifier', None)
         return x if pre_logits or head is None else head(x)
+
+
+def load_dir(name: str, checkpoint: Optional[str], state: Optional[dict] = None, **kwargs):
+    if checkpoint is None:
+        raise ValueError('a Hugging Face source is a local model directory: pass --checkpoint DIR')
+    if not is_hf_dir(checkpoint):
+        raise ValueError(f'{checkpoint} is not a Hugging Face model directory (config.json + weights)')
+    if kwargs:
+        raise ValueError(f'Hugging Face sources take no model arguments, got {sorted(kwargs)}')
+    return load(checkpoint)
+
+
+SOURCES = (Source('hf', 'vit', RULES, is_model, model_config, pretrained_cfg, load_dir,
+                  lambda path, state: is_hf_dir(path), ParityAdapter, state_of),)

@@ -6,7 +6,10 @@ from typing import Any
 
 from porting.engine import (HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear,
                             norm, require)
+from porting.source import Source, load_timm, timm_class
 from porting.timm_vit import RULES as VIT_RULES
+from porting.timm_vit import pretrained_cfg
+from porting.timm_vit import reference_state as vit_reference_state
 
 _QKV = tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value'))
 
@@ -131,3 +134,8 @@ def model_config(model) -> dict[str, Any]:
         norm_eps=eps,
         act_layer=act,
     )
+
+
+SOURCES = (Source('timm', 'eva', RULES, timm_class('Eva'), model_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=vit_reference_state,
+                  timm_modules=('eva',)),)

@@ -7,7 +7,8 @@ from typing import Any
 
 from porting.engine import Rule, Transform, norm, require
 from porting.timm_vit import RULES as VIT_RULES
-from porting.timm_vit import blocks_config, is_identity, patch_fields, require_map_pool
+from porting.source import Source, load_timm, timm_class
+from porting.timm_vit import blocks_config, is_identity, patch_fields, pretrained_cfg, require_map_pool
 
 
 def _patch(c) -> tuple[int, int, int]:
@@ -34,7 +35,7 @@ RULES = (
 )
 
 # Not img_size: given one, timm sizes the position grid from it (img_size / patch) instead of the checkpoint's
-# 16x16. Any input size goes as it is, so the size vitjax records is nominal (sources.TIMM_NAFLEX).
+# 16x16. Any input size goes as it is, so the size vitjax records is nominal (SOURCES below).
 CREATE_KWARGS = ('in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
                  'reg_tokens', 'class_token', 'init_values', 'qkv_bias', 'qk_norm', 'mlp_ratio')
 
@@ -85,3 +86,9 @@ def model_config(model) -> dict[str, Any]:
 def reference_state(state: dict, src, dst, ref) -> dict:
     """NaFlexViT's position grid does not depend on the input size: timm resizes it in the forward."""
     return dict(state)
+
+
+# NaFlexViT takes any input size, so the img_size vitjax records is nominal.
+SOURCES = (Source('timm', 'naflexvit', RULES, timm_class('NaFlexVit'), model_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
+                  nominal=('init_values', 'img_size'), timm_modules=('naflexvit',)),)

@@ -4,7 +4,8 @@ from __future__ import annotations
 from typing import Any
 
 from porting.engine import CONV, LINEAR, Rule, linear, norm, require
-from porting.timm_vit import activation
+from porting.source import Source, load_timm, timm_class
+from porting.timm_vit import activation, pretrained_cfg
 
 # vitjax SwinTransformer fields that timm.create_model takes under the same name.
 CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depths',
@@ -84,3 +85,7 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     from timm.models.swin_transformer import checkpoint_filter_fn
     return checkpoint_filter_fn(dict(state), ref)
 
+
+SOURCES = (Source('timm', 'swin', RULES, timm_class('SwinTransformer'), model_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, buffers=('relative_position_index', 'attn_mask'),
+                  create_kwargs=CREATE_KWARGS, resize_state=reference_state, timm_modules=('swin_transformer',)),)

@@ -7,6 +7,7 @@ from typing import Any
 from porting.engine import (CONV, OUT_KERNEL, POOL_HEADS_BIAS, POOL_HEADS_KERNEL, POOL_KV_BIAS, POOL_KV_KERNEL,
                             POOL_OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
                             UnsupportedModel, linear, norm, require)
+from porting.source import Source, load_timm, timm_class
 
 BLOCK = (
     *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
@@ -197,3 +198,7 @@ def reference_state(state: dict, src, dst, ref) -> dict:
             num_prefix_tokens=0 if src.no_embed_class else src.num_prefix_tokens)
     return state
 
+
+SOURCES = (Source('timm', 'vit', RULES, timm_class('VisionTransformer', 'VisionTransformerDistilled'), model_config,
+                  pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CREATE_KWARGS,
+                  resize_state=reference_state, timm_modules=('vision_transformer', 'deit')),)

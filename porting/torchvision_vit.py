@@ -1,9 +1,10 @@
 """torchvision VisionTransformer (vit_b_16, vit_l_16, ...): the name table, the config reader, a parity adapter."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear, norm
+from porting.source import Source, head_classes, load_strict, read_state_dict
 
 LAYER = 'encoder.layers.encoder_layer_{i}'
 RULES = (
@@ -75,3 +76,18 @@ class ParityAdapter:
     def forward_head(self, x, pre_logits: bool = False):
         x = x[:, 0]
         return x if pre_logits else self.model.heads(x)
+
+
+def load(name: str, checkpoint: Optional[str], state: Optional[dict] = None, **kwargs):
+    """torchvision's model (vit_b_16, ...): DEFAULT hub weights, or a checkpoint loaded strictly."""
+    import torchvision
+    if checkpoint is None:
+        return torchvision.models.get_model(name, weights='DEFAULT', **kwargs).eval()
+    state = read_state_dict(checkpoint) if state is None else state
+    classes = head_classes(state, 'heads.head.weight')
+    if classes is not None:
+        kwargs.setdefault('num_classes', classes)
+    return load_strict(torchvision.models.get_model(name, weights=None, **kwargs), state, name, checkpoint)
+
+
+SOURCES = (Source('torchvision', 'vit', RULES, is_model, model_config, pretrained_cfg, load, is_state, ParityAdapter),)

@@ -21,7 +21,6 @@ from typing import Any, Iterable, Iterator, Optional
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / 'vitjax' / 'zoo.json'
 LABELS = ROOT / 'vitjax' / 'labels'
-MODULES = ('vision_transformer', 'eva', 'deit', 'swin_transformer', 'naflexvit')
 TAG_FIELDS = ('hf_hub_id', 'num_classes', 'input_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
 # Kept only where timm sets them: url is the weights' only home where there is no hf_hub_id, custom_load says it is
 # in the original (non-timm) format, fixed_input_size that timm builds the model at input_size.
@@ -55,10 +54,16 @@ def version() -> str:
     return timm.__version__
 
 
+def modules() -> tuple[str, ...]:
+    """The timm modules in scope: those the timm source rows name (porting/timm_<family>.py)."""
+    from porting import sources
+    return tuple(m for s in sources.SOURCES if s.library == 'timm' for m in s.timm_modules)
+
+
 def architectures() -> dict[str, str]:
     """{architecture: timm module} for every pretrained timm architecture in scope."""
     import timm
-    return {a: m for m in MODULES for a in timm.list_models(module=m, pretrained=True, include_tags=False)}
+    return {a: m for m in modules() for a in timm.list_models(module=m, pretrained=True, include_tags=False)}
 
 
 def pretrained_cfgs(arch: str) -> dict[str, Any]:

@@ -60,14 +60,16 @@ def test_load_with_new_head_and_size(saved):
                                   variables['params']['blocks_0']['mlp']['fc1']['kernel'])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['deit_tiny_patch16_224', 'eva02_tiny_patch14_224', 'swin_tiny_patch4_window7_224',
                                   'naflexvit_base_patch16_gap'])
 def test_a_new_head_on_load_is_what_init_makes(name):
     """Load-time adaptation writes a new head as zeros without initialising the model: every architecture's
     init must give exactly that (its head's kernel_init and bias init), or the two would differ."""
     from vitjax.models import init_variables
-    small = {'depths': (1, 1, 1, 1)} if name.startswith('swin') else {'depth': 1}
-    model, _ = vitjax.create_model(name, num_classes=3, **small)
+    small = (dict(depths=(1, 1), num_heads=(1, 2), embed_dim=16, window_size=4, img_size=32) if name.startswith('swin')
+             else dict(depth=1, embed_dim=32, num_heads=2, img_size=32 if 'patch16' in name else 28))
+    model = vitjax.registry.build_model(name, num_classes=3, **small)
     head = init_variables(model, jax.random.PRNGKey(3))['params']['head']
     assert {k: float(np.abs(v).max()) for k, v in head.items()} == {'kernel': 0.0, 'bias': 0.0}
 
@@ -368,3 +370,20 @@ def test_a_url_to_write_is_refused_not_written_under_the_cwd(saved, tmp_path, mo
                                              'output files locally'):
             write()
     assert os.listdir(tmp_path) == []
+
+
+# Written by vitjax 0.1.0 at 56d520f, before the family registry (vitjax/models/family.py) and the porting rows
+# moved into the family files; perturbed random weights, and their logits on a fixed input.
+OLD_DIRS = os.path.join(os.path.dirname(__file__), 'data', 'model_dirs_0.1')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('arch', ['vit', 'eva', 'swin', 'naflexvit'])
+def test_model_directories_written_before_the_family_registry_still_load(arch):
+    model, variables = vitjax.load(os.path.join(OLD_DIRS, arch))
+    assert json.load(open(os.path.join(OLD_DIRS, arch, 'config.json')))['architecture'] == arch
+    h, w = vitjax.models.img_size_of(model)
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)[:, :h, :w]
+    with jax.default_matmul_precision('highest'):
+        np.testing.assert_allclose(jax.jit(model.apply)(variables, x), np.load(os.path.join(OLD_DIRS, 'logits.npz'))[arch],
+                                   rtol=1e-5, atol=1e-5)

@@ -9,11 +9,13 @@ import torch
 
 from conftest import port, timm_model
 from porting import timm_vit
-from porting.sources import TIMM_VIT
+from porting import sources
 from vitjax.config import default_config
 from vitjax.io import flatten
 from vitjax.optim import create_optimizer, create_schedule, path_mask, trainable_mask
 from vitjax.train_step import create_train_state, train_step
+
+TIMM_VIT = sources.get('timm', 'vit')
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
 STEPS = 20

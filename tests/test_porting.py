@@ -6,7 +6,9 @@ import torch
 from conftest import images, max_diff, port, run_timm, timm_model
 from porting import timm_vit
 from porting.engine import ConversionError, UnsupportedModel
-from porting.sources import TIMM_VIT
+from porting import sources
+
+TIMM_VIT = sources.get('timm', 'vit')
 
 SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
 

@@ -115,13 +115,13 @@ def test_the_source_table_routes_checkpoints_and_models(tmp_path):
     assert sources.detect(str(tmp_path / 'x.safetensors'), tv.state_dict()) == 'torchvision'
     assert sources.detect(str(tmp_path / 'x.safetensors'), timm_vit.state_dict()) == 'timm'
     assert sources.detect(str(tmp_path / 'hf'), None) == 'hf'
-    assert sources.source_of(tv) is sources.TORCHVISION_VIT
-    assert sources.source_of(timm_vit) is sources.TIMM_VIT
-    assert sources.source_of(swin) is sources.TIMM_SWIN
-    assert sources.get('timm', 'swin') is sources.TIMM_SWIN
+    assert sources.source_of(tv) is sources.get('torchvision', 'vit')
+    assert sources.source_of(timm_vit) is sources.get('timm', 'vit')
+    assert sources.source_of(swin) is sources.get('timm', 'swin')
+    assert sources.get('timm', 'swin').arch == 'swin'
     with pytest.raises(UnsupportedModel, match=r'torch.nn.modules.linear.Linear .*supported: hf vit; torchvision vit'):
         sources.source_of(torch.nn.Linear(2, 2))
-    with pytest.raises(UnsupportedModel, match='supported: timm vit; timm swin'):
+    with pytest.raises(UnsupportedModel, match='supported: timm eva; timm naflexvit; timm swin; timm vit'):
         sources.source_of(tv, 'timm')
     with pytest.raises(ValueError, match="no torchvision source for vitjax architecture 'swin'"):
         sources.get('torchvision', 'swin')

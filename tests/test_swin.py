@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 import vitjax
 from conftest import images, jit_apply, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init, timm_swin
-from porting.sources import TIMM_SWIN
+from porting import sources
 from porting.engine import ConversionError
 from vitjax.models.swin import resize_rel_pos_bias_table
+
+TIMM_SWIN = sources.get('timm', 'swin')
 
 # Real widths and heads, fewer blocks per stage (two: one plain, one shifted window block).
 SHORT = dict(depths=(2, 2, 2, 2))

@@ -8,7 +8,9 @@ import torchvision
 import vitjax
 from conftest import images, max_diff
 from porting import convert, random_init, torchvision_vit
-from porting.sources import TORCHVISION_VIT
+from porting import sources
+
+TORCHVISION_VIT = sources.get('torchvision', 'vit')
 
 
 def tv_model(name, seed=0, **kwargs):

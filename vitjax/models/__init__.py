@@ -1,27 +1,30 @@
-"""The model classes, the names config.json uses for them, and the checks a config.json passes on load."""
+"""The model classes, the names config.json uses for them, and the checks a config.json passes on load.
+
+Every model file of this package is imported here; each registers its families at its foot
+(vitjax/models/family.py), so the tables below are derived and a new family is its file alone."""
 import collections.abc
 import dataclasses
+import importlib
 import math
+import pkgutil
 import typing
 from typing import Any, Union
 
-from vitjax.models.layers import ACTIVATIONS, NORM_LAYERS
-from vitjax.models.swin import SWIN_POOLS, SwinTransformer
-from vitjax.models.naflex import NaFlexVit
-from vitjax.models.rope import ROPE_TYPES
-from vitjax.models.vit import MLP_LAYERS, POOLS, Eva, PretrainedCfg, VisionTransformer, model_config, to_2tuple
+import flax.linen as nn
 
-Model = Union[VisionTransformer, Eva, NaFlexVit, SwinTransformer]
+from vitjax.models.family import FAMILIES, family_of
+from vitjax.models.family import problems as problems_of
+from vitjax.models.naflex import NaFlexVit
+from vitjax.models.swin import SwinTransformer
+from vitjax.models.vit import Eva, PretrainedCfg, VisionTransformer, model_config  # noqa: F401
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f'{__name__}.{_m.name}')
+
+Model = nn.Module  # one of ARCHITECTURES' classes
 
 # The `architecture` field of a model directory's config.json names one of these.
-ARCHITECTURES = {'vit': VisionTransformer, 'eva': Eva, 'naflexvit': NaFlexVit, 'swin': SwinTransformer}
-
-# A config.json is read before its params: the model is traced (jax.eval_shape) to learn the shapes, and Swin
-# builds its window masks in numpy. These caps keep a hostile or mistyped file from exhausting memory there;
-# they are far beyond any published model (ViT-22B: depth 48, width 6144; Swin windows up to 24).
-MAX_DEPTH, MAX_DIM, MAX_PIXELS, MAX_TOKENS, MAX_WINDOW, MAX_STAGES = 1000, 65536, 8192, 65536, 64, 8
-CROP_MODES = ('center', 'squash', 'border')
-INTERPOLATIONS = ('bicubic', 'bilinear', 'nearest', 'lanczos', 'box', 'hamming')
+ARCHITECTURES = {name: f.cls for name, f in FAMILIES.items()}
 NOT_STORED = ('parent', 'name', 'dtype', 'pretrained_cfg')  # model_config() leaves these out of config.json
 
 
@@ -39,10 +42,11 @@ def init_variables(model: Model, rng: Any) -> dict:
 
 
 def architecture_of(model) -> str:
-    for name, cls in ARCHITECTURES.items():
-        if type(model) is cls:
-            return name
-    raise TypeError(f'{type(model).__name__} is not a vitjax model')
+    """config.json's name for `model`'s class (exactly that class: a subclass is not its parent's family)."""
+    name = family_of(model).name
+    if type(model) is not FAMILIES[name].cls:
+        raise TypeError(f'{type(model).__name__} is not a vitjax model')
+    return name
 
 
 def _fits(v: Any, t: Any) -> bool:
@@ -87,84 +91,17 @@ def type_problems(cls: type, values: dict[str, Any], prefix: str = '') -> list[s
                   for k, v in values.items() if k in known and not _fits(v, hints[k])]
 
 
-def range_problems(m: Model) -> list[str]:
-    p = []
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            p.append(what)
-    img, patch = to_2tuple(m.img_size), to_2tuple(m.patch_size)
-    need(len(img) == 2 and all(1 <= s <= MAX_PIXELS for s in img),
-         f'img_size={m.img_size}: one or two sizes in 1..{MAX_PIXELS}')
-    need(len(patch) == 2 and min(patch) >= 1, f'patch_size={m.patch_size}: one or two sizes >= 1')
-    if not p:
-        need(all(a <= b for a, b in zip(patch, img)), f'patch_size={m.patch_size} is larger than img_size={m.img_size}')
-        need(math.prod(b // a for a, b in zip(patch, img)) <= MAX_TOKENS,
-             f'img_size / patch_size gives more than {MAX_TOKENS} patches')
-    need(m.in_chans >= 1, f'in_chans={m.in_chans}: must be >= 1')
-    need(m.num_classes >= 0, f'num_classes={m.num_classes}: must be >= 0 (0: no head)')
-    need(1 <= m.embed_dim <= MAX_DIM, f'embed_dim={m.embed_dim}: must be in 1..{MAX_DIM}')
-    need(0 < m.mlp_ratio <= 64, f'mlp_ratio={m.mlp_ratio}: must be in (0, 64]')
-    need(m.norm_eps > 0, f'norm_eps={m.norm_eps}: must be > 0')
-    for k in ('drop_rate', 'pos_drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'):
-        if hasattr(m, k):
-            need(0 <= getattr(m, k) < 1, f'{k}={getattr(m, k)}: must be in [0, 1)')
-    need(m.act_layer in ACTIVATIONS, f'act_layer={m.act_layer!r}: one of {sorted(ACTIVATIONS)}')
-    if isinstance(m, VisionTransformer):
-        need(1 <= m.depth <= MAX_DEPTH, f'depth={m.depth}: must be in 1..{MAX_DEPTH}')
-        need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0,
-             f'num_heads={m.num_heads}: must be >= 1 and divide embed_dim={m.embed_dim}')
-        need(0 <= m.reg_tokens <= MAX_TOKENS, f'reg_tokens={m.reg_tokens}: must be in 0..{MAX_TOKENS}')
-        need(m.global_pool in POOLS, f'global_pool={m.global_pool!r}: one of {POOLS}')
-        need(m.pos_embed in ('learn', '', 'none'), f"pos_embed={m.pos_embed!r}: 'learn' or 'none'")
-        need(m.norm_layer in NORM_LAYERS, f'norm_layer={m.norm_layer!r}: one of {sorted(NORM_LAYERS)}')
-        need(m.mlp_layer in MLP_LAYERS, f'mlp_layer={m.mlp_layer!r}: one of {MLP_LAYERS}')
-        need(m.rope_type in ('',) + ROPE_TYPES, f"rope_type={m.rope_type!r}: '' or one of {ROPE_TYPES}")
-        need(m.rope_grid_indexing in ('ij', 'xy'), f"rope_grid_indexing={m.rope_grid_indexing!r}: 'ij' or 'xy'")
-        need(not m.rope_type or (m.embed_dim // m.num_heads) % 4 == 0,
-             f'rope_type={m.rope_type!r} needs a head dim divisible by 4, got {m.embed_dim // max(m.num_heads, 1)}')
-        need(m.pos_embed_interp in ('bicubic', 'bilinear'), f"pos_embed_interp={m.pos_embed_interp!r}: 'bicubic' or 'bilinear'")
-        need(m.pos_embed_grid is None or (len(m.pos_embed_grid) == 2 and all(1 <= g <= MAX_PIXELS for g in m.pos_embed_grid)),
-             f'pos_embed_grid={m.pos_embed_grid}: two sizes in 1..{MAX_PIXELS} (or null)')
-        need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
-        need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1
-                                               and m.embed_dim % m.attn_pool_num_heads == 0),
-             f'attn_pool_num_heads={m.attn_pool_num_heads}: must divide embed_dim={m.embed_dim}')
-    else:
-        n = len(m.depths)
-        need(1 <= n <= MAX_STAGES and all(d >= 1 for d in m.depths) and sum(m.depths) <= MAX_DEPTH,
-             f'depths={m.depths}: 1..{MAX_STAGES} stages of >= 1 blocks, {MAX_DEPTH} blocks in all at most')
-        need(len(m.num_heads) == n and all(h >= 1 for h in m.num_heads),
-             f'num_heads={m.num_heads}: one count >= 1 per stage (depths has {n})')
-        need(n > MAX_STAGES or m.embed_dim * 2 ** (n - 1) <= MAX_DIM,
-             f'the last stage width embed_dim * 2**{n - 1} is over {MAX_DIM}')
-        need(m.head_dim is None or m.head_dim >= 1, f'head_dim={m.head_dim}: must be >= 1 (or null)')
-        ws = m.window_size
-        flat = [ws] if isinstance(ws, int) else [x for w in ws for x in ((w,) if isinstance(w, int) else w)]
-        need(all(1 <= w <= MAX_WINDOW for w in flat), f'window_size={ws}: sizes in 1..{MAX_WINDOW}')
-        need(m.global_pool in SWIN_POOLS, f'global_pool={m.global_pool!r}: one of {SWIN_POOLS}')
-    c = m.pretrained_cfg  # input_size need not equal img_size: timm keeps it when a model is built at another size
-    need(all(1 <= s <= MAX_PIXELS for s in c.input_size), f'pretrained_cfg.input_size={c.input_size}: sizes in '
-         f'1..{MAX_PIXELS}')
-    need(all(s > 0 for s in c.std), f'pretrained_cfg.std={c.std}: must be > 0 (images are divided by it)')
-    need(0 < c.crop_pct <= 2, f'pretrained_cfg.crop_pct={c.crop_pct}: must be in (0, 2]')
-    need(c.crop_mode in CROP_MODES, f'pretrained_cfg.crop_mode={c.crop_mode!r}: one of {CROP_MODES}')
-    need(c.interpolation in INTERPOLATIONS, f'pretrained_cfg.interpolation={c.interpolation!r}: one of '
-         f'{INTERPOLATIONS}')
-    return p
-
-
 def checked_model(cls: type, fields: dict[str, Any], pretrained: dict[str, Any]) -> Model:
     """`cls(**fields)` with its preprocessing, or one ValueError listing every wrong type and range."""
     pre = {k: v for k, v in pretrained.items() if k in {f.name for f in dataclasses.fields(PretrainedCfg)}}
     problems = type_problems(cls, fields) + type_problems(PretrainedCfg, pre, 'pretrained_cfg.')
     if not problems:  # ranges are only meaningful on values of the right types
         model = cls(**fields, pretrained_cfg=PretrainedCfg(**pre))
-        problems = range_problems(model)
+        problems += problems_of(model)
     if problems:
         raise ValueError('invalid model config: ' + '; '.join(problems))
     return model
 
 
-__all__ = ['ARCHITECTURES', 'Eva', 'Model', 'NaFlexVit', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer', 'architecture_of',
-           'checked_model', 'model_config']
+__all__ = ['ARCHITECTURES', 'Eva', 'Model', 'NaFlexVit', 'PretrainedCfg', 'SwinTransformer', 'VisionTransformer',
+           'architecture_of', 'checked_model', 'model_config']

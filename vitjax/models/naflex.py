@@ -14,7 +14,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.vit import Size, VisionTransformer, to_2tuple
+from vitjax.models.family import Family, register
+from vitjax.models.vit import Size, VisionTransformer, to_2tuple, vit_problems
 
 
 def _cubic(x: jax.Array, a: float = -0.5) -> jax.Array:
@@ -153,3 +154,6 @@ def patchify(images, patch_size: Size, max_patches: Optional[int] = None):
     for i, (p, c) in enumerate(out):
         patches[i, :len(p)], coords[i, :len(p)], valid[i, :len(p)] = p, c, True
     return patches, coords, valid
+
+
+register(Family('naflexvit', NaFlexVit, vit_problems))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_STAGES, MAX_WINDOW, Family, check, register
 from vitjax.models.layers import Mlp, check_images, dense_init, feature_take_indices, layer_norm
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 
@@ -310,10 +311,7 @@ class SwinTransformer(nn.Module):
         return [to_2tuple(w) for w in ws]
 
     def setup(self):
-        if self.global_pool not in SWIN_POOLS:
-            raise ValueError(f'global_pool={self.global_pool!r} is not one of {SWIN_POOLS}')
-        if len(self.num_heads) != len(self.depths):
-            raise ValueError(f'num_heads {self.num_heads} and depths {self.depths} differ in length')
+        check(self)
         dims = [int(self.embed_dim * 2 ** i) for i in range(len(self.depths))]
         self.patch_embed = PatchEmbedNorm(to_2tuple(self.patch_size), dims[0], self.norm_eps, self.dtype)
         rates = np.linspace(0, self.drop_path_rate, sum(self.depths)).tolist()
@@ -375,3 +373,27 @@ class SwinTransformer(nn.Module):
         if intermediates_only:
             return feats
         return (self.norm(x) if last == n - 1 else x), feats
+
+
+def swin_problems(m: SwinTransformer) -> list[str]:
+    p = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            p.append(what)
+    n = len(m.depths)
+    need(1 <= n <= MAX_STAGES and all(d >= 1 for d in m.depths) and sum(m.depths) <= MAX_DEPTH,
+         f'depths={m.depths}: 1..{MAX_STAGES} stages of >= 1 blocks, {MAX_DEPTH} blocks in all at most')
+    need(len(m.num_heads) == n and all(h >= 1 for h in m.num_heads),
+         f'num_heads={m.num_heads}: one count >= 1 per stage (depths has {n})')
+    need(n > MAX_STAGES or m.embed_dim * 2 ** (n - 1) <= MAX_DIM,
+         f'the last stage width embed_dim * 2**{n - 1} is over {MAX_DIM}')
+    need(m.head_dim is None or m.head_dim >= 1, f'head_dim={m.head_dim}: must be >= 1 (or null)')
+    ws = m.window_size
+    flat = [ws] if isinstance(ws, int) else [x for w in ws for x in ((w,) if isinstance(w, int) else w)]
+    need(all(1 <= w <= MAX_WINDOW for w in flat), f'window_size={ws}: sizes in 1..{MAX_WINDOW}')
+    need(m.global_pool in SWIN_POOLS, f'global_pool={m.global_pool!r}: one of {SWIN_POOLS}')
+    return p
+
+
+register(Family('swin', SwinTransformer, swin_problems))

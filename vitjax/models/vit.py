@@ -13,8 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.layers import (AttentionPoolLatent, Block, check_images, feature_take_indices, layer_norm,
-                                  resample_abs_pos_embed)
+from vitjax.models.family import MAX_DEPTH, MAX_PIXELS, MAX_TOKENS, Family, check, register
+from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, Block, check_images, feature_take_indices,
+                                  layer_norm, resample_abs_pos_embed)
 from vitjax.models.rope import ROPE_TYPES, RotaryEmbedding
 
 Size = Union[int, Sequence[int]]
@@ -142,16 +143,7 @@ class VisionTransformer(nn.Module):
         return [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
 
     def setup(self):
-        if self.global_pool not in POOLS:
-            raise ValueError(f'global_pool={self.global_pool!r} is not one of {POOLS}')
-        if self.global_pool == 'token' and not self.class_token:
-            raise ValueError("global_pool='token' needs the class token")
-        if self.distilled and (self.global_pool != 'token' or self.reg_tokens):
-            raise ValueError('the distilled head reads the class and distillation tokens (token pool, no registers)')
-        if self.mlp_layer not in MLP_LAYERS:
-            raise ValueError(f'mlp_layer={self.mlp_layer!r} is not one of {MLP_LAYERS}')
-        if self.rope_type not in ('',) + ROPE_TYPES:
-            raise ValueError(f'rope_type={self.rope_type!r} is not one of {("",) + ROPE_TYPES}')
+        check(self)
         d = self.embed_dim
         self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, bias=not self.pre_norm,
                                       norm_layer=self.norm_layer if self.embed_norm else '', norm_eps=self.norm_eps,
@@ -164,10 +156,8 @@ class VisionTransformer(nn.Module):
             gh, gw = self.pos_grid
             n = gh * gw + (0 if self.no_embed_class else self.num_prefix_tokens)
             self.pos_embed_param = self.param('pos_embed', nn.initializers.normal(0.02), (1, n, d))
-        elif self.pos_embed in ('', 'none'):
-            self.pos_embed_param = None
         else:
-            raise ValueError(f"pos_embed={self.pos_embed!r} is not 'learn' or 'none'")
+            self.pos_embed_param = None
         self.pos_drop = nn.Dropout(self.pos_drop_rate)
         self.rope = RotaryEmbedding(
             kind=self.rope_type, dim=d, num_heads=self.num_heads, temperature=self.rope_temperature,
@@ -349,3 +339,39 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     skip = {'parent', 'name', 'dtype', 'pretrained_cfg'}
     cfg = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init and f.name not in skip}
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
+
+
+def vit_problems(m: VisionTransformer) -> list[str]:
+    """VisionTransformer's (and Eva's, NaFlexVit's) field ranges and combinations."""
+    p = []
+
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            p.append(what)
+    need(1 <= m.depth <= MAX_DEPTH, f'depth={m.depth}: must be in 1..{MAX_DEPTH}')
+    need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0,
+         f'num_heads={m.num_heads}: must be >= 1 and divide embed_dim={m.embed_dim}')
+    need(0 <= m.reg_tokens <= MAX_TOKENS, f'reg_tokens={m.reg_tokens}: must be in 0..{MAX_TOKENS}')
+    need(m.global_pool in POOLS, f'global_pool={m.global_pool!r}: one of {POOLS}')
+    need(m.global_pool != 'token' or m.class_token, "global_pool='token' needs the class token")
+    need(not m.distilled or (m.global_pool == 'token' and not m.reg_tokens),
+         'the distilled head reads the class and distillation tokens (token pool, no registers)')
+    need(m.pos_embed in ('learn', '', 'none'), f"pos_embed={m.pos_embed!r}: 'learn' or 'none'")
+    need(m.norm_layer in NORM_LAYERS, f'norm_layer={m.norm_layer!r}: one of {sorted(NORM_LAYERS)}')
+    need(m.mlp_layer in MLP_LAYERS, f'mlp_layer={m.mlp_layer!r}: one of {MLP_LAYERS}')
+    need(m.rope_type in ('',) + ROPE_TYPES, f"rope_type={m.rope_type!r}: '' or one of {ROPE_TYPES}")
+    need(m.rope_grid_indexing in ('ij', 'xy'), f"rope_grid_indexing={m.rope_grid_indexing!r}: 'ij' or 'xy'")
+    need(not m.rope_type or m.num_heads < 1 or (m.embed_dim // m.num_heads) % 4 == 0,
+         f'rope_type={m.rope_type!r} needs a head dim divisible by 4, got {m.embed_dim // max(m.num_heads, 1)}')
+    need(m.pos_embed_interp in ('bicubic', 'bilinear'),
+         f"pos_embed_interp={m.pos_embed_interp!r}: 'bicubic' or 'bilinear'")
+    need(m.pos_embed_grid is None or (len(m.pos_embed_grid) == 2 and all(1 <= g <= MAX_PIXELS for g in m.pos_embed_grid)),
+         f'pos_embed_grid={m.pos_embed_grid}: two sizes in 1..{MAX_PIXELS} (or null)')
+    need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
+    need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1 and m.embed_dim % m.attn_pool_num_heads == 0),
+         f'attn_pool_num_heads={m.attn_pool_num_heads}: must divide embed_dim={m.embed_dim}')
+    return p
+
+
+register(Family('vit', VisionTransformer, vit_problems))
+register(Family('eva', Eva, vit_problems))
