@@ -83,9 +83,11 @@ def common_problems(m: Any) -> list[str]:
     need(1 <= m.embed_dim <= MAX_DIM, f'embed_dim={m.embed_dim}: must be in 1..{MAX_DIM}')
     need(0 < m.mlp_ratio <= 64, f'mlp_ratio={m.mlp_ratio}: must be in (0, 64]')
     need(m.norm_eps > 0, f'norm_eps={m.norm_eps}: must be > 0')
-    for k in ('drop_rate', 'pos_drop_rate', 'proj_drop_rate', 'attn_drop_rate', 'drop_path_rate'):
+    for k in ('drop_rate', 'pos_drop_rate', 'proj_drop_rate', 'attn_drop_rate'):
         if hasattr(m, k):
             need(0 <= getattr(m, k) < 1, f'{k}={getattr(m, k)}: must be in [0, 1)')
+    # 1 is a rate stochastic depth takes: timm's linear schedule then always drops the last block's branches
+    need(0 <= m.drop_path_rate <= 1, f'drop_path_rate={m.drop_path_rate}: must be in [0, 1]')
     need(m.act_layer in ACTIVATIONS, f'act_layer={m.act_layer!r}: one of {sorted(ACTIVATIONS)}')
     return p
 
