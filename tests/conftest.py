@@ -103,6 +103,35 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     return losses, summary
 
 
+def timm_attention_weights(tm, x, block=0):
+    """The softmax weights of timm's block `block` (its explicit, non-fused path) on NHWC images `x`."""
+    got = {}
+    attn = tm.blocks[block].attn
+    fused, attn.fused_attn = attn.fused_attn, False
+    hook = attn.attn_drop.register_forward_hook(lambda m, i, o: got.setdefault('w', o))
+    try:
+        run_timm(tm, x)
+    finally:
+        hook.remove()
+        attn.fused_attn = fused
+    return got['w'].numpy()
+
+
+def check_scan_and_remat(model, variables, x, ref, tol):
+    """scan_blocks + grad_checkpointing give `ref` (timm's logits) and the unrolled model's gradients."""
+    import jax.numpy as jnp
+    from vitjax.models.vit import stack_blocks, unstack_blocks
+    scan = model.clone(scan_blocks=True, grad_checkpointing=True)
+    stacked = {'params': stack_blocks(variables['params'], model.depth)}
+    assert max_diff(jax.jit(scan.apply)(stacked, x), ref) < tol * max(1, np.abs(ref).max())
+    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    g0 = jax.jit(jax.grad(loss(model)))(variables['params'])
+    g1 = unstack_blocks(jax.jit(jax.grad(loss(scan)))(stacked['params']))
+    assert jax.tree.structure(g0) == jax.tree.structure(g1)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        assert max_diff(a, b) <= 1e-5 * max(1, float(jnp.abs(a).max()))
+
+
 def max_diff(a, b):
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     assert a.shape == b.shape, (a.shape, b.shape)

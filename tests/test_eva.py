@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import fine_tune_family, images, max_diff, port, run_timm, timm_model
+from conftest import (check_scan_and_remat, fine_tune_family, images, max_diff, port, run_timm,
+                      timm_attention_weights, timm_model)
 from porting import convert, export, random_init
 
 # name: what its config must read as (the option that makes it that family member)
@@ -77,21 +78,13 @@ def test_axial_rope_model_at_another_size(tmp_path):
 
 def test_attention_maps_come_from_the_rotated_queries_and_keys():
     """`vitjax attention` reads the sown weights: with RoPE they must be softmax(rot(q)·rot(k)), timm's."""
-    import torch
     tm = timm_model('vit_base_patch16_rope_224', depth=1, embed_dim=192, num_heads=3, img_size=64)
     model, variables = port(tm)
     x = images(model, batch=1)
     _, state = model.apply(variables, x, mutable=['intermediates'])
     ours = np.asarray(state['intermediates']['blocks_0']['attn']['attn'][0])
-    got = {}
-    attn = tm.blocks[0].attn
-    attn.fused_attn = False
-    hook = attn.attn_drop.register_forward_hook(lambda m, i, o: got.setdefault('w', o))
-    run_timm(tm, x)
-    hook.remove()
-    assert max_diff(ours, got['w'].numpy()) < 1e-6
+    assert max_diff(ours, timm_attention_weights(tm, x)) < 1e-6
     assert not np.allclose(ours, np.asarray(jax.nn.softmax(np.zeros_like(ours))))  # not uniform by accident
-    del torch
 
 
 @pytest.mark.parametrize('name', ['eva02_tiny_patch14_224', 'vit_pe_core_tiny_patch16_384'])
@@ -142,19 +135,8 @@ def test_train_py_fine_tunes_each_family(tmp_path, name):
 def test_scan_blocks_and_remat_with_rope(name):
     """scan_blocks (the per-block mixed-RoPE frequencies scanned with the blocks) and grad_checkpointing give
     timm's logits and the unrolled model's gradients."""
-    import jax.numpy as jnp
-    from vitjax.models.vit import stack_blocks, unstack_blocks
     small = dict(depth=3, embed_dim=192, num_heads=3, img_size=(56, 42) if 'patch14' in name else (64, 48))
     tm = timm_model(name, **small)
     model, variables = port(tm)
     x = images(model)
-    ref = run_timm(tm, x).numpy()
-    scan = model.clone(scan_blocks=True, grad_checkpointing=True)
-    stacked = {'params': stack_blocks(variables['params'], 3)}
-    assert max_diff(jax.jit(scan.apply)(stacked, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
-    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
-    g0 = jax.jit(jax.grad(loss(model)))(variables['params'])
-    g1 = unstack_blocks(jax.jit(jax.grad(loss(scan)))(stacked['params']))
-    assert jax.tree.structure(g0) == jax.tree.structure(g1)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-        assert max_diff(a, b) <= 1e-5 * max(1, float(jnp.abs(a).max()))
+    check_scan_and_remat(model, variables, x, run_timm(tm, x).numpy(), TOLERANCE)

@@ -133,7 +133,7 @@ def test_attention_layer_asks_for_the_chosen_implementation(monkeypatch, dtype, 
         return real(*args, **kw)
     monkeypatch.setattr(layers, 'backend_info', lambda: ('gpu', '9.0'))
     monkeypatch.setattr(layers.jax.nn, 'dot_product_attention', recording)
-    attn = layers.Attention(num_heads=2, dtype=dtype)
+    attn = layers.Attention(layers.AttnCfg(num_heads=2), dtype=dtype)
     x = jnp.ones((1, 5, 128))
     attn.apply(attn.init(jax.random.PRNGKey(0), x), x)
     assert asked and set(asked) == {expected}

@@ -1,5 +1,5 @@
 """timm's load-time changes on vitjax params: a new head for another class count, the position grid
-resampled for another image size, Swin's relative-position tables resized for another window. Used by
+resampled for another image size, relative-position tables resized for another window (Swin) or grid (BEiT). Used by
 `vitjax.load` (directories and hub weights) and `porting.convert`."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from vitjax.io import check_params, flatten, param_shapes, unflatten
 from vitjax.models import Model, img_size_of
 from vitjax.models.layers import resample_abs_pos_embed
-from vitjax.models.swin import resize_rel_pos_bias_table
+from vitjax.models.relpos import resize_rel_pos_bias_table
 from vitjax.models.vit import stack_blocks
 
 
@@ -35,15 +35,6 @@ def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Un
     return model, {'params': params}
 
 
-def _window_of(model, key: str) -> tuple[int, int]:
-    """The (possibly clipped) window of the Swin block that owns `key` (layers_i/blocks_j/...)."""
-    from vitjax.models.swin import stage_resolutions, window_and_shift
-    stage = int(key.split('/')[0].split('_')[1])
-    res = stage_resolutions(model.grid_size, len(model.depths))[stage]
-    win = model.stage_window_sizes[stage]
-    return window_and_shift(res, win, (0, 0), model.always_partition)[0]
-
-
 def adapt_params(params: Mapping, src: Model, dst: Model) -> dict:
     """Carry params from `src` to `dst`: same shapes copied, position embeddings resampled to the new grid,
     a head of another class count new. Any other mismatch is an error."""
@@ -59,8 +50,9 @@ def adapt_params(params: Mapping, src: Model, dst: Model) -> dict:
         elif value is not None and tuple(value.shape) == shape:
             out[key] = value
         elif key.endswith('relative_position_bias_table') and value is not None:
-            # a new window size (Swin): timm's resize on the relative-offset grid, per head
-            out[key] = resize_rel_pos_bias_table(value, _window_of(dst, key), _window_of(src, key))
+            # a new window (Swin) or patch grid (BEiT): timm's resize on the relative-offset grid, per head
+            (new, extra), (old, _) = dst.rel_pos_window(key), src.rel_pos_window(key)
+            out[key] = resize_rel_pos_bias_table(value, new, old, extra)
         elif key.split('/')[0] in ('head', 'head_dist'):
             # what init gives: every vitjax head starts at zero (big_vision's head_zeroinit; tests/test_io.py
             # holds each architecture to it), so no model-wide init is traced and compiled for it

@@ -68,7 +68,10 @@ _ARCHS = tuple(
     + ['eva02_tiny_patch14_224', 'eva02_base_patch14_224', 'eva02_large_patch14_448', 'vit_base_patch16_dinov3',
        'vit_base_patch16_dinov3_qkvb', 'vit_pe_core_tiny_patch16_384', 'vit_pe_core_base_patch16_224',
        'vit_base_patch16_rope_224', 'vit_base_patch16_rope_mixed_224', 'vit_base_patch16_rope_reg1_gap_256',
-       'aimv2_large_patch14_224', 'naflexvit_base_patch16_gap', 'naflexvit_base_patch16_siglip'])
+       'aimv2_large_patch14_224', 'naflexvit_base_patch16_gap', 'naflexvit_base_patch16_siglip']
+    + [f'beit_{s}_patch16_{r}' for s, r in [('base', 224), ('base', 384), ('large', 224), ('large', 384),
+                                           ('large', 512)]]
+    + [f'beitv2_{s}_patch16_224' for s in ('base', 'large')])
 
 
 def list_models(pattern: str = '*') -> list[str]:

@@ -7,6 +7,7 @@ stream's dtype before it is added.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from typing import Any, Callable, Optional, Sequence, Union
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.models.relpos import RelPosBias
 from vitjax.models.rope import apply_rot_embed_cat
 
 Dtype = Any
@@ -153,13 +155,16 @@ def backend_info() -> tuple[str, Optional[str]]:
     return jax.default_backend(), getattr(jax.devices()[0], 'compute_capability', None)
 
 
-def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
+                    bias: Optional[jax.Array] = None) -> jax.Array:
     """jax.nn.dot_product_attention on (B, N, heads, hd) operands, with cuDNN's kernel where it takes the case
-    (not with a mask: NaFlex's padding masks go to XLA). Logits and softmax are f32 on either path.
-    `mask`: boolean, True where a query may attend to a key, broadcastable to (B, heads, Nq, Nk)."""
+    (not with a mask or a bias: NaFlex's padding masks and BEiT's position bias go to XLA). Logits and softmax
+    are f32 on either path. `mask`: boolean, True where a query may attend to a key, broadcastable to
+    (B, heads, Nq, Nk); `bias`: added to the logits, the same shape."""
     platform, cc = backend_info()
-    impl = 'xla' if mask is not None else attention_implementation(platform, q.dtype, q.shape[-1], cc)
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    plain = mask is None and bias is None
+    impl = attention_implementation(platform, q.dtype, q.shape[-1], cc) if plain else 'xla'
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
 
 
 def masked_softmax_logits(logits: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -167,105 +172,136 @@ def masked_softmax_logits(logits: jax.Array, mask: Optional[jax.Array]) -> jax.A
     return logits if mask is None else jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
 
 
+@dataclasses.dataclass(frozen=True)
+class NormCfg:
+    """Every norm of a block: timm's norm_layer and its eps."""
+    norm_layer: str = 'layernorm'  # 'layernorm' | 'rmsnorm'
+    norm_eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class AttnCfg:
+    """What one self-attention layer is. Field names are the model's own (`view` builds one from a model), so an
+    option keeps its name from config.json down to the layer that reads it."""
+    num_heads: int = 12
+    qkv_bias: bool = True
+    key_bias: bool = True  # False: query and value biases only (Eva, BEiT)
+    qk_norm: bool = False
+    scale_attn_norm: bool = False  # a norm on the attention output before its projection (Eva's scale_attn_inner)
+    proj_bias: bool = True
+    rope_rotate_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
+    num_prefix_tokens: int = 0  # tokens before the patches; RoPE leaves them as they are
+    rel_pos_bias: bool = False  # BEiT's learned table over the patch grid and one class token, per block
+    grid_size: tuple[int, int] = (14, 14)  # the patch grid that table covers
+    attn_drop_rate: float = 0.
+    proj_drop_rate: float = 0.
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpCfg:
+    """What one MLP is; field names are the model's own, as AttnCfg's."""
+    mlp_ratio: float = 4.  # hidden width / input width
+    mlp_layer: str = 'mlp'  # 'mlp' | 'swiglu' | 'swiglu_packed'
+    act_layer: str = 'gelu'
+    scale_mlp_norm: bool = False  # a norm before fc2 (Eva's scale_mlp, NormFormer's)
+    proj_bias: bool = True
+    proj_drop_rate: float = 0.
+
+
+def view(cfg_cls: type, model: Any) -> Any:
+    """The sub-config `cfg_cls` holding `model`'s fields (or properties) of the same names."""
+    return cfg_cls(**{f.name: getattr(model, f.name) for f in dataclasses.fields(cfg_cls)})
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with per-head query/key/value kernels of shape (D, heads, head_dim).
 
     Eva's options: no key bias (`key_bias=False`; a key bias shifts every logit of a query alike, so Eva drops
-    it), a LayerNorm on the attention output before the projection (`scale_norm`), and rotary position
-    embeddings applied to the patch tokens' queries and keys (`rope`, the prefix tokens left as they are)."""
-    num_heads: int
-    qkv_bias: bool = True
-    key_bias: bool = True
-    qk_norm: bool = False
-    scale_norm: bool = False
-    attn_drop: float = 0.
-    proj_drop: float = 0.
-    norm_eps: float = 1e-6
-    rope_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
-    num_prefix_tokens: int = 0
-    proj_bias: bool = True
-    norm_layer: str = 'layernorm'
+    it), a norm on the attention output before the projection (`scale_attn_norm`), and rotary position
+    embeddings applied to the patch tokens' queries and keys (`rope`, the prefix tokens left as they are).
+    BEiT's: a learned relative-position bias added to the logits (`rel_pos_bias`)."""
+    cfg: AttnCfg
+    norm_cfg: NormCfg = NormCfg()
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, rope: Optional[jax.Array] = None,
                  mask: Optional[jax.Array] = None) -> jax.Array:
         """`mask`: boolean (B, 1, N, N), True where query and key are both real tokens (NaFlex padding)."""
+        c, nc = self.cfg, self.norm_cfg
         dim = x.shape[-1]
-        if dim % self.num_heads:
-            raise ValueError(f'embed_dim {dim} is not divisible by num_heads {self.num_heads}')
-        head_dim = dim // self.num_heads
+        if dim % c.num_heads:
+            raise ValueError(f'embed_dim {dim} is not divisible by num_heads {c.num_heads}')
+        head_dim = dim // c.num_heads
         # One (D, 3, H, hd) matmul instead of three (D, H, hd) ones, written heads-major: XLA:CPU runs the
         # per-head attention GEMMs 2.6x faster on (B, H, N, hd) operands than on (B, N, H, hd) ones.
-        biases = (self.qkv_bias, self.qkv_bias and self.key_bias, self.qkv_bias)
-        kb = [ProjParams(dim, (self.num_heads, head_dim), b, name=n)() for n, b in zip(('query', 'key', 'value'),
-                                                                                       biases)]
+        biases = (c.qkv_bias, c.qkv_bias and c.key_bias, c.qkv_bias)
+        kb = [ProjParams(dim, (c.num_heads, head_dim), b, name=n)() for n, b in zip(('query', 'key', 'value'),
+                                                                                    biases)]
         kernel = jnp.stack([k for k, _ in kb], axis=1).astype(self.dtype)
         q, k, v = jnp.einsum('bnd,dthk->tbhnk', x.astype(self.dtype), kernel)  # each (B, H, N, hd), compute dtype
         q, k, v = (t if b is None else t + b[:, None].astype(self.dtype) for t, (_, b) in zip((q, k, v), kb))
-        if self.qk_norm:
-            q = layer_norm(self.norm_eps, self.dtype, 'q_norm', self.norm_layer)(q)
-            k = layer_norm(self.norm_eps, self.dtype, 'k_norm', self.norm_layer)(k)
+        if c.qk_norm:
+            q = layer_norm(nc.norm_eps, self.dtype, 'q_norm', nc.norm_layer)(q)
+            k = layer_norm(nc.norm_eps, self.dtype, 'k_norm', nc.norm_layer)(k)
         if rope is not None:
-            npt = self.num_prefix_tokens
-            q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, self.rope_half)],
+            npt = c.num_prefix_tokens
+            q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, c.rope_rotate_half)],
                                     axis=2).astype(v.dtype) for t in (q, k))
-        weights_needed = (train and self.attn_drop > 0.) or self.is_mutable_collection('intermediates')
+        bias = RelPosBias(c.grid_size, c.num_heads, name='rel_pos')()[None] if c.rel_pos_bias else None  # f32
+        weights_needed = (train and c.attn_drop_rate > 0.) or self.is_mutable_collection('intermediates')
         if weights_needed or backend_info()[0] == 'cpu':
             # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do
             logits = jnp.einsum('bhqd,bhkd->bhqk', q * head_dim ** -0.5, k, preferred_element_type=jnp.float32)
+            logits = logits if bias is None else logits + bias
             weights = jax.nn.softmax(masked_softmax_logits(logits, mask), axis=-1)
             if weights_needed:  # attention maps under `mutable=['intermediates']`: (B, heads, N, N) as 'attn'
                 self.sow('intermediates', 'attn', weights)
-                weights = nn.Dropout(self.attn_drop)(weights, deterministic=not train)
+                weights = nn.Dropout(c.attn_drop_rate)(weights, deterministic=not train)
             o = jnp.einsum('bhqk,bhkd->bhqd', weights.astype(v.dtype), v)
         else:  # GPU/TPU: jax's attention, cuDNN's fused kernel where it takes the case (attention_implementation)
-            o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v)), mask).swapaxes(1, 2)
-        if self.scale_norm:  # over all heads' outputs: (B, H, N, hd) -> (B, N, H*hd) and back to the projection
+            o = fused_attention(*(t.swapaxes(1, 2) for t in (q, k, v)), mask, bias).swapaxes(1, 2)
+        if c.scale_attn_norm:  # over all heads' outputs: (B, H, N, hd) -> (B, N, H*hd) and back to the projection
             b, h, n, hd = o.shape
-            o = layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(
+            o = layer_norm(nc.norm_eps, self.dtype, 'norm', nc.norm_layer)(
                 o.transpose(0, 2, 1, 3).reshape(b, n, h * hd))
             o = o.reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        x = nn.DenseGeneral(dim, axis=(1, 3), use_bias=self.proj_bias, dtype=self.dtype, kernel_init=dense_init,
+        x = nn.DenseGeneral(dim, axis=(1, 3), use_bias=c.proj_bias, dtype=self.dtype, kernel_init=dense_init,
                             name='out')(o)
-        return nn.Dropout(self.proj_drop)(x, deterministic=not train)
+        return nn.Dropout(c.proj_drop_rate)(x, deterministic=not train)
 
 
 class Mlp(nn.Module):
     """fc1 -> act -> fc2 ('mlp'), or SwiGLU: silu(gate) * x -> fc2 with the gate and x from fc1_g and fc1_x
     ('swiglu', timm's SwiGLU) or from the two halves of one fc1 ('swiglu_packed', timm's SwiGLUPacked / GluMlp);
-    with an optional LayerNorm before fc2 (`norm`: Eva's scale_mlp, NormFormer's)."""
-    hidden_features: int
-    act_layer: str = 'gelu'
-    layer: str = 'mlp'
-    norm: bool = False
-    norm_eps: float = 1e-6
-    norm_layer: str = 'layernorm'
-    bias: bool = True
-    drop: float = 0.
+    with an optional norm before fc2 (`scale_mlp_norm`)."""
+    cfg: MlpCfg = MlpCfg()
+    norm_cfg: NormCfg = NormCfg()
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        c, nc = self.cfg, self.norm_cfg
         dim = x.shape[-1]
+        hidden = int(dim * c.mlp_ratio)  # timm's int(embed_dim * mlp_ratio)
         # The activation in f32, rounded once on the way out (PyTorch's bf16 GELU computes in float too).
         f32 = lambda t: t.astype(jnp.promote_types(t.dtype, jnp.float32))
-        dense = lambda n, name: nn.Dense(n, use_bias=self.bias, dtype=self.dtype, kernel_init=dense_init, name=name)
-        act = ACTIVATIONS[self.act_layer]
-        if self.layer == 'swiglu':
-            g = dense(self.hidden_features, 'fc1_g')(x)
-            x = (act(f32(g)) * f32(dense(self.hidden_features, 'fc1_x')(x))).astype(g.dtype)
-        elif self.layer == 'swiglu_packed':
-            g, x = jnp.split(dense(2 * self.hidden_features, 'fc1')(x), 2, axis=-1)
+        dense = lambda n, name: nn.Dense(n, use_bias=c.proj_bias, dtype=self.dtype, kernel_init=dense_init, name=name)
+        act = ACTIVATIONS[c.act_layer]
+        if c.mlp_layer == 'swiglu':
+            g = dense(hidden, 'fc1_g')(x)
+            x = (act(f32(g)) * f32(dense(hidden, 'fc1_x')(x))).astype(g.dtype)
+        elif c.mlp_layer == 'swiglu_packed':
+            g, x = jnp.split(dense(2 * hidden, 'fc1')(x), 2, axis=-1)
             x = (act(f32(g)) * f32(x)).astype(g.dtype)
         else:
-            x = dense(self.hidden_features, 'fc1')(x)
+            x = dense(hidden, 'fc1')(x)
             x = act(f32(x)).astype(x.dtype)
-        x = nn.Dropout(self.drop)(x, deterministic=not train)
-        if self.norm:
-            x = layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(x)
+        x = nn.Dropout(c.proj_drop_rate)(x, deterministic=not train)
+        if c.scale_mlp_norm:
+            x = layer_norm(nc.norm_eps, self.dtype, 'norm', nc.norm_layer)(x)
         x = dense(dim, 'fc2')(x)
-        return nn.Dropout(self.drop)(x, deterministic=not train)
+        return nn.Dropout(c.proj_drop_rate)(x, deterministic=not train)
 
 
 class LayerScale(nn.Module):
@@ -279,24 +315,11 @@ class LayerScale(nn.Module):
 
 class Block(nn.Module):
     """Pre-norm transformer block: x + drop_path(ls1(attn(norm1(x)))), then the same with the MLP."""
-    num_heads: int
-    mlp_hidden: int
-    qkv_bias: bool = True
-    key_bias: bool = True
-    qk_norm: bool = False
-    scale_attn_norm: bool = False
-    mlp_layer: str = 'mlp'
-    scale_mlp_norm: bool = False
-    init_values: Optional[float] = None
-    proj_drop: float = 0.
-    attn_drop: float = 0.
+    attn_cfg: AttnCfg = AttnCfg()
+    mlp_cfg: MlpCfg = MlpCfg()
+    norm_cfg: NormCfg = NormCfg()
+    init_values: Optional[float] = None  # LayerScale
     drop_path: float = 0.
-    norm_eps: float = 1e-6
-    act_layer: str = 'gelu'
-    rope_half: bool = False
-    num_prefix_tokens: int = 0
-    proj_bias: bool = True
-    norm_layer: str = 'layernorm'
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -316,18 +339,13 @@ class Block(nn.Module):
 
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
+        nc = self.norm_cfg
         # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
-        y = layer_norm(self.norm_eps, self.dtype, 'norm1', self.norm_layer)(x)
-        y = Attention(num_heads=self.num_heads, qkv_bias=self.qkv_bias, key_bias=self.key_bias,
-                      qk_norm=self.qk_norm, scale_norm=self.scale_attn_norm, attn_drop=self.attn_drop,
-                      proj_drop=self.proj_drop, norm_eps=self.norm_eps, rope_half=self.rope_half,
-                      num_prefix_tokens=self.num_prefix_tokens, proj_bias=self.proj_bias, norm_layer=self.norm_layer,
-                      dtype=self.dtype, name='attn')(y, train, rope, mask)
+        y = layer_norm(nc.norm_eps, self.dtype, 'norm1', nc.norm_layer)(x)
+        y = Attention(self.attn_cfg, nc, self.dtype, name='attn')(y, train, rope, mask)
         x = x + drop(ls('ls1')(y).astype(x.dtype))
-        y = layer_norm(self.norm_eps, self.dtype, 'norm2', self.norm_layer)(x)
-        y = Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, layer=self.mlp_layer,
-                norm=self.scale_mlp_norm, norm_eps=self.norm_eps, norm_layer=self.norm_layer, bias=self.proj_bias,
-                drop=self.proj_drop, dtype=self.dtype, name='mlp')(y, train)
+        y = layer_norm(nc.norm_eps, self.dtype, 'norm2', nc.norm_layer)(x)
+        y = Mlp(self.mlp_cfg, nc, self.dtype, name='mlp')(y, train)
         return x + drop(ls('ls2')(y).astype(x.dtype))
 
 
@@ -335,11 +353,9 @@ class AttentionPoolLatent(nn.Module):
     """Multihead attention pooling (MAP, SigLIP's head): one learned latent query attends over the tokens,
     then a residual MLP; returns (B, D). Mirrors timm's AttentionPoolLatent with latent_len=1."""
     num_heads: int
-    mlp_hidden: int
+    mlp_cfg: MlpCfg = MlpCfg()
     qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    act_layer: str = 'gelu'
-    norm_layer: str = 'layernorm'
+    norm_cfg: NormCfg = NormCfg()
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -355,8 +371,9 @@ class AttentionPoolLatent(nn.Module):
                             None if mask is None else mask[:, None, None, :])
         # The pooled features are the head's input: kept in x's dtype (f32), as the residual stream is.
         y = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=dense_init, name='out')(o).astype(x.dtype)
-        y = y + Mlp(hidden_features=self.mlp_hidden, act_layer=self.act_layer, dtype=self.dtype, name='mlp')(
-            layer_norm(self.norm_eps, self.dtype, 'norm', self.norm_layer)(y)).astype(y.dtype)
+        nc = self.norm_cfg
+        y = y + Mlp(self.mlp_cfg, nc, self.dtype, name='mlp')(
+            layer_norm(nc.norm_eps, self.dtype, 'norm', nc.norm_layer)(y)).astype(y.dtype)
         return y[:, 0]
 
 

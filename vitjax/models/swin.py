@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_STAGES, MAX_WINDOW, Family, check, register
-from vitjax.models.layers import Mlp, check_images, dense_init, feature_take_indices, layer_norm
+from vitjax.models.layers import Mlp, MlpCfg, check_images, dense_init, feature_take_indices, layer_norm
+from vitjax.models.relpos import relative_position_index, resize_rel_pos_bias_table  # noqa: F401 (adapt, tests)
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 
 SWIN_POOLS = ('', 'avg', 'max', 'avgmax')
@@ -37,12 +38,6 @@ def window_and_shift(resolution: tuple[int, int], window: tuple[int, int], shift
         return window, shift
     win = tuple(r if r <= w else w for r, w in zip(resolution, window))
     return win, tuple(0 if r <= w else s for r, w, s in zip(resolution, win, shift))
-
-
-def relative_position_index(win_h: int, win_w: int) -> np.ndarray:
-    coords = np.stack(np.meshgrid(np.arange(win_h), np.arange(win_w), indexing='ij')).reshape(2, -1)
-    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
-    return (rel[..., 0] + win_h - 1) * (2 * win_w - 1) + (rel[..., 1] + win_w - 1)
 
 
 def window_partition(x: jax.Array, win: tuple[int, int], xp=jnp) -> jax.Array:
@@ -70,58 +65,6 @@ def shifted_window_mask(h: int, w: int, win: tuple[int, int], shift: tuple[int, 
     regions = window_partition(img, win, np)[..., 0]  # (nW, N)
     diff = regions[:, None, :] - regions[:, :, None]
     return np.where(diff != 0, -100.0, 0.0).astype(np.float32)
-
-
-def resize_rel_pos_bias_table(table: np.ndarray, new_window: Sequence[int],
-                              old_window: Optional[Sequence[int]] = None) -> np.ndarray:
-    """Resize a ((2Wh-1)(2Ww-1), heads) relative-position-bias table to another window, as timm does when
-    loading Swin weights at a new window size: BEiT's geometric-progression source coordinates, then linear
-    interpolation on that uneven grid (timm's RegularGridInterpolator, its default without scipy)."""
-    table = np.asarray(table)
-    dst = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
-    if old_window is None:
-        side = int(round(table.shape[0] ** 0.5))
-        src = (side, side) if side * side == table.shape[0] else dst
-    else:
-        src = (2 * old_window[0] - 1, 2 * old_window[1] - 1)
-    if src[0] * src[1] != table.shape[0]:
-        raise ValueError(f'relative position table has {table.shape[0]} rows, not {src[0]}x{src[1]}')
-    if src == dst:
-        return table
-
-    def source_coords(s: int, d: int) -> np.ndarray:
-        lo, hi = 1.01, 1.5
-        while hi - lo > 1e-6:  # ratio q whose progression 1 + q + ... reaches d // 2 at s // 2 terms
-            q = (lo + hi) / 2.0
-            if (1.0 - q ** (s // 2)) / (1.0 - q) > d // 2:
-                hi = q
-            else:
-                lo = q
-        dis, cur = [], 1.0
-        for i in range(s // 2):
-            dis.append(cur)
-            cur += q ** (i + 1)
-        return np.asarray([-v for v in reversed(dis)] + [0.0] + dis, np.float32)
-
-    ys, xs = source_coords(src[0], dst[0]), source_coords(src[1], dst[1])
-    ty, tx = dst[0] // 2, dst[1] // 2
-    dy, dx = np.meshgrid(np.arange(-ty, ty + 0.1, 1.0, dtype=np.float32),
-                         np.arange(-tx, tx + 0.1, 1.0, dtype=np.float32), indexing='ij')
-
-    def bracket(p: np.ndarray, x: np.ndarray):
-        right = np.minimum(np.searchsorted(p, x, side='left'), len(p) - 1)
-        left = np.clip(right - 1, 0, len(p) - 1)
-        d_left, d_right = np.maximum(x - p[left], 0.0), np.maximum(p[right] - x, 0.0)
-        both = (d_left == 0) & (d_right == 0)
-        d_left, d_right = np.where(both, 1.0, d_left), np.where(both, 1.0, d_right)
-        return (left, right), (d_left, d_right)
-
-    (yl, yr), (dyl, dyr) = bracket(ys, dy)
-    (xl, xr), (dxl, dxr) = bracket(xs, dx)
-    grid = table.astype(np.float32).T.reshape(-1, *src)  # (heads, sy, sx)
-    out = (grid[:, yl, xl] * dyr * dxr + grid[:, yl, xr] * dyr * dxl
-           + grid[:, yr, xl] * dyl * dxr + grid[:, yr, xr] * dyl * dxl) / ((dyl + dyr) * (dxl + dxr))
-    return out.reshape(out.shape[0], -1).T.astype(table.dtype)
 
 
 class WindowAttention(nn.Module):
@@ -193,7 +136,7 @@ class SwinBlock(nn.Module):
         y = self._attn(layer_norm(self.norm_eps, self.dtype, 'norm1')(x), train)
         x = x + drop_path(y.astype(x.dtype), deterministic=not train)
         y = layer_norm(self.norm_eps, self.dtype, 'norm2')(x)
-        y = Mlp(hidden_features=int(x.shape[-1] * self.mlp_ratio), act_layer=self.act_layer, drop=self.proj_drop,
+        y = Mlp(MlpCfg(mlp_ratio=self.mlp_ratio, act_layer=self.act_layer, proj_drop_rate=self.proj_drop),
                 dtype=self.dtype, name='mlp')(y, train)
         return x + drop_path(y.astype(x.dtype), deterministic=not train)
 
@@ -309,6 +252,13 @@ class SwinTransformer(nn.Module):
         if len(ws) != n:
             raise ValueError(f'window_size needs one entry per stage ({n}), got {ws}')
         return [to_2tuple(w) for w in ws]
+
+    def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
+        """(window, extra rows) of the relative-position table at `key` (layers_i/blocks_j/...): the stage's
+        window as clipped to its feature map; for load-time resizes (vitjax.adapt)."""
+        stage = int(key.split('/')[0].split('_')[1])
+        res = stage_resolutions(self.grid_size, len(self.depths))[stage]
+        return window_and_shift(res, self.stage_window_sizes[stage], (0, 0), self.always_partition)[0], 0
 
     def setup(self):
         check(self)

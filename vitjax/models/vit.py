@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.family import MAX_DEPTH, MAX_PIXELS, MAX_TOKENS, Family, check, register
-from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, Block, check_images, feature_take_indices,
-                                  layer_norm, resample_abs_pos_embed)
+from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, AttnCfg, Block, MlpCfg, NormCfg, check_images,
+                                  feature_take_indices, layer_norm, resample_abs_pos_embed, view)
 from vitjax.models.rope import ROPE_TYPES, RotaryEmbedding
 
 Size = Union[int, Sequence[int]]
@@ -76,7 +76,7 @@ class VisionTransformer(nn.Module):
     num_heads: int = 12
     mlp_ratio: float = 4.
     qkv_bias: bool = True
-    key_bias: bool = True  # False: query and value biases only (Eva)
+    key_bias: bool = True  # False: query and value biases only (Eva, BEiT)
     qk_norm: bool = False
     scale_attn_norm: bool = False  # a LayerNorm on the attention output before its projection (Eva's scale_attn_inner)
     mlp_layer: str = 'mlp'  # 'mlp' | 'swiglu' | 'swiglu_packed' (act_layer-gated: timm's SwiGLU, SwiGLUPacked)
@@ -87,6 +87,7 @@ class VisionTransformer(nn.Module):
     init_values: Optional[float] = None  # LayerScale
     class_token: bool = True
     pos_embed: str = 'learn'  # 'learn' | 'none'
+    rel_pos_bias: bool = False  # a learned relative-position bias table in every block's attention (BEiT)
     # Rotary position embeddings on the patch tokens' queries and keys (timm's Eva): '' (none) | 'cat' (axial,
     # EVA-02 / RoPE-ViT / PE) | 'mixed' (learned per-layer frequencies) | 'dinov3'; options under timm's names.
     rope_type: str = ''
@@ -142,6 +143,11 @@ class VisionTransformer(nn.Module):
     def drop_path_rates(self) -> list[float]:
         return [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
 
+    def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
+        """(window, extra rows) of a block's relative-position table: the patch grid and BEiT's three class-token
+        entries; for load-time resizes (vitjax.adapt)."""
+        return self.grid_size, 3
+
     def setup(self):
         check(self)
         d = self.embed_dim
@@ -167,24 +173,18 @@ class VisionTransformer(nn.Module):
         norm = lambda name: layer_norm(self.norm_eps, jnp.float32, name, self.norm_layer)
         self.norm_pre = norm('norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
-        make = lambda rate, name: block(
-            num_heads=self.num_heads, mlp_hidden=int(d * self.mlp_ratio), qkv_bias=self.qkv_bias,
-            key_bias=self.key_bias, qk_norm=self.qk_norm, scale_attn_norm=self.scale_attn_norm,
-            mlp_layer=self.mlp_layer, scale_mlp_norm=self.scale_mlp_norm, init_values=self.init_values,
-            proj_drop=self.proj_drop_rate, attn_drop=self.attn_drop_rate, drop_path=rate, norm_eps=self.norm_eps,
-            act_layer=self.act_layer, rope_half=self.rope_rotate_half, num_prefix_tokens=self.num_prefix_tokens,
-            proj_bias=self.proj_bias, norm_layer=self.norm_layer, dtype=self.dtype, name=name)
+        cfgs = dict(attn_cfg=view(AttnCfg, self), mlp_cfg=view(MlpCfg, self), norm_cfg=view(NormCfg, self),
+                    init_values=self.init_values, dtype=self.dtype)
         # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
-        self.blocks = (make(0., 'blocks') if self.scan_blocks else
-                       [make(r, f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
+        self.blocks = (block(**cfgs, name='blocks') if self.scan_blocks else
+                       [block(**cfgs, drop_path=r, name=f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
         final = self.final_norm and not self.use_fc_norm
         self.norm = norm('norm') if final else None
         self.fc_norm_layer = norm('fc_norm') if self.final_norm and self.use_fc_norm else None
         self.attn_pool = (AttentionPoolLatent(
-            num_heads=self.attn_pool_num_heads or self.num_heads,
-            mlp_hidden=int(d * (self.attn_pool_mlp_ratio or self.mlp_ratio)), qkv_bias=self.qkv_bias,
-            norm_eps=self.norm_eps, act_layer=self.act_layer, norm_layer=self.norm_layer,
-            dtype=self.dtype) if self.global_pool == 'map' else None)
+            num_heads=self.attn_pool_num_heads or self.num_heads, qkv_bias=self.qkv_bias,
+            mlp_cfg=MlpCfg(mlp_ratio=self.attn_pool_mlp_ratio or self.mlp_ratio, act_layer=self.act_layer),
+            norm_cfg=view(NormCfg, self), dtype=self.dtype) if self.global_pool == 'map' else None)
         self.head_drop = nn.Dropout(self.drop_rate)
         # f32 logits: a bf16 classifier would round them to 3 significant digits (timm's autocast does)
         head = lambda name: nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros,
@@ -368,6 +368,11 @@ def vit_problems(m: VisionTransformer) -> list[str]:
     need(m.pos_embed_grid is None or (len(m.pos_embed_grid) == 2 and all(1 <= g <= MAX_PIXELS for g in m.pos_embed_grid)),
          f'pos_embed_grid={m.pos_embed_grid}: two sizes in 1..{MAX_PIXELS} (or null)')
     need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
+    need(not m.rel_pos_bias or (m.class_token and not m.reg_tokens and not m.distilled),
+         'rel_pos_bias (BEiT) covers the patch grid and one class token: needs class_token, no reg_tokens, '
+         'not distilled')
+    need(not m.rel_pos_bias or not m.dynamic_img_size,
+         'rel_pos_bias tables are sized to img_size: dynamic_img_size is not supported with them (as timm)')
     need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1 and m.embed_dim % m.attn_pool_num_heads == 0),
          f'attn_pool_num_heads={m.attn_pool_num_heads}: must divide embed_dim={m.embed_dim}')
     return p

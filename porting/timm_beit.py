@@ -1,0 +1,71 @@
+"""timm Beit (BEiT, BEiT v2): the name table and the config reader (a row of porting.sources). The Flax side is
+vitjax's VisionTransformer with BEiT's options (vitjax.models.beit.Beit): a relative-position bias table in
+every block, query and value biases, LayerScale as gamma_1 / gamma_2."""
+from __future__ import annotations
+
+from typing import Any
+
+from porting.engine import Rule, require
+from porting.source import Source, load_timm, timm_class
+from porting.timm_eva import BLOCK as EVA_BLOCK
+from porting.timm_vit import RULES as VIT_RULES
+from porting.timm_vit import (activation, is_identity, mlp_layer, norm_layer, patch_fields, pretrained_cfg)
+from porting.timm_vit import reference_state as vit_reference
+
+# The embeddings, norms and head are named as in timm's VisionTransformer, the blocks as in Eva's (q_bias /
+# v_bias, gamma_1 / gamma_2), plus each block's table.
+RULES = (*(r for r in VIT_RULES if not r.source.startswith('blocks.')), *EVA_BLOCK,
+         Rule('blocks.{i}.attn.relative_position_bias_table', 'blocks_{i}/attn/rel_pos/relative_position_bias_table'))
+
+# vitjax fields that timm's Beit constructor takes under the same name; use_* are Beit's own names for the rest
+CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth',
+                 'num_heads', 'mlp_ratio', 'qkv_bias', 'init_values')
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read vitjax Beit kwargs off an instantiated timm Beit; every option vitjax lacks is named in the error."""
+    from timm.models.beit import Beit as TimmBeit
+    require(isinstance(model, TimmBeit), f'architecture {type(model).__name__}')
+    require(model.rel_pos_bias is None, 'a relative position bias shared by all blocks (use_shared_rel_pos_bias)')
+    blk = model.blocks[0]
+    attn = blk.attn
+    require(attn.num_heads * attn.qkv.out_features // (3 * attn.num_heads) == model.embed_dim,
+            'attn_head_dim other than embed_dim / num_heads')
+    rel = attn.relative_position_bias_table is not None
+    require(not rel or tuple(attn.window_size) == tuple(model.patch_embed.grid_size),
+            'a relative position window other than the patch grid')
+    mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
+    norm_kind, eps = norm_layer(model)
+    require((blk.gamma_1 is None) == (blk.gamma_2 is None), 'LayerScale on one branch only')
+    pe = model.patch_embed
+    return dict(
+        **patch_fields(pe.img_size, pe.patch_size, pe.proj.in_channels),
+        num_classes=model.num_classes,
+        global_pool=model.global_pool,
+        embed_dim=model.embed_dim,
+        depth=len(model.blocks),
+        num_heads=attn.num_heads,
+        mlp_ratio=mlp_ratio,
+        qkv_bias=attn.q_bias is not None,
+        key_bias=False,
+        mlp_layer=mlp,
+        scale_mlp_norm=not is_identity(getattr(blk.mlp, 'norm', None)),
+        init_values=float(blk.init_values) if blk.gamma_1 is not None else None,
+        pos_embed='learn' if model.pos_embed is not None else 'none',
+        rel_pos_bias=rel,
+        final_norm=True,
+        fc_norm=not is_identity(model.fc_norm),
+        norm_layer=norm_kind,
+        norm_eps=eps,
+        act_layer=activation(blk.mlp.act) if mlp == 'mlp' else 'silu',
+    )
+
+
+def reference_state(state: dict, src, dst, ref) -> dict:
+    """The source state dict as timm's checkpoint_filter_fn adapts it to `dst`'s size (the parity reference)."""
+    from timm.models.beit import checkpoint_filter_fn
+    return checkpoint_filter_fn(vit_reference(state, src, dst, ref), ref)
+
+SOURCES = (Source('timm', 'beit', RULES, timm_class('Beit'), model_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
+                  timm_modules=('beit',)),)

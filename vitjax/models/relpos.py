@@ -1,0 +1,95 @@
+"""Learned relative-position bias tables (Swin's windows, BEiT's whole patch grid): the static index that
+gathers a table into an (N, N) bias per head, and timm's resize of a table to another window."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+
+def relative_position_index(win_h: int, win_w: int) -> np.ndarray:
+    """(N, N) rows of a ((2h-1)(2w-1), heads) table for every pair of an h x w window's positions."""
+    coords = np.stack(np.meshgrid(np.arange(win_h), np.arange(win_w), indexing='ij')).reshape(2, -1)
+    rel = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0)
+    return (rel[..., 0] + win_h - 1) * (2 * win_w - 1) + (rel[..., 1] + win_w - 1)
+
+
+def cls_relative_position_index(win_h: int, win_w: int) -> np.ndarray:
+    """BEiT's (N+1, N+1) index with a class token first: the table's last three rows are class -> patch,
+    patch -> class and class -> class (timm's gen_relative_position_index)."""
+    n = (2 * win_h - 1) * (2 * win_w - 1)
+    index = np.zeros((win_h * win_w + 1,) * 2, np.int64)
+    index[1:, 1:] = relative_position_index(win_h, win_w)
+    index[0, :], index[:, 0], index[0, 0] = n, n + 1, n + 2
+    return index
+
+
+class RelPosBias(nn.Module):
+    """BEiT's per-block table ((2h-1)(2w-1) + 3, heads) over the patch grid and a class token -> (heads, N, N)."""
+    grid_size: tuple[int, int]
+    num_heads: int
+
+    @nn.compact
+    def __call__(self) -> jax.Array:
+        h, w = self.grid_size
+        table = self.param('relative_position_bias_table', nn.initializers.zeros,
+                           ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads))
+        n = h * w + 1
+        return table[cls_relative_position_index(h, w).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+
+
+def resize_rel_pos_bias_table(table: np.ndarray, new_window: Sequence[int],
+                              old_window: Optional[Sequence[int]] = None, extra: int = 0) -> np.ndarray:
+    """Resize a ((2Wh-1)(2Ww-1) + extra, heads) relative-position-bias table to another window, as timm does
+    when loading Swin or BEiT weights at a new size: BEiT's geometric-progression source coordinates, then
+    linear interpolation on that uneven grid (timm's RegularGridInterpolator, its default without scipy). The
+    `extra` last rows (BEiT's class-token entries) are kept as they are."""
+    table = np.asarray(table)
+    tail = table[table.shape[0] - extra:]
+    table = table[:table.shape[0] - extra]
+    dst = (2 * new_window[0] - 1, 2 * new_window[1] - 1)
+    if old_window is None:
+        side = int(round(table.shape[0] ** 0.5))
+        src = (side, side) if side * side == table.shape[0] else dst
+    else:
+        src = (2 * old_window[0] - 1, 2 * old_window[1] - 1)
+    if src[0] * src[1] != table.shape[0]:
+        raise ValueError(f'relative position table has {table.shape[0]} rows, not {src[0]}x{src[1]} + {extra}')
+    if src == dst:
+        return np.concatenate([table, tail])
+
+    def source_coords(s: int, d: int) -> np.ndarray:
+        lo, hi = 1.01, 1.5
+        while hi - lo > 1e-6:  # ratio q whose progression 1 + q + ... reaches d // 2 at s // 2 terms
+            q = (lo + hi) / 2.0
+            if (1.0 - q ** (s // 2)) / (1.0 - q) > d // 2:
+                hi = q
+            else:
+                lo = q
+        dis, cur = [], 1.0
+        for i in range(s // 2):
+            dis.append(cur)
+            cur += q ** (i + 1)
+        return np.asarray([-v for v in reversed(dis)] + [0.0] + dis, np.float32)
+
+    ys, xs = source_coords(src[0], dst[0]), source_coords(src[1], dst[1])
+    ty, tx = dst[0] // 2, dst[1] // 2
+    dy, dx = np.meshgrid(np.arange(-ty, ty + 0.1, 1.0, dtype=np.float32),
+                         np.arange(-tx, tx + 0.1, 1.0, dtype=np.float32), indexing='ij')
+
+    def bracket(p: np.ndarray, x: np.ndarray):
+        right = np.minimum(np.searchsorted(p, x, side='left'), len(p) - 1)
+        left = np.clip(right - 1, 0, len(p) - 1)
+        d_left, d_right = np.maximum(x - p[left], 0.0), np.maximum(p[right] - x, 0.0)
+        both = (d_left == 0) & (d_right == 0)
+        d_left, d_right = np.where(both, 1.0, d_left), np.where(both, 1.0, d_right)
+        return (left, right), (d_left, d_right)
+
+    (yl, yr), (dyl, dyr) = bracket(ys, dy)
+    (xl, xr), (dxl, dxr) = bracket(xs, dx)
+    grid = table.astype(np.float32).T.reshape(-1, *src)  # (heads, sy, sx)
+    out = (grid[:, yl, xl] * dyr * dxr + grid[:, yl, xr] * dyr * dxl
+           + grid[:, yr, xl] * dyl * dxr + grid[:, yr, xr] * dyl * dxl) / ((dyl + dyr) * (dxl + dxr))
+    return np.concatenate([out.reshape(out.shape[0], -1).T.astype(table.dtype), tail])
