@@ -22,7 +22,7 @@ def _fill(root, counts, seed=0):
 
 
 def _files(root, split):
-    return data.input_pipeline._folder_split(str(root), split, 0, 1)[0]
+    return data.sources._folder_split(str(root), split, 0, 1)[0]
 
 
 def test_class_folders_split_into_disjoint_train_and_test(tmp_path):
@@ -163,13 +163,13 @@ def test_fewer_than_two_classes_is_an_error(tmp_path):
 def test_tfds_dataset_with_fewer_than_two_classes_or_no_label_is_an_error(monkeypatch):
     import types
     import tensorflow_datasets as tfds
-    from vitjax.data import input_pipeline
+    from vitjax.data import sources
 
     def fake(features):
         info = types.SimpleNamespace(features=tfds.features.FeaturesDict(features), splits={})
         builder = types.SimpleNamespace(info=info, as_dataset=lambda **kw: None)
-        monkeypatch.setattr(input_pipeline, '_builder', lambda *a, **kw: builder)
-        monkeypatch.setattr(input_pipeline, '_num_examples', lambda *a: 10)
+        monkeypatch.setattr(sources, '_builder', lambda *a, **kw: builder)
+        monkeypatch.setattr(sources, '_num_examples', lambda *a: 10)
     fake({'image': tfds.features.Image(), 'label': tfds.features.ClassLabel(names=['only'])})
     with pytest.raises(ValueError, match=r"fake holds one class \('only'\); classification needs at least two"):
         data.get_dataset_info('fake', 'train')
