@@ -15,7 +15,8 @@ from porting.timm_vit import reference_state as vit_reference
 # The embeddings, norms and head are named as in timm's VisionTransformer, the blocks as in Eva's (q_bias /
 # v_bias, gamma_1 / gamma_2), plus each block's table.
 RULES = (*(r for r in VIT_RULES if not r.source.startswith('blocks.')), *EVA_BLOCK,
-         Rule('blocks.{i}.attn.relative_position_bias_table', 'blocks_{i}/attn/rel_pos/relative_position_bias_table'))
+         Rule('blocks.{i}.attn.relative_position_bias_table', 'blocks_{i}/attn/rel_pos/relative_position_bias_table'),
+         Rule('rel_pos_bias.relative_position_bias_table', 'rel_pos/relative_position_bias_table'))  # shared
 
 # vitjax fields that timm's Beit constructor takes under the same name; use_* are Beit's own names for the rest
 CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth',
@@ -26,14 +27,13 @@ def model_config(model) -> dict[str, Any]:
     """Read vitjax Beit kwargs off an instantiated timm Beit; every option vitjax lacks is named in the error."""
     from timm.models.beit import Beit as TimmBeit
     require(isinstance(model, TimmBeit), f'architecture {type(model).__name__}')
-    require(model.rel_pos_bias is None, 'a relative position bias shared by all blocks (use_shared_rel_pos_bias)')
     blk = model.blocks[0]
     attn = blk.attn
-    require(attn.num_heads * attn.qkv.out_features // (3 * attn.num_heads) == model.embed_dim,
-            'attn_head_dim other than embed_dim / num_heads')
-    rel = attn.relative_position_bias_table is not None
-    require(not rel or tuple(attn.window_size) == tuple(model.patch_embed.grid_size),
-            'a relative position window other than the patch grid')
+    require(attn.qkv.out_features == 3 * model.embed_dim, 'attn_head_dim other than embed_dim / num_heads')
+    own, shared = attn.relative_position_bias_table is not None, model.rel_pos_bias is not None
+    require(not (own and shared), 'both per-block and shared relative position biases')
+    grid = tuple(model.patch_embed.grid_size)
+    require(not own or tuple(attn.window_size) == grid, 'a relative position window other than the patch grid')
     mlp, mlp_ratio = mlp_layer(blk.mlp, model.embed_dim)
     norm_kind, eps = norm_layer(model)
     require((blk.gamma_1 is None) == (blk.gamma_2 is None), 'LayerScale on one branch only')
@@ -52,7 +52,8 @@ def model_config(model) -> dict[str, Any]:
         scale_mlp_norm=not is_identity(getattr(blk.mlp, 'norm', None)),
         init_values=float(blk.init_values) if blk.gamma_1 is not None else None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
-        rel_pos_bias=rel,
+        rel_pos_type='bias' if own or shared else '',
+        shared_rel_pos=shared,
         final_norm=True,
         fc_norm=not is_identity(model.fc_norm),
         norm_layer=norm_kind,

@@ -103,6 +103,46 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     return losses, summary
 
 
+def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=1e-5):
+    """A timm random-init safetensors file -> `python -m porting.convert` (parity at `tolerance`) -> vitjax.load ->
+    `porting.export` -> the same tensors, bit for bit; returns (config.json's model fields, model, variables)."""
+    import json
+    import vitjax
+    from safetensors.numpy import load_file
+    from porting import convert, export, random_init
+    model_args = dict(depth=2) if model_args is None else model_args
+    src = random_init.save(random_init.create(name, seed=2, **model_args), tmp_path / 'm.safetensors')
+    out = tmp_path / 'out'
+    args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
+    assert convert.main(['--model', name, '--checkpoint', str(src), *args, '--out', str(out),
+                         '--tolerance', str(tolerance)]) == 0
+    saved = json.loads((out / 'config.json').read_text())
+    assert saved['architecture'] == architecture
+    assert json.loads((out / 'parity.json').read_text())['passed']
+    model, variables = vitjax.load(out)
+    back = tmp_path / 'back.safetensors'
+    assert export.main(['--model', str(out), '--out', str(back), '--tolerance', str(tolerance)]) == 0
+    a, b = load_file(str(src)), load_file(str(back))
+    assert sorted(a) == sorted(b)
+    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+    return saved['model'], model, variables
+
+
+def full_size_matches_registry(tmp_path, name, tolerance=1e-5):
+    """`name` at full depth and width through `porting.convert`, and the registry's config for the name equals
+    the converted one; returns the model."""
+    import vitjax
+    from porting import convert, random_init
+    from vitjax.models import model_config
+    from vitjax.registry import build_model
+    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out'),
+                         '--tolerance', str(tolerance)]) == 0
+    model, _ = vitjax.load(tmp_path / 'out')
+    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes))
+    return model
+
+
 def timm_attention_weights(tm, x, block=0):
     """The softmax weights of timm's block `block` (its explicit, non-fused path) on NHWC images `x`."""
     got = {}
@@ -117,14 +157,16 @@ def timm_attention_weights(tm, x, block=0):
     return got['w'].numpy()
 
 
-def check_scan_and_remat(model, variables, x, ref, tol):
-    """scan_blocks + grad_checkpointing give `ref` (timm's logits) and the unrolled model's gradients."""
+def check_scan_and_remat(model, variables, x, ref, tol, train=True):
+    """scan_blocks + grad_checkpointing give `ref` (timm's logits) and the unrolled model's gradients (in train
+    mode unless `train=False`: a model that always drops out in training, as timm's RelPosMlp does, would draw
+    other dropout masks in the scan than unrolled)."""
     import jax.numpy as jnp
     from vitjax.models.vit import stack_blocks, unstack_blocks
     scan = model.clone(scan_blocks=True, grad_checkpointing=True)
     stacked = {'params': stack_blocks(variables['params'], model.depth)}
     assert max_diff(jax.jit(scan.apply)(stacked, x), ref) < tol * max(1, np.abs(ref).max())
-    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
+    loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=train) ** 2)
     g0 = jax.jit(jax.grad(loss(model)))(variables['params'])
     g1 = unstack_blocks(jax.jit(jax.grad(loss(scan)))(stacked['params']))
     assert jax.tree.structure(g0) == jax.tree.structure(g1)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from conftest import (check_scan_and_remat, fine_tune_family, images, max_diff, port, run_timm,
-                      timm_attention_weights, timm_model)
-from porting import convert, export, random_init
+from conftest import (check_scan_and_remat, convert_and_export, fine_tune_family, full_size_matches_registry, images,
+                      max_diff, port, run_timm, timm_attention_weights, timm_model)
+from porting import convert, random_init
 
 NAMES = ['beit_base_patch16_224', 'beit_base_patch16_384', 'beit_large_patch16_224', 'beit_large_patch16_384',
          'beit_large_patch16_512', 'beitv2_base_patch16_224', 'beitv2_large_patch16_224']
@@ -25,33 +25,19 @@ def test_every_pretrained_beit_architecture_is_in_the_zoo():
     zoo = json.load(open('vitjax/zoo.json'))['architectures']
     pretrained = sorted({n.split('.')[0] for n in timm.list_models(module='beit', pretrained=True)})
     assert pretrained == sorted(NAMES)
-    assert all(zoo[n]['family'] == 'beit' and zoo[n]['config']['rel_pos_bias'] for n in NAMES)
+    assert all(zoo[n]['family'] == 'beit' and zoo[n]['config']['rel_pos_type'] == 'bias' for n in NAMES)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name', NAMES)
 def test_beit_converts_exports_and_loads(tmp_path, name):
-    """timm safetensors -> `python -m porting.convert` (parity at 1e-5) -> vitjax.load -> export -> the same
-    tensors, bit for bit."""
-    import vitjax
-    src = random_init.save(random_init.create(name, seed=2, depth=2), tmp_path / 'm.safetensors')
-    out = tmp_path / 'out'
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=2', '--out', str(out),
-                         '--tolerance', str(TOLERANCE)]) == 0
-    saved = json.loads((out / 'config.json').read_text())
-    assert saved['architecture'] == 'beit'
-    assert saved['model']['rel_pos_bias'] and saved['model']['pos_embed'] == 'none'
-    assert json.loads((out / 'parity.json').read_text())['passed']
-    model, variables = vitjax.load(out)
+    """convert (parity at 1e-5) -> load -> export -> the same tensors, bit for bit; one table per block."""
+    saved, model, variables = convert_and_export(tmp_path, name, 'beit', tolerance=TOLERANCE)
+    assert saved['rel_pos_type'] == 'bias' and saved['pos_embed'] == 'none'
     assert type(model).__name__ == 'Beit' and model.depth == 2
     gh, gw = model.grid_size
     table = variables['params']['blocks_1']['attn']['rel_pos']['relative_position_bias_table']
     assert table.shape == ((2 * gh - 1) * (2 * gw - 1) + 3, model.num_heads)
-    back = tmp_path / 'back.safetensors'
-    assert export.main(['--model', str(out), '--out', str(back), '--tolerance', str(TOLERANCE)]) == 0
-    a, b = load_file(str(src)), load_file(str(back))
-    assert sorted(a) == sorted(b)
-    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.slow
@@ -106,17 +92,8 @@ def test_beit_at_another_size_resizes_its_tables_as_timm(tmp_path):
 
 @pytest.mark.slow
 def test_beit_full_size(tmp_path):
-    """Full depth and width, and the registry's config for the name equals the converted one."""
-    import vitjax
-    from vitjax.models import model_config
-    from vitjax.registry import build_model
-    name = 'beitv2_base_patch16_224'
-    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
-    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out'),
-                         '--tolerance', str(TOLERANCE)]) == 0
-    model, _ = vitjax.load(tmp_path / 'out')
+    model = full_size_matches_registry(tmp_path, 'beitv2_base_patch16_224', TOLERANCE)
     assert model.depth == 12 and model.embed_dim == 768
-    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes))
 
 
 @pytest.mark.slow
@@ -129,11 +106,20 @@ def test_scan_blocks_and_remat_match_the_unrolled_model():
     check_scan_and_remat(model, variables, x, run_timm(tm, x).numpy(), TOLERANCE)
 
 
-def test_unsupported_beit_options_are_named():
+def test_shared_table_and_unsupported_options():
+    """BEiT's one table for all blocks (use_shared_rel_pos_bias, no pretrained tag uses it) gives timm's logits;
+    both kinds at once is an error naming it, and so is a dynamic size."""
     from porting.engine import UnsupportedModel
     from porting.sources import source_of
-    tm = timm_model('beit_base_patch16_224', depth=1, use_rel_pos_bias=False, use_shared_rel_pos_bias=True)
-    with pytest.raises(UnsupportedModel, match='shared by all blocks'):
+    tm = timm_model('beit_base_patch16_224', img_size=64, use_rel_pos_bias=False, use_shared_rel_pos_bias=True,
+                    **SMALL)
+    model, variables = port(tm)
+    assert model.shared_rel_pos and 'rel_pos' in variables['params']
+    x = images(model)
+    ref = run_timm(tm, x).numpy()
+    assert max_diff(jax.jit(model.apply)(variables, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
+    tm = timm_model('beit_base_patch16_224', depth=1, use_shared_rel_pos_bias=True)
+    with pytest.raises(UnsupportedModel, match='both per-block and shared'):
         source_of(tm, 'timm').model_config(tm)
     from vitjax.models.beit import Beit
     with pytest.raises(ValueError, match='dynamic_img_size is not supported'):

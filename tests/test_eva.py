@@ -7,11 +7,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
-from conftest import (check_scan_and_remat, fine_tune_family, images, max_diff, port, run_timm,
-                      timm_attention_weights, timm_model)
-from porting import convert, export, random_init
+from conftest import (check_scan_and_remat, convert_and_export, fine_tune_family, full_size_matches_registry, images,
+                      max_diff, port, run_timm, timm_attention_weights, timm_model)
+from porting import convert, random_init
 
 # name: what its config must read as (the option that makes it that family member)
 EVA = {
@@ -36,23 +35,9 @@ TOLERANCE = 1e-5  # the issue's goal; the CLI's default check is 1e-4
 def test_eva_converts_exports_and_loads(tmp_path, name):
     """timm safetensors -> `python -m porting.convert` (parity at 1e-5) -> vitjax.load -> export -> the same
     tensors, bit for bit."""
-    import vitjax
-    src = random_init.save(random_init.create(name, seed=2, depth=2), tmp_path / 'm.safetensors')
-    out = tmp_path / 'out'
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--model-arg', 'depth=2', '--out', str(out),
-                         '--tolerance', str(TOLERANCE)]) == 0
-    saved = json.loads((out / 'config.json').read_text())
-    assert saved['architecture'] == 'eva'
-    for k, v in EVA[name].items():
-        assert saved['model'][k] == v, k
-    assert json.loads((out / 'parity.json').read_text())['passed']
-    model, variables = vitjax.load(out)
+    saved, model, _ = convert_and_export(tmp_path, name, 'eva', tolerance=TOLERANCE)
+    assert {k: saved[k] for k in EVA[name]} == EVA[name]
     assert type(model).__name__ == 'Eva' and model.depth == 2
-    back = tmp_path / 'back.safetensors'
-    assert export.main(['--model', str(out), '--out', str(back), '--tolerance', str(TOLERANCE)]) == 0
-    a, b = load_file(str(src)), load_file(str(back))
-    assert sorted(a) == sorted(b)
-    assert all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_rope_at_a_non_square_dynamic_size():
@@ -103,15 +88,7 @@ def test_unsupported_option_is_named(name):
                                   'vit_base_patch16_rope_mixed_224'])
 def test_eva_full_size(tmp_path, name):
     """One per family at full depth and width, and the registry's config for the name equals the converted one."""
-    import vitjax
-    from vitjax.models import model_config
-    from vitjax.registry import build_model
-    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
-    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out'),
-                         '--tolerance', str(TOLERANCE)]) == 0
-    model, _ = vitjax.load(tmp_path / 'out')
-    decoded = build_model(name, num_classes=model.num_classes)
-    assert model_config(model) == model_config(decoded)
+    full_size_matches_registry(tmp_path, name, TOLERANCE)
 
 
 FINE_TUNE = {  # one per family, reduced (depth 2, narrow where timm allows), at a digits-sized input

@@ -63,13 +63,13 @@ def test_layer_norm_value_and_gradient_match_torch():
     assert max_diff(dp['params']['bias'], bt.grad.numpy()) <= 1e-4
 
 
-@pytest.mark.parametrize('rel_pos_bias', [False, True])
-def test_attention_fused_kernel_path_matches_explicit(monkeypatch, rel_pos_bias):
+@pytest.mark.parametrize('rel_pos_type', ['', 'bias', 'mlp'])
+def test_attention_fused_kernel_path_matches_explicit(monkeypatch, rel_pos_type):
     # The GPU/TPU branch (jax.nn.dot_product_attention) is chosen by backend; run both here on the CPU.
     import jax
     import jax.numpy as jnp
     from vitjax.models import layers
-    attn = layers.Attention(layers.AttnCfg(num_heads=4, rel_pos_bias=rel_pos_bias, grid_size=(2, 4)))
+    attn = layers.Attention(layers.AttnCfg(num_heads=4, rel_pos_type=rel_pos_type, grid_size=(2, 4), num_prefix_tokens=1))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 9, 32)), jnp.float32)
     v = attn.init(jax.random.PRNGKey(0), x)
     v = jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)

@@ -71,7 +71,11 @@ _ARCHS = tuple(
        'aimv2_large_patch14_224', 'naflexvit_base_patch16_gap', 'naflexvit_base_patch16_siglip']
     + [f'beit_{s}_patch16_{r}' for s, r in [('base', 224), ('base', 384), ('large', 224), ('large', 384),
                                            ('large', 512)]]
-    + [f'beitv2_{s}_patch16_224' for s in ('base', 'large')])
+    + [f'beitv2_{s}_patch16_224' for s in ('base', 'large')]
+    + [f'vit_relpos_{n}' for n in ('small_patch16_224', 'medium_patch16_224', 'base_patch16_224',
+                                  'medium_patch16_cls_224', 'base_patch16_clsgap_224', 'medium_patch16_rpn_224',
+                                  'base_patch32_plus_rpn_256')]
+    + [f'vit_srelpos_{s}_patch16_224' for s in ('small', 'medium')])
 
 
 def list_models(pattern: str = '*') -> list[str]:

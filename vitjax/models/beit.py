@@ -1,5 +1,5 @@
 """timm's Beit (BEiT, BEiT v2): VisionTransformer with a learned relative-position bias table in every block
-(`rel_pos_bias`), query and value biases only, LayerScale, no absolute position embedding, and mean pooling
+(`rel_pos_type='bias'`), query and value biases only, LayerScale, no absolute position embedding, and mean pooling
 with fc_norm. A class of its own so that a model directory records which timm class it converts from and
 exports to; the defaults are timm Beit's where they differ from VisionTransformer's."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ class Beit(VisionTransformer):
     global_pool: str = 'avg'
     key_bias: bool = False  # timm's k_bias is a zero buffer
     pos_embed: str = 'none'
-    rel_pos_bias: bool = True
+    rel_pos_type: str = 'bias'
     init_values: Optional[float] = 0.1
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.relpos import RelPosBias
+from vitjax.models.relpos import rel_pos_module
 from vitjax.models.rope import apply_rot_embed_cat
 
 Dtype = Any
@@ -191,8 +191,12 @@ class AttnCfg:
     proj_bias: bool = True
     rope_rotate_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
     num_prefix_tokens: int = 0  # tokens before the patches; RoPE leaves them as they are
-    rel_pos_bias: bool = False  # BEiT's learned table over the patch grid and one class token, per block
-    grid_size: tuple[int, int] = (14, 14)  # the patch grid that table covers
+    # A learned relative-position bias on the logits ('' none | 'bias' a table: BEiT | 'mlp' timm's log-coordinate
+    # MLP: vision_transformer_relpos), this layer's own unless the model shares one (then passed in)
+    rel_pos_type: str = ''
+    rel_pos_dim: Optional[int] = None  # the MLP's hidden width (None: timm's 128)
+    shared_rel_pos: bool = False
+    grid_size: tuple[int, int] = (14, 14)  # the patch grid the bias covers
     attn_drop_rate: float = 0.
     proj_drop_rate: float = 0.
 
@@ -219,15 +223,16 @@ class Attention(nn.Module):
     Eva's options: no key bias (`key_bias=False`; a key bias shifts every logit of a query alike, so Eva drops
     it), a norm on the attention output before the projection (`scale_attn_norm`), and rotary position
     embeddings applied to the patch tokens' queries and keys (`rope`, the prefix tokens left as they are).
-    BEiT's: a learned relative-position bias added to the logits (`rel_pos_bias`)."""
+    BEiT's and the relpos ViTs': a learned relative-position bias added to the logits (`rel_pos_type`)."""
     cfg: AttnCfg
     norm_cfg: NormCfg = NormCfg()
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, rope: Optional[jax.Array] = None,
-                 mask: Optional[jax.Array] = None) -> jax.Array:
-        """`mask`: boolean (B, 1, N, N), True where query and key are both real tokens (NaFlex padding)."""
+                 mask: Optional[jax.Array] = None, rel_pos: Optional[jax.Array] = None) -> jax.Array:
+        """`mask`: boolean (B, 1, N, N), True where query and key are both real tokens (NaFlex padding);
+        `rel_pos`: the model's shared (heads, N, N) position bias."""
         c, nc = self.cfg, self.norm_cfg
         dim = x.shape[-1]
         if dim % c.num_heads:
@@ -248,7 +253,10 @@ class Attention(nn.Module):
             npt = c.num_prefix_tokens
             q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, c.rope_rotate_half)],
                                     axis=2).astype(v.dtype) for t in (q, k))
-        bias = RelPosBias(c.grid_size, c.num_heads, name='rel_pos')()[None] if c.rel_pos_bias else None  # f32
+        if c.rel_pos_type and not c.shared_rel_pos:
+            rel_pos = rel_pos_module(c.rel_pos_type, c.grid_size, c.num_heads, c.num_prefix_tokens, c.rel_pos_dim,
+                                     'rel_pos')(train)
+        bias = None if rel_pos is None else rel_pos[None]  # f32
         weights_needed = (train and c.attn_drop_rate > 0.) or self.is_mutable_collection('intermediates')
         if weights_needed or backend_info()[0] == 'cpu':
             # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do
@@ -319,14 +327,16 @@ class Block(nn.Module):
     mlp_cfg: MlpCfg = MlpCfg()
     norm_cfg: NormCfg = NormCfg()
     init_values: Optional[float] = None  # LayerScale
+    res_post_norm: bool = False  # x + norm1(attn(x)), x + norm2(mlp(x)) (timm's ResPostRelPosBlock)
     drop_path: float = 0.
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, drop_path: Optional[jax.Array] = None,
-                 rope: Optional[jax.Array] = None, mask: Optional[jax.Array] = None) -> jax.Array:
+                 rope: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
+                 rel_pos: Optional[jax.Array] = None) -> jax.Array:
         """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate);
-        `rope` is the rotary embedding of the patch grid (None: no RoPE)."""
+        `rope` is the rotary embedding of the patch grid (None: no RoPE); `rel_pos` the model's shared bias."""
         rate = self.drop_path if drop_path is None else drop_path
 
         def drop(y: jax.Array) -> jax.Array:
@@ -340,9 +350,14 @@ class Block(nn.Module):
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
         nc = self.norm_cfg
+        attn = Attention(self.attn_cfg, nc, self.dtype, name='attn')
+        if self.res_post_norm:  # the norms on the branch outputs, into the f32 stream
+            post = lambda name: layer_norm(nc.norm_eps, jnp.float32, name, nc.norm_layer)
+            x = x + drop(post('norm1')(attn(x, train, rope, mask, rel_pos)))
+            return x + drop(post('norm2')(Mlp(self.mlp_cfg, nc, self.dtype, name='mlp')(x, train)))
         # x is the residual stream (f32); the norms hand the matmuls their input in the compute dtype.
         y = layer_norm(nc.norm_eps, self.dtype, 'norm1', nc.norm_layer)(x)
-        y = Attention(self.attn_cfg, nc, self.dtype, name='attn')(y, train, rope, mask)
+        y = attn(y, train, rope, mask, rel_pos)
         x = x + drop(ls('ls1')(y).astype(x.dtype))
         y = layer_norm(nc.norm_eps, self.dtype, 'norm2', nc.norm_layer)(x)
         y = Mlp(self.mlp_cfg, nc, self.dtype, name='mlp')(y, train)

@@ -1,11 +1,13 @@
-"""Learned relative-position bias tables (Swin's windows, BEiT's whole patch grid): the static index that
-gathers a table into an (N, N) bias per head, and timm's resize of a table to another window."""
+"""Learned relative-position biases: tables (Swin's windows, BEiT's whole patch grid) and timm's log-coordinate
+MLP (vision_transformer_relpos); the static index that gathers them into an (N, N) bias per head, and timm's
+resize of a table to another window."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -17,8 +19,8 @@ def relative_position_index(win_h: int, win_w: int) -> np.ndarray:
 
 
 def cls_relative_position_index(win_h: int, win_w: int) -> np.ndarray:
-    """BEiT's (N+1, N+1) index with a class token first: the table's last three rows are class -> patch,
-    patch -> class and class -> class (timm's gen_relative_position_index)."""
+    """The (N+1, N+1) index with a class token first: the table's last three rows are class -> patch,
+    patch -> class and class -> class (timm's gen_relative_position_index(class_token=True), BEiT's)."""
     n = (2 * win_h - 1) * (2 * win_w - 1)
     index = np.zeros((win_h * win_w + 1,) * 2, np.int64)
     index[1:, 1:] = relative_position_index(win_h, win_w)
@@ -26,18 +28,58 @@ def cls_relative_position_index(win_h: int, win_w: int) -> np.ndarray:
     return index
 
 
+def relative_log_coords(win_h: int, win_w: int) -> np.ndarray:
+    """(2h-1, 2w-1, 2) signed log offsets, sign(d) * log(1 + |d|) (timm's gen_relative_log_coords, mode 'cr')."""
+    d = np.stack(np.meshgrid(np.arange(1 - win_h, win_h, dtype=np.float32),
+                             np.arange(1 - win_w, win_w, dtype=np.float32), indexing='ij'), -1)
+    return np.sign(d) * np.log1p(np.abs(d))
+
+
 class RelPosBias(nn.Module):
-    """BEiT's per-block table ((2h-1)(2w-1) + 3, heads) over the patch grid and a class token -> (heads, N, N)."""
+    """A learned table ((2h-1)(2w-1) + 3 * prefix_tokens, heads) over an h x w patch grid and at most one
+    prefix (class) token -> the (heads, N, N) bias (BEiT; timm's RelPosBias)."""
     grid_size: tuple[int, int]
     num_heads: int
+    prefix_tokens: int = 1
 
     @nn.compact
-    def __call__(self) -> jax.Array:
+    def __call__(self, train: bool = False) -> jax.Array:
         h, w = self.grid_size
-        table = self.param('relative_position_bias_table', nn.initializers.zeros,
-                           ((2 * h - 1) * (2 * w - 1) + 3, self.num_heads))
-        n = h * w + 1
-        return table[cls_relative_position_index(h, w).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+        table = self.param('relative_position_bias_table', nn.initializers.truncated_normal(0.02),
+                           ((2 * h - 1) * (2 * w - 1) + 3 * self.prefix_tokens, self.num_heads))
+        index = cls_relative_position_index(h, w) if self.prefix_tokens else relative_position_index(h, w)
+        n = index.shape[0]
+        return table[index.reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+
+
+class RelPosMlp(nn.Module):
+    """The bias from a 2 -> hidden -> heads ReLU MLP on the log-spaced relative offsets, the prefix tokens' rows
+    and columns zero (timm's RelPosMlp, mode 'cr': vision_transformer_relpos)."""
+    grid_size: tuple[int, int]
+    num_heads: int
+    hidden_dim: int = 128
+    prefix_tokens: int = 0
+
+    @nn.compact
+    def __call__(self, train: bool = False) -> jax.Array:
+        h, w = self.grid_size
+        x = nn.relu(nn.Dense(self.hidden_dim, name='fc1')(jnp.asarray(relative_log_coords(h, w))))
+        x = nn.Dropout(0.125)(x, deterministic=not train)  # timm's Mlp(drop=(0.125, 0.))
+        x = nn.Dense(self.num_heads, name='fc2')(x).reshape(-1, self.num_heads)
+        n, p = h * w, self.prefix_tokens
+        bias = x[relative_position_index(h, w).reshape(-1)].reshape(n, n, -1).transpose(2, 0, 1)
+        return jnp.pad(bias, ((0, 0), (p, 0), (p, 0)))
+
+
+REL_POS_TYPES = {'bias': RelPosBias, 'mlp': RelPosMlp}
+
+
+def rel_pos_module(kind: str, grid_size: tuple[int, int], num_heads: int, prefix_tokens: int,
+                   hidden_dim: Optional[int], name: str) -> nn.Module:
+    """The bias module of a `rel_pos_type` ('bias' | 'mlp'); `hidden_dim` None is timm's 128."""
+    if kind == 'mlp':
+        return RelPosMlp(grid_size, num_heads, hidden_dim or 128, prefix_tokens, name=name)
+    return RelPosBias(grid_size, num_heads, prefix_tokens, name=name)
 
 
 def resize_rel_pos_bias_table(table: np.ndarray, new_window: Sequence[int],

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.family import MAX_DEPTH, MAX_PIXELS, MAX_TOKENS, Family, check, register
+from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_PIXELS, MAX_TOKENS, Family, check, register
 from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, AttnCfg, Block, MlpCfg, NormCfg, check_images,
                                   feature_take_indices, layer_norm, resample_abs_pos_embed, view)
+from vitjax.models.relpos import REL_POS_TYPES, rel_pos_module
 from vitjax.models.rope import ROPE_TYPES, RotaryEmbedding
 
 Size = Union[int, Sequence[int]]
@@ -87,7 +88,13 @@ class VisionTransformer(nn.Module):
     init_values: Optional[float] = None  # LayerScale
     class_token: bool = True
     pos_embed: str = 'learn'  # 'learn' | 'none'
-    rel_pos_bias: bool = False  # a learned relative-position bias table in every block's attention (BEiT)
+    # A learned relative-position bias in every block's attention: '' (none) | 'bias' (a table: BEiT) | 'mlp' (timm's
+    # log-coordinate MLP: vision_transformer_relpos); rel_pos_dim the MLP's hidden width (None: 128); shared_rel_pos
+    # one bias for all blocks (BEiT's shared table, the srelpos ViTs)
+    rel_pos_type: str = ''
+    rel_pos_dim: Optional[int] = None
+    shared_rel_pos: bool = False
+    res_post_norm: bool = False  # blocks x + norm(attn(x)), x + norm(mlp(x)), no LayerScale (the relpos 'rpn' ViTs)
     # Rotary position embeddings on the patch tokens' queries and keys (timm's Eva): '' (none) | 'cat' (axial,
     # EVA-02 / RoPE-ViT / PE) | 'mixed' (learned per-layer frequencies) | 'dinov3'; options under timm's names.
     rope_type: str = ''
@@ -144,9 +151,9 @@ class VisionTransformer(nn.Module):
         return [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
 
     def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
-        """(window, extra rows) of a block's relative-position table: the patch grid and BEiT's three class-token
-        entries; for load-time resizes (vitjax.adapt)."""
-        return self.grid_size, 3
+        """(window, extra rows) of a relative-position table: the patch grid, and three class-token entries when
+        there is a class token (BEiT); for load-time resizes (vitjax.adapt)."""
+        return self.grid_size, 3 * self.num_prefix_tokens
 
     def setup(self):
         check(self)
@@ -174,7 +181,9 @@ class VisionTransformer(nn.Module):
         self.norm_pre = norm('norm_pre') if self.pre_norm else None
         block = nn.remat(Block, static_argnums=(2,)) if self.grad_checkpointing else Block  # 2: `train`
         cfgs = dict(attn_cfg=view(AttnCfg, self), mlp_cfg=view(MlpCfg, self), norm_cfg=view(NormCfg, self),
-                    init_values=self.init_values, dtype=self.dtype)
+                    init_values=self.init_values, res_post_norm=self.res_post_norm, dtype=self.dtype)
+        self.rel_pos = rel_pos_module(self.rel_pos_type, self.grid_size, self.num_heads, self.num_prefix_tokens,
+                                      self.rel_pos_dim, 'rel_pos') if self.shared_rel_pos else None
         # One module whose params nn.scan stacks along a leading depth axis; its rates come in as data.
         self.blocks = (block(**cfgs, name='blocks') if self.scan_blocks else
                        [block(**cfgs, drop_path=r, name=f'blocks_{i}') for i, r in enumerate(self.drop_path_rates)])
@@ -225,16 +234,17 @@ class VisionTransformer(nn.Module):
         """x through blocks [0, stop) and every block's output."""
         stop = self.depth if stop is None else stop
         per_block = self.rope_type == 'mixed'  # one rotary embedding per block (learned frequencies)
+        rel_pos = self.rel_pos(train) if self.rel_pos is not None else None
         if not self.scan_blocks:
             outs = []
             for i, blk in enumerate(self.blocks[:stop]):
-                x = blk(x, train, None, rope[i] if per_block else rope, mask)
+                x = blk(x, train, None, rope[i] if per_block else rope, mask, rel_pos)
                 outs.append(x)
             return x, outs
 
         def body(blk, x, xs):
             rate, r = xs
-            x = blk(x, train, rate, r if per_block else rope, mask)
+            x = blk(x, train, rate, r if per_block else rope, mask, rel_pos)
             return x, x
         scan = nn.scan(body, variable_axes={'params': 0}, split_rngs={'params': True, 'dropout': True},
                        length=self.depth)
@@ -368,11 +378,15 @@ def vit_problems(m: VisionTransformer) -> list[str]:
     need(m.pos_embed_grid is None or (len(m.pos_embed_grid) == 2 and all(1 <= g <= MAX_PIXELS for g in m.pos_embed_grid)),
          f'pos_embed_grid={m.pos_embed_grid}: two sizes in 1..{MAX_PIXELS} (or null)')
     need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
-    need(not m.rel_pos_bias or (m.class_token and not m.reg_tokens and not m.distilled),
-         'rel_pos_bias (BEiT) covers the patch grid and one class token: needs class_token, no reg_tokens, '
-         'not distilled')
-    need(not m.rel_pos_bias or not m.dynamic_img_size,
-         'rel_pos_bias tables are sized to img_size: dynamic_img_size is not supported with them (as timm)')
+    need(m.rel_pos_type in ('',) + tuple(REL_POS_TYPES), f"rel_pos_type={m.rel_pos_type!r}: '' or one of "
+         f'{tuple(REL_POS_TYPES)}')
+    need(not m.rel_pos_type or m.num_prefix_tokens <= 1,
+         f'rel_pos_type={m.rel_pos_type!r} covers the patch grid and at most a class token: no reg_tokens, not distilled')
+    need(not m.rel_pos_type or not m.dynamic_img_size,
+         'relative position biases are sized to img_size: dynamic_img_size is not supported with them (as timm)')
+    need(m.rel_pos_dim is None or 1 <= m.rel_pos_dim <= MAX_DIM, f'rel_pos_dim={m.rel_pos_dim}: in 1..{MAX_DIM}')
+    need(m.rel_pos_type or not m.shared_rel_pos, 'shared_rel_pos needs a rel_pos_type')
+    need(not m.res_post_norm or m.init_values is None, 'res_post_norm blocks have no LayerScale (init_values=None)')
     need(m.attn_pool_num_heads is None or (m.attn_pool_num_heads >= 1 and m.embed_dim % m.attn_pool_num_heads == 0),
          f'attn_pool_num_heads={m.attn_pool_num_heads}: must divide embed_dim={m.embed_dim}')
     return p
