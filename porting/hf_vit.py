@@ -3,7 +3,7 @@ the name table, the config reader and a parity adapter. Checkpoints are HF model
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, UnsupportedModel, linear, norm
 from porting.source import Source
