@@ -96,9 +96,11 @@ def mlp_layer(mlp, dim: int) -> tuple[str, float]:
 def norm_layer(model) -> tuple[str, float]:
     """('layernorm' | 'rmsnorm', eps): one kind and one eps for every norm of the model."""
     import torch.nn as tnn
-    kinds = {type(m).__name__ for m in model.modules() if 'Norm' in type(m).__name__ and not isinstance(
+    # a hybrid's CNN backbone has its own (GroupNorm) norms, read by porting/timm_hybrid_vit.py
+    mods = [m for n, m in model.named_modules() if not n.startswith('patch_embed.backbone')]
+    kinds = {type(m).__name__ for m in mods if 'Norm' in type(m).__name__ and not isinstance(
         m, (tnn.Identity,)) and hasattr(m, 'eps')}
-    norms = [m for m in model.modules() if type(m).__name__ in kinds]
+    norms = [m for m in mods if type(m).__name__ in kinds]
     require(kinds <= {'LayerNorm', 'RmsNorm'} and len(kinds) <= 1, f'norms {sorted(kinds)}')
     require(all(m.weight is not None and getattr(m, 'bias', 0) is not None for m in norms) if
             kinds == {'LayerNorm'} else all(m.weight is not None for m in norms), 'a norm without affine/bias')
@@ -125,7 +127,7 @@ def model_config(model) -> dict[str, Any]:
         global_pool=model.global_pool,
         embed_dim=model.embed_dim,
         **blocks_config(model),
-        embed_norm=not isinstance(model.patch_embed.norm, tnn.Identity),
+        embed_norm=not is_identity(getattr(model.patch_embed, 'norm', None)),  # a HybridEmbed has none
         class_token=model.cls_token is not None,
         pos_embed='learn' if model.pos_embed is not None else 'none',
         no_embed_class=bool(model.no_embed_class),
@@ -199,6 +201,12 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     return state
 
 
-SOURCES = (Source('timm', 'vit', RULES, timm_class('VisionTransformer', 'VisionTransformerDistilled'), model_config,
+def _is_vit(m) -> bool:
+    # a HybridEmbed (CNN) patch embedding is the hybrids' row (porting/timm_hybrid_vit.py)
+    return timm_class('VisionTransformer', 'VisionTransformerDistilled')(m) and (
+        type(getattr(m, 'patch_embed', None)).__name__ != 'HybridEmbed')
+
+
+SOURCES = (Source('timm', 'vit', RULES, _is_vit, model_config,
                   pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CREATE_KWARGS,
                   resize_state=reference_state, timm_modules=('vision_transformer', 'deit')),)

@@ -90,13 +90,13 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     print(name, 'losses', losses[0], losses[-1], 'test accuracy', summary['test_accuracy'])
     assert losses[-1] < 0.8 * losses[0] and summary['test_accuracy'] > 0.3, (losses, summary)
     model = str(tmp_path / 'run' / 'model')
-    cfg = json.loads((tmp_path / 'run' / 'model' / 'config.json').read_text())['model']
-    patch = cfg['patch_size'] if isinstance(cfg['patch_size'], int) else cfg['patch_size'][0]
+    import vitjax
+    tuned, _ = vitjax.load(model)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(tmp_path / 'x.png')
     assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
                      '--out', str(tmp_path / 'f.npz')]) == 0
-    grid = image_size // patch
-    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, grid, grid, cfg['embed_dim'])
+    grid = tuned.token_grid(image_size, image_size)  # a hybrid's CNN strides come before its patches
+    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, *grid, tuned.embed_dim)
     assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
     # back to PyTorch at the size it was fine-tuned at, with parity
     assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0

@@ -18,7 +18,6 @@ import numpy as np
 
 from vitjax.images import RESAMPLE
 from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
-from vitjax.models.vit import to_2tuple
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
 FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
@@ -162,8 +161,7 @@ def _features_fn(model, variables, kind: str):
         if kind == 'tokens':
             return {kind: f}
         b, h, w = x.shape[:3]
-        ph, pw = to_2tuple(model.patch_size)  # non-square patches: each axis its own stride
-        return {kind: f[:, model.num_prefix_tokens:].reshape(b, h // ph, w // pw, -1)}
+        return {kind: f[:, model.num_prefix_tokens:].reshape(b, *model.token_grid(h, w), -1)}
 
     return jax.jit(run)
 
@@ -200,8 +198,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
 
     out = _batched(jax.jit(run), x)
     b, h, w = x.shape[:3]
-    ph, pw = to_2tuple(model.patch_size)
-    grid = (h // ph, w // pw)
+    grid = model.token_grid(h, w)
     normed = {}
     for k, v in out.items():
         v = v.reshape(b, *grid)

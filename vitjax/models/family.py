@@ -76,7 +76,7 @@ def common_problems(m: Any) -> list[str]:
     need(len(patch) == 2 and min(patch) >= 1, f'patch_size={m.patch_size}: one or two sizes >= 1')
     if not p:
         need(all(a <= b for a, b in zip(patch, img)), f'patch_size={m.patch_size} is larger than img_size={m.img_size}')
-        need(math.prod(b // a for a, b in zip(patch, img)) <= MAX_TOKENS,
+        need(math.prod(m.grid_size) <= MAX_TOKENS,  # the family's grid: a hybrid's CNN strides before its patches
              f'img_size / patch_size gives more than {MAX_TOKENS} patches')
     need(m.in_chans >= 1, f'in_chans={m.in_chans}: must be >= 1')
     need(m.num_classes >= 0, f'num_classes={m.num_classes}: must be >= 0 (0: no head)')

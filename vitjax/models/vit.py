@@ -129,10 +129,14 @@ class VisionTransformer(nn.Module):
     dtype: Any = jnp.float32
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
 
+    def token_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The patch grid of an h x w input (each axis its own stride)."""
+        ph, pw = to_2tuple(self.patch_size)
+        return h // ph, w // pw
+
     @property
     def grid_size(self) -> tuple[int, int]:
-        (h, w), (ph, pw) = to_2tuple(self.img_size), to_2tuple(self.patch_size)
-        return h // ph, w // pw
+        return self.token_grid(*to_2tuple(self.img_size))
 
     @property
     def pos_grid(self) -> tuple[int, int]:
@@ -150,6 +154,12 @@ class VisionTransformer(nn.Module):
     def drop_path_rates(self) -> list[float]:
         return [self.drop_path_rate * i / max(self.depth - 1, 1) for i in range(self.depth)]  # linear, as timm
 
+    def make_patch_embed(self) -> nn.Module:
+        """Images (B, H, W, C) -> (B, gh, gw, embed_dim); a family with another stem overrides this (hybrids)."""
+        return PatchEmbed(to_2tuple(self.patch_size), self.embed_dim, bias=not self.pre_norm,
+                          norm_layer=self.norm_layer if self.embed_norm else '', norm_eps=self.norm_eps,
+                          dtype=self.dtype)
+
     def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
         """(window, extra rows) of a relative-position table: the patch grid, and three class-token entries when
         there is a class token (BEiT); for load-time resizes (vitjax.adapt)."""
@@ -158,9 +168,7 @@ class VisionTransformer(nn.Module):
     def setup(self):
         check(self)
         d = self.embed_dim
-        self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, bias=not self.pre_norm,
-                                      norm_layer=self.norm_layer if self.embed_norm else '', norm_eps=self.norm_eps,
-                                      dtype=self.dtype)
+        self.patch_embed = self.make_patch_embed()
         token_init = nn.initializers.normal(1e-6)
         self.cls_token = self.param('cls_token', token_init, (1, 1, d)) if self.class_token else None
         self.reg_token = self.param('reg_token', token_init, (1, self.reg_tokens, d)) if self.reg_tokens else None
@@ -308,8 +316,7 @@ class VisionTransformer(nn.Module):
         prefix = [y[:, :npt] for y in feats]
         feats = [y[:, npt:] for y in feats]
         if output_fmt != 'NLC':
-            (ph, pw) = to_2tuple(self.patch_size)
-            feats = [y.reshape(b, h // ph, w // pw, -1) for y in feats]
+            feats = [y.reshape(b, *self.token_grid(h, w), -1) for y in feats]
             if output_fmt == 'NCHW':
                 feats = [y.transpose(0, 3, 1, 2) for y in feats]
         if return_prefix_tokens and npt:
