@@ -131,7 +131,8 @@ def main(argv=None) -> int:
             raise ValueError(f'{library} cannot build {args.model} with --model-arg {given}: '
                              f'{type(e).__name__}: {e}') from None
         state = None  # the model holds its own copy; keep one set of source weights in memory
-        kwargs.pop('num_classes', None)
+        for built in ('num_classes', 'img_size'):  # what the model was built with, read back off it; --img-size and
+            kwargs.pop(built, None)  # --num-classes change them
         model, variables, ref = convert(sources.source_of(torch_model, library), torch_model, args.model,
                                         args.img_size, args.num_classes, args.window_size, **kwargs)
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,

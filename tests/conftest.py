@@ -96,7 +96,7 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     assert cli.main(['features', '--model', model, str(tmp_path / 'x.png'), '--kind', 'map',
                      '--out', str(tmp_path / 'f.npz')]) == 0
     grid = tuned.token_grid(image_size, image_size)  # a hybrid's CNN strides come before its patches
-    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, *grid, tuned.embed_dim)
+    assert np.load(tmp_path / 'f.npz')['map'].shape == (1, *grid, getattr(tuned, 'num_features', tuned.embed_dim))  # SAM: the neck's
     assert cli.main(['attention', '--model', model, str(tmp_path / 'x.png'), '--out', str(tmp_path / 'a.png')]) == 0
     # back to PyTorch at the size it was fine-tuned at, with parity
     assert export.main(['--model', model, '--out', str(tmp_path / 'tuned.safetensors')]) == 0

@@ -1,6 +1,6 @@
 """timm's load-time changes on vitjax params: a new head for another class count, the position grid
-resampled for another image size, relative-position tables resized for another window (Swin) or grid (BEiT). Used by
-`vitjax.load` (directories and hub weights) and `porting.convert`."""
+resampled for another image size, relative-position tables resized for another window (Swin) or grid (BEiT,
+SAM). Used by `vitjax.load` (directories and hub weights) and `porting.convert`."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Union
@@ -10,7 +10,7 @@ import numpy as np
 from vitjax.io import check_params, flatten, param_shapes, unflatten
 from vitjax.models import Model, img_size_of
 from vitjax.models.layers import resample_abs_pos_embed
-from vitjax.models.relpos import resize_rel_pos_bias_table
+from vitjax.models.relpos import resize_decomposed_table, resize_rel_pos_bias_table
 from vitjax.models.vit import stack_blocks
 
 
@@ -44,15 +44,19 @@ def adapt_params(params: Mapping, src: Model, dst: Model) -> dict:
         value = flat_src.get(key)
         # by grid, not by shape: 14x16 and 16x14 grids hold the same number of embeddings
         if key == 'pos_embed' and value is not None and tuple(src.pos_grid) != tuple(dst.pos_grid):
+            flat = value.reshape(1, -1, value.shape[-1])  # SAM keeps its embedding as a (1, H, W, D) map
             out[key] = np.asarray(resample_abs_pos_embed(
-                value, dst.pos_grid, src.pos_grid, 0 if src.no_embed_class else src.num_prefix_tokens,
-                src.pos_embed_interp))
+                flat, dst.pos_grid, src.pos_grid, 0 if src.no_embed_class else src.num_prefix_tokens,
+                src.pos_embed_interp)).reshape(shape)
         elif value is not None and tuple(value.shape) == shape:
             out[key] = value
         elif key.endswith('relative_position_bias_table') and value is not None:
             # a new window (Swin) or patch grid (BEiT): timm's resize on the relative-offset grid, per head
             (new, extra), (old, _) = dst.rel_pos_window(key), src.rel_pos_window(key)
             out[key] = resize_rel_pos_bias_table(value, new, old, extra)
+        elif key.endswith(('rel_pos/rel_pos_h', 'rel_pos/rel_pos_w')) and value is not None:
+            # SAM's per-axis tables for another map: resampled as timm's get_rel_pos does at run time
+            out[key] = resize_decomposed_table(value, shape[0])
         elif key.split('/')[0] in ('head', 'head_dist'):
             # what init gives: every vitjax head starts at zero (big_vision's head_zeroinit; tests/test_io.py
             # holds each architecture to it), so no model-wide init is traced and compiled for it

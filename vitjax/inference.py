@@ -18,6 +18,7 @@ import numpy as np
 
 from vitjax.images import RESAMPLE
 from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
+from vitjax.models.sam import VisionTransformerSAM
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
 FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
@@ -124,8 +125,9 @@ def features(model, variables, x: np.ndarray, kind: str = 'pooled') -> dict[str,
     """Features of preprocessed images, by kind:
     pooled  (B, D)        what the head sees (pre-logits)
     cls     (B, D)        the class token after the final norm (ViT with a class token)
-    tokens  (B, N, D)     every token after the final norm (Swin: the last map flattened)
-    map     (B, h, w, D)  the patch tokens as a grid (ViT-B/16 at 224: 14x14x768; Swin: the last stage map)
+    tokens  (B, N, D)     every token after the final norm (Swin, SAM: the last map flattened)
+    map     (B, h, w, D)  the patch tokens as a grid (ViT-B/16 at 224: 14x14x768; Swin: the last stage map;
+                          SAM: the neck's)
     intermediates         every block's (ViT) or stage's (Swin) output, NHWC, as `block_i` / `stage_i`
     """
     return _batched(_features_fn(model, variables, kind), x)
@@ -143,7 +145,8 @@ def _features_fn(model, variables, kind: str):
     if kind not in FEATURE_KINDS:
         raise ValueError(f'kind must be one of {FEATURE_KINDS}, got {kind!r}')
     swin = isinstance(model, SwinTransformer)
-    if kind == 'cls' and (swin or not model.class_token):
+    spatial = swin or isinstance(model, VisionTransformerSAM)  # forward_features is already a map
+    if kind == 'cls' and (spatial or not model.class_token):
         raise ValueError(f'{type(model).__name__} has no class token; use pooled or map')
 
     def run(x):
@@ -154,7 +157,7 @@ def _features_fn(model, variables, kind: str):
         f = model.apply(variables, x, method=model.forward_features)
         if kind == 'pooled':
             return {kind: model.apply(variables, f, pre_logits=True, method=model.forward_head)}
-        if swin:
+        if spatial:
             return {kind: f.reshape(f.shape[0], -1, f.shape[-1]) if kind == 'tokens' else f}
         if kind == 'cls':
             return {kind: f[:, 0]}
@@ -172,18 +175,21 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     `rollout` (Abnar & Zuidema 2020: per layer, heads fused, 0.5 A + 0.5 I, rows renormalised, multiplied
     through the layers) and `last_layer` (the last block's attention). The query is the class token, or the
     mean over patch queries for models without one; prefix tokens (class, registers, distillation) are never
-    shown as patches."""
-    if not isinstance(model, VisionTransformer):
+    shown as patches. SAM's window blocks count as attending to their own window only."""
+    sam = isinstance(model, VisionTransformerSAM)
+    if not (isinstance(model, VisionTransformer) or sam):
         raise ValueError('attention maps are for ViT-family models (Swin attends within windows)')
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
-    npt = model.num_prefix_tokens
+    npt, cls = (0, False) if sam else (model.num_prefix_tokens, model.class_token)
 
     def run(x):
         _, state = model.apply(variables, x, mutable=['intermediates'])
         inter = state['intermediates']
         layers = [inter[f'blocks_{i}']['attn']['attn'][0] for i in range(model.depth)]  # (B, heads, N, N)
         fused = [getattr(jnp, head_fusion)(a.astype(jnp.float32), axis=1) for a in layers]
+        if sam:  # each window block's (B * windows, n, n) as (B, N, N) over the map
+            fused = [model.grid_attention(a, i, *x.shape[1:3]) for i, a in enumerate(fused)]
         n = fused[0].shape[-1]
         rollout = jnp.broadcast_to(jnp.eye(n), fused[0].shape)
         for a in fused:
@@ -191,7 +197,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
             rollout = (a / a.sum(-1, keepdims=True)) @ rollout
 
         def query(m):  # (B, N, N) -> (B, patches)
-            rows = m[:, 0] if model.class_token else m[:, npt:].mean(axis=1)
+            rows = m[:, 0] if cls else m[:, npt:].mean(axis=1)
             return rows[:, npt:]
 
         return {'rollout': query(rollout), 'last_layer': query(fused[-1])}

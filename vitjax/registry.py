@@ -76,7 +76,8 @@ _ARCHS = tuple(
                                   'medium_patch16_cls_224', 'base_patch16_clsgap_224', 'medium_patch16_rpn_224',
                                   'base_patch32_plus_rpn_256')]
     + [f'vit_srelpos_{s}_patch16_224' for s in ('small', 'medium')]
-    + [f'vit_{n}_{r}' for n in ('tiny_r_s16_p8', 'small_r26_s32', 'base_r50_s16', 'large_r50_s32') for r in (224, 384)])
+    + [f'vit_{n}_{r}' for n in ('tiny_r_s16_p8', 'small_r26_s32', 'base_r50_s16', 'large_r50_s32') for r in (224, 384)]
+    + [f'samvit_{s}_patch16' for s in ('base', 'large', 'huge')])
 
 
 def list_models(pattern: str = '*') -> list[str]:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.relpos import rel_pos_module
+from vitjax.models.relpos import DecomposedRelPos, rel_pos_module
 from vitjax.models.rope import apply_rot_embed_cat
 
 Dtype = Any
@@ -192,7 +192,8 @@ class AttnCfg:
     rope_rotate_half: bool = False  # the rotary layout: halves (DINOv3, PE) or interleaved pairs (EVA-02)
     num_prefix_tokens: int = 0  # tokens before the patches; RoPE leaves them as they are
     # A learned relative-position bias on the logits ('' none | 'bias' a table: BEiT | 'mlp' timm's log-coordinate
-    # MLP: vision_transformer_relpos), this layer's own unless the model shares one (then passed in)
+    # MLP: vision_transformer_relpos | 'decomposed' SAM's per-axis tables read by the queries), this layer's own
+    # unless the model shares one (then passed in)
     rel_pos_type: str = ''
     rel_pos_dim: Optional[int] = None  # the MLP's hidden width (None: timm's 128)
     shared_rel_pos: bool = False
@@ -253,10 +254,13 @@ class Attention(nn.Module):
             npt = c.num_prefix_tokens
             q, k = (jnp.concatenate([t[:, :, :npt], apply_rot_embed_cat(t[:, :, npt:], rope, c.rope_rotate_half)],
                                     axis=2).astype(v.dtype) for t in (q, k))
-        if c.rel_pos_type and not c.shared_rel_pos:
-            rel_pos = rel_pos_module(c.rel_pos_type, c.grid_size, c.num_heads, c.num_prefix_tokens, c.rel_pos_dim,
-                                     'rel_pos')(train)
-        bias = None if rel_pos is None else rel_pos[None]  # f32
+        if c.rel_pos_type == 'decomposed':  # SAM's, from the queries
+            bias = DecomposedRelPos(c.grid_size, name='rel_pos')(q)
+        else:
+            if c.rel_pos_type and not c.shared_rel_pos:
+                rel_pos = rel_pos_module(c.rel_pos_type, c.grid_size, c.num_heads, c.num_prefix_tokens,
+                                         c.rel_pos_dim, 'rel_pos')(train)
+            bias = None if rel_pos is None else rel_pos[None]  # f32
         weights_needed = (train and c.attn_drop_rate > 0.) or self.is_mutable_collection('intermediates')
         if weights_needed or backend_info()[0] == 'cpu':
             # f32 logits and softmax from compute-dtype operands, as jax's 'xla' attention and timm's sdpa do

@@ -71,6 +71,38 @@ class RelPosMlp(nn.Module):
         return jnp.pad(bias, ((0, 0), (p, 0), (p, 0)))
 
 
+class DecomposedRelPos(nn.Module):
+    """SAM's (MViTv2's) decomposed relative position: a learned (2s - 1, head_dim) table per axis, and the bias of
+    query (y, x) to key (y', x') is q . Rh[y - y'] + q . Rw[x - x'] -- it depends on the query, so it is computed
+    from q in the attention (timm's get_decomposed_rel_pos_bias). q: (B, heads, N, hd) -> (B, heads, N, N), f32."""
+    grid_size: tuple[int, int]
+
+    @nn.compact
+    def __call__(self, q: jax.Array) -> jax.Array:
+        (gh, gw), hd = self.grid_size, q.shape[-1]
+        offsets = lambda s: np.arange(s)[:, None] - np.arange(s)[None, :] + s - 1  # (s, s) rows of the table
+        rh = self.param('rel_pos_h', nn.initializers.zeros, (2 * gh - 1, hd))[offsets(gh)].astype(q.dtype)
+        rw = self.param('rel_pos_w', nn.initializers.zeros, (2 * gw - 1, hd))[offsets(gw)].astype(q.dtype)
+        r = q.reshape(*q.shape[:2], gh, gw, hd)
+        bh = jnp.einsum('bnyxc,ykc->bnyxk', r, rh, preferred_element_type=jnp.float32)
+        bw = jnp.einsum('bnyxc,xkc->bnyxk', r, rw, preferred_element_type=jnp.float32)
+        return (bh[..., :, None] + bw[..., None, :]).reshape(*q.shape[:2], gh * gw, gh * gw)
+
+
+def resize_decomposed_table(table: np.ndarray, length: int) -> np.ndarray:
+    """A (L, hd) decomposed table at another length, as timm's get_rel_pos resamples it when the map is not the
+    size it was built for (F.interpolate, mode='linear', align_corners=False: half-pixel centres, no antialias)."""
+    table = np.asarray(table)
+    n = table.shape[0]
+    if n == length:
+        return table
+    src = np.maximum((np.arange(length) + 0.5) * (n / length) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    i1, frac = np.minimum(i0 + 1, n - 1), (src - np.floor(src))[:, None]
+    t = table.astype(np.float32)
+    return (t[i0] * (1 - frac) + t[i1] * frac).astype(table.dtype)
+
+
 REL_POS_TYPES = {'bias': RelPosBias, 'mlp': RelPosMlp}
 
 
