@@ -129,7 +129,7 @@ def test_sam_full_size(tmp_path):
 def test_bad_sam_configs_are_named():
     import jax.numpy as jnp
     from vitjax.models.sam import VisionTransformerSAM as M
-    for kwargs, msg in [(dict(global_attn_indexes=(5,)), r'global_attn_indexes=\(5,\)'),
+    for kwargs, msg in [(dict(global_attn_indexes=(-1,)), r'global_attn_indexes=\(-1,\)'),
                         (dict(window_size=-1), 'window_size=-1'), (dict(global_pool='token'), 'global_pool'),
                         (dict(neck_chans=0), 'neck_chans=0')]:
         with pytest.raises(ValueError, match=msg):

@@ -209,8 +209,9 @@ def sam_problems(m: VisionTransformerSAM) -> list[str]:
     need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0,
          f'num_heads={m.num_heads}: must be >= 1 and divide embed_dim={m.embed_dim}')
     need(0 <= m.window_size <= MAX_WINDOW, f'window_size={m.window_size}: must be in 0..{MAX_WINDOW} (0: global)')
-    need(all(0 <= i < m.depth for i in m.global_attn_indexes),
-         f'global_attn_indexes={tuple(m.global_attn_indexes)}: block indices in 0..{m.depth - 1}')
+    # indices past the last block apply to none, as in timm (a hub config's depth override keeps the name's list)
+    need(all(i >= 0 for i in m.global_attn_indexes),
+         f'global_attn_indexes={tuple(m.global_attn_indexes)}: block indices must be >= 0')
     need(m.neck_chans is None or 1 <= m.neck_chans <= MAX_DIM, f'neck_chans={m.neck_chans}: 1..{MAX_DIM} or null')
     need(m.global_pool in SAM_POOLS, f'global_pool={m.global_pool!r}: one of {SAM_POOLS}')
     need(m.init_values is None or m.init_values > 0, f'init_values={m.init_values}: must be > 0 (or null)')
