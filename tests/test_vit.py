@@ -137,7 +137,8 @@ def test_dropout_and_drop_path_only_in_train():
 
 @pytest.mark.slow
 def test_drop_path_drops_whole_samples():
-    from vitjax.models.layers import AttnCfg, Block, MlpCfg
+    from vitjax.models.cfgs import AttnCfg, MlpCfg
+    from vitjax.models.layers import Block
     blk = Block(AttnCfg(num_heads=2), MlpCfg(mlp_ratio=2.), drop_path=0.5)
     x = jnp.asarray(images(VisionTransformer(**SMALL), batch=64)[:, :5, :5, :].reshape(64, 25, 3).repeat(6, -1)[
         ..., :16])

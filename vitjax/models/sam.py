@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_WINDOW, Family, check, register
-from vitjax.models.layers import (Attention, AttnCfg, LayerScale, Mlp, MlpCfg, NormCfg, check_images,
+from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
+from vitjax.models.layers import (Attention, LayerScale, Mlp, check_images,
                                   feature_take_indices, layer_norm)
 from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 

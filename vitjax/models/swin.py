@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_STAGES, MAX_WINDOW, Family, check, register
-from vitjax.models.layers import Mlp, MlpCfg, check_images, dense_init, feature_take_indices, layer_norm
+from vitjax.models.cfgs import MlpCfg
+from vitjax.models.layers import Mlp, check_images, dense_init, feature_take_indices, layer_norm
 from vitjax.models.relpos import relative_position_index, resize_rel_pos_bias_table  # noqa: F401 (adapt, tests)
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg, view
 from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_PIXELS, MAX_TOKENS, Family, check, register
-from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, AttnCfg, Block, MlpCfg, NormCfg, check_images,
-                                  feature_take_indices, layer_norm, resample_abs_pos_embed, view)
+from vitjax.models.layers import (NORM_LAYERS, AttentionPoolLatent, Block, check_images,
+                                  feature_take_indices, layer_norm, resample_abs_pos_embed)
 from vitjax.models.relpos import REL_POS_TYPES, rel_pos_module
 from vitjax.models.rope import ROPE_TYPES, RotaryEmbedding
 
