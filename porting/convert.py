@@ -40,10 +40,11 @@ def _kv(text: str) -> tuple[str, Any]:
 
 
 def convert(source: sources.Source, torch_model, name: str = '', img_size=None, num_classes: Optional[int] = None,
-            window_size=None, **create_kwargs):
+            window_size=None, create_kwargs: Optional[dict] = None):
     """PyTorch model -> (vitjax model, variables, parity reference with the same size/head changes).
 
-    `create_kwargs` are the extra constructor arguments the source was built with (timm resizes rebuild it).
+    `create_kwargs` are the extra constructor arguments the source was built with (timm resizes rebuild it;
+    a `window_size` among them is the built one, `window_size` the change).
     """
     from vitjax.models import PretrainedCfg
 
@@ -70,7 +71,7 @@ def convert(source: sources.Source, torch_model, name: str = '', img_size=None, 
     new = model.clone(**changes)
     params = adapt_params(params, model, new)
     return new, {'params': params}, _resized_reference(source, name, state, model, new, config, params,
-                                                        window_size, create_kwargs)
+                                                        window_size, create_kwargs or {})
 
 
 def _resized_reference(source, name, state, model, new, config, params, window_size, create_kwargs):
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
         for built in ('num_classes', 'img_size'):  # what the model was built with, read back off it; --img-size and
             kwargs.pop(built, None)  # --num-classes change them
         model, variables, ref = convert(sources.source_of(torch_model, library), torch_model, args.model,
-                                        args.img_size, args.num_classes, args.window_size, **kwargs)
+                                        args.img_size, args.num_classes, args.window_size, kwargs)
         report = parity.check(args.model, ref, model, variables, batch=args.batch, seed=args.seed,
                               tolerance=args.tolerance)
     except (ValueError, FileNotFoundError, RuntimeError) as e:  # RuntimeError: timm's unknown model / hub errors

@@ -35,26 +35,20 @@ RULES = (
 )
 
 
-def model_config(model) -> dict[str, Any]:
-    """Read SwinTransformer kwargs off an instantiated timm Swin (any name composed of supported options)."""
+def stage_fields(model, block: str) -> dict[str, Any]:
+    """The fields timm's Swin V1 and V2 share, read off the built model (blocks of class `block`)."""
     import torch.nn as tnn
-    from timm.models.swin_transformer import SwinTransformer as TimmSwin
-
-    require(type(model) is TimmSwin, f'architecture {type(model).__name__}')
     norms = [m for m in model.modules() if isinstance(m, tnn.LayerNorm)]
     eps = {m.eps for m in norms}
     require(len(eps) == 1, f'mixed LayerNorm eps {eps}')
     require(all(m.elementwise_affine and m.bias is not None for m in norms), 'LayerNorm without affine/bias')
     stages = list(model.layers)
     blocks = [b for s in stages for b in s.blocks]
-    require(all(type(b).__name__ == 'SwinTransformerBlock' for b in blocks), 'a non-standard Swin block')
+    require(all(type(b).__name__ == block for b in blocks), f'a block other than {block}')
     require(len({activation(b.mlp.act) for b in blocks}) == 1, 'mixed activations')
     require(len({b.mlp.fc1.out_features / b.mlp.fc1.in_features for b in blocks}) == 1, 'per-stage mlp ratios')
-    require(len({b.attn.qkv.bias is not None for b in blocks}) == 1, 'per-block qkv bias')
     dims = [s.blocks[0].dim if len(s.blocks) else s.dim for s in stages]
     require(all(d == model.embed_dim * 2 ** i for i, d in enumerate(dims)), f'stage widths {dims}')
-    head_dims = {b.attn.qkv.out_features // 3 // b.attn.num_heads for b in blocks}
-    default_hd = all(b.attn.qkv.out_features // 3 == b.dim for b in blocks)
     windows = [tuple(w) for w in model._ref_window_sizes]
     img = tuple(model.patch_embed.img_size)
     patch = tuple(model.patch_embed.patch_size)
@@ -68,16 +62,27 @@ def model_config(model) -> dict[str, Any]:
         embed_dim=model.embed_dim,
         depths=[len(s.blocks) for s in stages],
         num_heads=[s.blocks[0].attn.num_heads for s in stages],
-        head_dim=None if default_hd else head_dims.pop(),
         window_size=(windows[0][0] if len(set(windows)) == 1 and windows[0][0] == windows[0][1]
                      else list(windows[0]) if len(set(windows)) == 1 else [list(w) for w in windows]),
         always_partition=bool(b0.always_partition),
         dynamic_img_size=bool(model.dynamic_img_size),
         mlp_ratio=b0.mlp.fc1.out_features / b0.dim,
-        qkv_bias=b0.attn.qkv.bias is not None,
         norm_eps=eps.pop(),
         act_layer=activation(b0.mlp.act),
     )
+
+
+def model_config(model) -> dict[str, Any]:
+    """Read SwinTransformer kwargs off an instantiated timm Swin (any name composed of supported options)."""
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    require(type(model) is TimmSwin, f'architecture {type(model).__name__}')
+    config = stage_fields(model, 'SwinTransformerBlock')
+    blocks = [b for s in model.layers for b in s.blocks]
+    require(len({b.attn.qkv.bias is not None for b in blocks}) == 1, 'per-block qkv bias')
+    head_dims = {b.attn.qkv.out_features // 3 // b.attn.num_heads for b in blocks}
+    default_hd = all(b.attn.qkv.out_features // 3 == b.dim for b in blocks)
+    return dict(config, head_dim=None if default_hd else head_dims.pop(), qkv_bias=blocks[0].attn.qkv.bias is not None)
 
 
 def reference_state(state: dict, src, dst, ref) -> dict:

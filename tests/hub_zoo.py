@@ -46,7 +46,7 @@ def part(i: int, n: int) -> list[str]:
 def reduced(family: str) -> dict:
     if family == 'sam':  # a window block and a global one (the name's indices are past a reduced depth)
         return {'depth': 2, 'global_attn_indexes': [1]}
-    return {'depths': (1, 1, 2, 1)} if family == 'swin' else {'depth': 1}
+    return {'depths': (1, 1, 2, 1)} if family in ('swin', 'swinv2') else {'depth': 1}
 
 
 def _digests(flat: dict) -> dict:

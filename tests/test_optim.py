@@ -158,15 +158,23 @@ def test_weight_decay_mask():
     assert no_decay['blocks_0/norm1/scale'] and no_decay['blocks_0/mlp/fc1/bias']
 
 
-def test_weight_decay_mask_swin():
-    """timm's Swin `no_weight_decay`: the relative-position-bias tables, besides biases and norms."""
-    tm = timm_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2))
+@pytest.mark.parametrize('name, kept', [
+    ('swin_tiny_patch4_window7_224', ['relative_position_bias_table']),
+    ('swinv2_tiny_window8_256', ['logit_scale', 'cpb_mlp_0/kernel', 'cpb_mlp_2/kernel', 'q_bias', 'v_bias'])])
+def test_weight_decay_mask_swin(name, kept):
+    """timm's Swin `no_weight_decay` (V1: the relative-position-bias tables; V2: the CPB MLP and the logit
+    scale), besides biases and norms: the same tensors decayed, named by the porting table."""
+    from porting.sources import source_of
+    tm = timm_model(name, depths=(2, 2, 2, 2))
     _, variables = port(tm)
     no_decay = flatten(path_mask(variables['params'], default_config().no_decay))
-    decayed = {k for k, v in no_decay.items() if not v}
+    decayed = sorted(k for k, v in no_decay.items() if not v)
+    source = source_of(tm, 'timm')
+    flat = flatten(variables['params'])
+    as_timm = source.to_state({k: flat[k] for k in decayed}, source.model_config(tm))  # our names -> timm's
     timm_decayed = {n for n, p in tm.named_parameters() if p.ndim > 1 and n not in tm.no_weight_decay()}
-    assert len(decayed) == len(timm_decayed) and all(k.endswith('kernel') for k in decayed)
-    assert no_decay['layers_1/blocks_1/attn/relative_position_bias_table']
+    assert set(as_timm) == timm_decayed and all(k.endswith('kernel') for k in decayed)
+    assert all(no_decay[f'layers_1/blocks_1/attn/{k}'] for k in kept)
 
 
 @pytest.mark.slow

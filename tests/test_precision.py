@@ -73,6 +73,13 @@ def test_swin_bf16_policy():
     _check_policy(SwinTransformer(**SWIN), jnp.zeros((2, 64, 64, 3)), 1)
 
 
+def test_swin_v2_bf16_policy():
+    """Swin V2: the same policy; the f32 matmuls are the head's and each block's CPB MLP (two, on a few rows)."""
+    from vitjax.models.swin_v2 import SwinTransformerV2
+    _check_policy(SwinTransformerV2(**SWIN, pretrained_window_sizes=(0, 0)), jnp.zeros((2, 64, 64, 3)),
+                  1 + 2 * sum(SWIN['depths']))
+
+
 def test_f32_is_f32_throughout():
     model = VisionTransformer(**{**TINY, 'dtype': jnp.float32}, qk_norm=True)
     x = jnp.zeros((2, 32, 32, 3))
@@ -83,6 +90,7 @@ def test_f32_is_f32_throughout():
 @pytest.mark.parametrize('name, kwargs, batch, size', [
     ('vit_tiny_patch16_224', dict(depth=4, img_size=64), 8, 64),
     pytest.param('swin_tiny_patch4_window7_224', dict(depths=(1, 1, 2, 1), img_size=112), 4, 112, marks=pytest.mark.slow),
+    pytest.param('swinv2_tiny_window8_256', dict(depths=(1, 1, 2, 1), img_size=128), 4, 128, marks=pytest.mark.slow),
 ])
 def test_bf16_logits_against_f32_and_timm_autocast(name, kwargs, batch, size):
     # Perturbed weights, converted; each library's bf16 logits against its own f32 logits (benchmarks.precision,

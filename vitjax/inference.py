@@ -175,20 +175,24 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     `rollout` (Abnar & Zuidema 2020: per layer, heads fused, 0.5 A + 0.5 I, rows renormalised, multiplied
     through the layers) and `last_layer` (the last block's attention). The query is the class token, or the
     mean over patch queries for models without one; prefix tokens (class, registers, distillation) are never
-    shown as patches. SAM's window blocks count as attending to their own window only."""
-    sam = isinstance(model, VisionTransformerSAM)
-    if not (isinstance(model, VisionTransformer) or sam):
-        raise ValueError('attention maps are for ViT-family models (Swin attends within windows)')
+    shown as patches. SAM's window blocks count as attending to their own window only; for Swin (V1, V2) the
+    layers are the last stage's blocks, over its map (its windows, shifted, laid on it the same way)."""
+    sam, swin = isinstance(model, VisionTransformerSAM), isinstance(model, SwinTransformer)
+    if not (isinstance(model, VisionTransformer) or sam or swin):
+        raise ValueError(f'attention maps are for the ViT families and Swin, not {type(model).__name__}')
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
-    npt, cls = (0, False) if sam else (model.num_prefix_tokens, model.class_token)
+    npt, cls = (0, False) if sam or swin else (model.num_prefix_tokens, model.class_token)
 
     def run(x):
         _, state = model.apply(variables, x, mutable=['intermediates'])
         inter = state['intermediates']
-        layers = [inter[f'blocks_{i}']['attn']['attn'][0] for i in range(model.depth)]  # (B, heads, N, N)
+        if swin:
+            inter = inter[f'layers_{len(model.depths) - 1}']
+        layers = [inter[f'blocks_{i}']['attn']['attn'][0]  # (B, heads, N, N); window blocks (B * windows, ...)
+                  for i in range(model.depths[-1] if swin else model.depth)]
         fused = [getattr(jnp, head_fusion)(a.astype(jnp.float32), axis=1) for a in layers]
-        if sam:  # each window block's (B * windows, n, n) as (B, N, N) over the map
+        if sam or swin:  # each window block's (B * windows, n, n) as (B, N, N) over the map
             fused = [model.grid_attention(a, i, *x.shape[1:3]) for i, a in enumerate(fused)]
         n = fused[0].shape[-1]
         rollout = jnp.broadcast_to(jnp.eye(n), fused[0].shape)

@@ -77,7 +77,9 @@ _ARCHS = tuple(
                                   'base_patch32_plus_rpn_256')]
     + [f'vit_srelpos_{s}_patch16_224' for s in ('small', 'medium')]
     + [f'vit_{n}_{r}' for n in ('tiny_r_s16_p8', 'small_r26_s32', 'base_r50_s16', 'large_r50_s32') for r in (224, 384)]
-    + [f'samvit_{s}_patch16' for s in ('base', 'large', 'huge')])
+    + [f'samvit_{s}_patch16' for s in ('base', 'large', 'huge')]
+    + [f'swinv2_{s}_window{w}_256' for s in ('tiny', 'small', 'base') for w in (8, 16)]
+    + [f'swinv2_{s}_window12{t}' for s in ('base', 'large') for t in ('_192', 'to16_192to256', 'to24_192to384')])
 
 
 def list_models(pattern: str = '*') -> list[str]:

@@ -17,17 +17,10 @@ from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_WINDOW, Family, check, 
 from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.layers import (Attention, LayerScale, Mlp, check_images,
                                   feature_take_indices, layer_norm)
+from vitjax.models.swin import windows_on_map
 from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 
 SAM_POOLS = ('avg', 'max', 'avgmax')
-
-
-def window_layout(grid: tuple[int, int], window: int) -> tuple[np.ndarray, np.ndarray]:
-    """For each token of the (h, w) map, row-major: its window's index in the zero-padded map and its place in the
-    window -- how a window block's (B * windows, n, n) attention sits in the map's (N, N) one."""
-    (h, w), nw = grid, -(-grid[1] // window)
-    y, x = np.divmod(np.arange(h * w), w)
-    return (y // window) * nw + x // window, (y % window) * window + x % window
 
 
 class SamBlock(nn.Module):
@@ -190,14 +183,7 @@ class VisionTransformerSAM(nn.Module):
         """Block i's head-fused attention (B * windows, n, n) for a window block, as (B, N, N) over the map's
         tokens: zero between tokens of different windows, padding dropped (inference.attention_maps' rollout)."""
         ws = self.block_window(i)
-        if not ws:
-            return weights
-        grid = self.token_grid(h, w)
-        win, pos = window_layout(grid, ws)
-        nwin = (-(-grid[0] // ws)) * (-(-grid[1] // ws))
-        per_image = weights.reshape(-1, nwin, ws * ws, ws * ws)
-        full = per_image[:, win[:, None], pos[:, None], pos[None, :]]
-        return jnp.where(jnp.asarray(win[:, None] == win[None, :]), full, 0.)
+        return windows_on_map(weights, self.token_grid(h, w), (ws, ws)) if ws else weights
 
 
 def sam_problems(m: VisionTransformerSAM) -> list[str]:

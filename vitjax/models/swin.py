@@ -6,7 +6,7 @@ shifts and attention masks are static: they are computed in numpy from the shape
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, ClassVar, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -54,6 +54,27 @@ def window_reverse(windows: jax.Array, win: tuple[int, int], h: int, w: int) -> 
     return x.reshape(-1, h, w, c)
 
 
+def window_layout(grid: tuple[int, int], win: tuple[int, int], shift: tuple[int, int] = (0, 0)
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """For each token of the (h, w) map, row-major: its window's index in the cyclically shifted, zero-padded
+    map and its place in the window -- where a window block's (B * windows, n, n) attention sits in the map's."""
+    (h, w), nw = grid, -(-grid[1] // win[1])
+    y, x = np.divmod(np.arange(h * w), w)
+    y, x = (y - shift[0]) % h, (x - shift[1]) % w  # where the roll by -shift moved the token
+    return (y // win[0]) * nw + x // win[1], (y % win[0]) * win[1] + x % win[1]
+
+
+def windows_on_map(weights: jax.Array, grid: tuple[int, int], win: tuple[int, int],
+                   shift: tuple[int, int] = (0, 0)) -> jax.Array:
+    """Head-fused window attention (B * windows, n, n) as (B, N, N) over the map's tokens: zero between tokens of
+    different windows, padding dropped (inference.attention_maps' rollout)."""
+    idx, pos = window_layout(grid, win, shift)
+    nwin = (-(-grid[0] // win[0])) * (-(-grid[1] // win[1]))
+    per_image = weights.reshape(-1, nwin, win[0] * win[1], win[0] * win[1])
+    full = per_image[:, idx[:, None], pos[:, None], pos[None, :]]
+    return jnp.where(jnp.asarray(idx[:, None] == idx[None, :]), full, 0.)
+
+
 def shifted_window_mask(h: int, w: int, win: tuple[int, int], shift: tuple[int, int]) -> np.ndarray:
     """(num_windows, N, N) additive mask: -100 between tokens that the cyclic shift brought from different
     regions of the (padded) map, 0 elsewhere (timm's constant, not -inf)."""
@@ -95,10 +116,18 @@ class WindowAttention(nn.Module):
             nw = mask.shape[0]
             attn = attn.reshape(-1, nw, self.num_heads, n, n) + jnp.asarray(mask, attn.dtype)[None, :, None]
             attn = attn.reshape(-1, self.num_heads, n, n)
-        attn = nn.Dropout(self.attn_drop)(jax.nn.softmax(attn, axis=-1), deterministic=not train)
-        x = (attn.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(bw, n, -1)
-        x = nn.Dense(dim, dtype=self.dtype, kernel_init=dense_init, name='proj')(x)
-        return nn.Dropout(self.proj_drop)(x, deterministic=not train)
+        return window_attention_out(self, jax.nn.softmax(attn, axis=-1), v, dim, train)
+
+
+def window_attention_out(attn: nn.Module, weights: jax.Array, v: jax.Array, dim: int, train: bool) -> jax.Array:
+    """Softmax weights (B*nW, h, N, N) -> the projected output; the weights are sown as 'attn' for attention
+    maps (a no-op unless `intermediates` is mutable)."""
+    attn.sow('intermediates', 'attn', weights)
+    weights = nn.Dropout(attn.attn_drop)(weights, deterministic=not train)
+    bw, _, n, _ = weights.shape
+    x = (weights.astype(v.dtype) @ v).transpose(0, 2, 1, 3).reshape(bw, n, -1)
+    x = nn.Dense(dim, dtype=attn.dtype, kernel_init=dense_init, name='proj')(x)
+    return nn.Dropout(attn.proj_drop)(x, deterministic=not train)
 
 
 class SwinBlock(nn.Module):
@@ -116,6 +145,10 @@ class SwinBlock(nn.Module):
     act_layer: str = 'gelu'
     dtype: Any = jnp.float32
 
+    def window_attention(self) -> nn.Module:
+        return WindowAttention(self.num_heads, self.window_size, self.head_dim, self.qkv_bias, self.attn_drop,
+                               self.proj_drop, self.dtype, name='attn')
+
     def _attn(self, x: jax.Array, train: bool) -> jax.Array:
         b, h, w, c = x.shape
         win, shift = self.window_size, self.shift_size
@@ -125,8 +158,7 @@ class SwinBlock(nn.Module):
         x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
         hp, wp = h + pad_h, w + pad_w
         mask = shifted_window_mask(hp, wp, win, shift) if any(shift) else None
-        y = WindowAttention(self.num_heads, win, self.head_dim, self.qkv_bias, self.attn_drop, self.proj_drop,
-                            self.dtype, name='attn')(window_partition(x, win), mask, train)
+        y = self.window_attention()(window_partition(x, win), mask, train)
         x = window_reverse(y, win, hp, wp)[:, :h, :w]
         return jnp.roll(x, shift, axis=(1, 2)) if any(shift) else x
 
@@ -142,18 +174,24 @@ class SwinBlock(nn.Module):
         return x + drop_path(y.astype(x.dtype), deterministic=not train)
 
 
+def merge_2x2(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (B, H/2, W/2, 4C), odd sizes zero-padded, in timm's order (x0, x1, x2, x3 = (0,0), (1,0),
+    (0,1), (1,1))."""
+    b, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    h, w = x.shape[1:3]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+
+
 class PatchMerging(nn.Module):
-    """2x2 neighbourhood -> channels in timm's order (x0, x1, x2, x3 = (0,0), (1,0), (0,1), (1,1)), norm, linear."""
+    """2x2 neighbourhood -> channels, norm, linear."""
     out_dim: int
     norm_eps: float = 1e-5
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, h, w, c = x.shape
-        x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-        h, w = x.shape[1:3]
-        x = x.reshape(b, h // 2, 2, w // 2, 2, c).transpose(0, 1, 3, 4, 2, 5).reshape(b, h // 2, w // 2, 4 * c)
+        x = merge_2x2(x)
         y = layer_norm(self.norm_eps, self.dtype, 'norm')(x)
         y = nn.Dense(self.out_dim, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name='reduction')(y)
         return y.astype(x.dtype)  # the next stage's residual stream: f32, where timm's autocast leaves it bf16
@@ -177,12 +215,16 @@ class SwinStage(nn.Module):
     act_layer: str = 'gelu'
     dtype: Any = jnp.float32
     grad_checkpointing: bool = False
+    block_cls: Any = None  # the family's block and merge classes (SwinTransformer.block_cls / merge_cls)
+    merge_cls: Any = None
+    block_args: tuple = ()  # (name, value) pairs every block of the stage takes on top (Swin V2's)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        block = nn.remat(SwinBlock, static_argnums=(2,)) if self.grad_checkpointing else SwinBlock  # 2: `train`
+        block_cls = self.block_cls or SwinBlock
+        block = nn.remat(block_cls, static_argnums=(2,)) if self.grad_checkpointing else block_cls  # 2: `train`
         if self.downsample:
-            x = PatchMerging(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
+            x = (self.merge_cls or PatchMerging)(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
         half = tuple(w // 2 for w in self.window_size)
         for j in range(self.depth):
             win, shift = window_and_shift(self.resolution, self.window_size, (0, 0) if j % 2 == 0 else half,
@@ -190,7 +232,8 @@ class SwinStage(nn.Module):
             x = block(num_heads=self.num_heads, window_size=win, shift_size=shift, head_dim=self.head_dim,
                       mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop,
                       attn_drop=self.attn_drop, drop_path=self.drop_path[j] if self.drop_path else 0.,
-                      norm_eps=self.norm_eps, act_layer=self.act_layer, dtype=self.dtype, name=f'blocks_{j}')(x, train)
+                      norm_eps=self.norm_eps, act_layer=self.act_layer, dtype=self.dtype, name=f'blocks_{j}',
+                      **dict(self.block_args))(x, train)
         return x
 
 
@@ -233,6 +276,11 @@ class SwinTransformer(nn.Module):
     act_layer: str = 'gelu'
     dtype: Any = jnp.float32  # the matmuls' compute dtype; params, residual stream, norms and head stay float32
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
+    block_cls: ClassVar[type] = SwinBlock  # a subclass family (Swin V2) swaps the block and the merge
+    merge_cls: ClassVar[type] = PatchMerging
+
+    def block_args(self, stage: int) -> tuple:
+        return ()
 
     @property
     def grid_size(self) -> tuple[int, int]:
@@ -254,6 +302,23 @@ class SwinTransformer(nn.Module):
             raise ValueError(f'window_size needs one entry per stage ({n}), got {ws}')
         return [to_2tuple(w) for w in ws]
 
+    def token_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The last stage's map for an (h, w) input: what forward_features returns."""
+        ph, pw = to_2tuple(self.patch_size)
+        return stage_resolutions((h // ph, w // pw), len(self.depths))[-1]
+
+    def block_window(self, stage: int, block: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """(window, shift) of a block: odd blocks shift by half a window, both clipped to the stage's map."""
+        res = stage_resolutions(self.grid_size, len(self.depths))[stage]
+        win = self.stage_window_sizes[stage]
+        return window_and_shift(res, win, (0, 0) if block % 2 == 0 else tuple(x // 2 for x in win),
+                                self.always_partition)
+
+    def grid_attention(self, weights: jax.Array, block: int, h: int, w: int) -> jax.Array:
+        """The last stage's block `block`: its head-fused (B * windows, n, n) attention as (B, N, N) over the
+        stage's map for an (h, w) input (inference.attention_maps)."""
+        return windows_on_map(weights, self.token_grid(h, w), *self.block_window(len(self.depths) - 1, block))
+
     def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
         """(window, extra rows) of the relative-position table at `key` (layers_i/blocks_j/...): the stage's
         window as clipped to its feature map; for load-time resizes (vitjax.adapt)."""
@@ -274,6 +339,7 @@ class SwinTransformer(nn.Module):
                       proj_drop=self.proj_drop_rate, attn_drop=self.attn_drop_rate,
                       drop_path=tuple(rates[starts[i]:starts[i + 1]]), norm_eps=self.norm_eps,
                       act_layer=self.act_layer, dtype=self.dtype, grad_checkpointing=self.grad_checkpointing,
+                      block_cls=self.block_cls, merge_cls=self.merge_cls, block_args=self.block_args(i),
                       name=f'layers_{i}')
             for i, (d, res) in enumerate(zip(self.depths, stage_resolutions(self.grid_size, len(self.depths))))]
         self.norm = layer_norm(self.norm_eps, jnp.float32, 'norm')
