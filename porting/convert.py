@@ -89,7 +89,7 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
              if k.startswith('head')}
     ref_state = {k: v for k, v in ref_state.items() if not k.startswith('head')} | heads
     ref.load_state_dict(ref_state, strict=True)
-    return ref
+    return source.reference(ref)
 
 
 def main(argv=None) -> int:

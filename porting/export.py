@@ -57,7 +57,8 @@ def timm_model_for(name: str, config: dict, source: sources.Source, what: str = 
     from vitjax.io import as_tuples
     kwargs = as_tuples({k: v for k, v in config.items() if k in source.create_kwargs})
     norm = RmsNorm if config.get('norm_layer') == 'rmsnorm' else LayerNorm
-    if source.arch != 'naflexvit':  # NaFlexVitCfg names its layers by string: the model name decides them
+    # NaFlexVitCfg names its layers by string (the model name decides them); Qwen3 takes norm_eps itself
+    if source.arch != 'naflexvit' and 'norm_eps' not in source.create_kwargs:
         kwargs['norm_layer'] = functools.partial(norm, eps=config['norm_eps'])
     if source.arch == 'vit':
         kwargs['act_layer'] = config['act_layer']
@@ -106,7 +107,7 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     state = {k: torch.from_numpy(np.array(v))
              for k, v in source.to_state(variables['params'], config, torch_model.state_dict().keys()).items()}
     torch_model.load_state_dict(state, strict=True)
-    report = parity.check(name, torch_model, model, variables, tolerance=tolerance)
+    report = parity.check(name, source.reference(torch_model), model, variables, tolerance=tolerance)
     if not report['passed']:
         raise ValueError('parity failed after export:\n' + parity.format_report(report))
     write_file(out, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp,

@@ -27,6 +27,8 @@ def verify(name: str, revision=None, batch: int = 2, seed: int = 0, tolerance: f
     repo = cfg['hub']['repo']
     # timm reads the repo's config.json (architecture, model_args, num_classes) itself
     ref = timm.create_model(f'hf-hub:{repo}' + (f'@{revision}' if revision else ''), pretrained=True)
+    from porting.sources import source_of
+    ref = source_of(ref, 'timm').reference(ref)  # what forward_head means for a tower without one (Qwen3)
     return parity.check(cfg['model_name'], ref, model, variables, batch=batch, seed=seed, tolerance=tolerance)
 
 

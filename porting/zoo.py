@@ -83,15 +83,6 @@ def tag_entry(cfg) -> dict[str, Any]:
     return _json(out)
 
 
-def _build_kwargs(cfg) -> dict[str, Any]:
-    """The constructor kwargs timm derives from a pretrained cfg (the only way a tag reaches the build)."""
-    from timm.models._builder import _update_default_model_kwargs
-    kwargs: dict[str, Any] = {}
-    _update_default_model_kwargs(cfg.to_dict(), kwargs, ())
-    kwargs.pop('num_classes', None)
-    return _json(kwargs)
-
-
 def read_config(name: str) -> tuple[str, dict[str, Any]]:
     """(vitjax architecture, vitjax config) of timm's `name` (arch or arch.tag), as porting.convert reads it."""
     import timm
@@ -114,12 +105,12 @@ def arch_entries(arch: str, module: str) -> tuple[Optional[dict], dict[str, dict
         return None, {}, msg if isinstance(e, UnsupportedModel) else f'{type(e).__name__}: {msg}'
     cfgs = pretrained_cfgs(arch)
     tags = {n: tag_entry(c) for n, c in cfgs.items()}
-    default = _build_kwargs(next(iter(cfgs.values())))
-    for n, c in cfgs.items():
-        if _build_kwargs(c) != default:  # the tag builds another model: record the fields it changes
-            changed = {k: v for k, v in read_config(n)[1].items() if k != 'num_classes' and config.get(k) != v}
-            if changed:
-                tags[n]['config'] = changed
+    for n in list(cfgs)[1:]:
+        # a tag may build another model: through its pretrained cfg's kwargs, or by the entry point reading the
+        # tag (Qwen3's projector width is the tag's LLM's): record the fields it changes
+        changed = {k: v for k, v in read_config(n)[1].items() if k != 'num_classes' and config.get(k) != v}
+        if changed:
+            tags[n]['config'] = changed
     entry = dict(family=family, module=module, config=config, tags=[n.partition('.')[2] for n in cfgs])
     return entry, tags, None
 

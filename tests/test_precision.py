@@ -80,6 +80,15 @@ def test_swin_v2_bf16_policy():
                   1 + 2 * sum(SWIN['depths']))
 
 
+def test_qwen3_bf16_policy():
+    """Qwen3's tower with its projector: the f32 matmuls are the head's and the position grid's resample (one per
+    axis, on the params, every input size)."""
+    from vitjax.models.qwen3_vit import Qwen3VitClassifier
+    model = Qwen3VitClassifier(img_size=64, embed_dim=64, depth=2, num_heads=4, num_classes=10, encoder_pool='merge',
+                               out_features=32, dtype=jnp.bfloat16)
+    _check_policy(model, jnp.zeros((2, 64, 64, 3)), 3)
+
+
 def test_f32_is_f32_throughout():
     model = VisionTransformer(**{**TINY, 'dtype': jnp.float32}, qk_norm=True)
     x = jnp.zeros((2, 32, 32, 3))
@@ -91,6 +100,7 @@ def test_f32_is_f32_throughout():
     ('vit_tiny_patch16_224', dict(depth=4, img_size=64), 8, 64),
     pytest.param('swin_tiny_patch4_window7_224', dict(depths=(1, 1, 2, 1), img_size=112), 4, 112, marks=pytest.mark.slow),
     pytest.param('swinv2_tiny_window8_256', dict(depths=(1, 1, 2, 1), img_size=128), 4, 128, marks=pytest.mark.slow),
+    pytest.param('qwen3_vit_88m_enc', dict(depth=4), 4, 128, marks=pytest.mark.slow),  # the LLM-width tokens
 ])
 def test_bf16_logits_against_f32_and_timm_autocast(name, kwargs, batch, size):
     # Perturbed weights, converted; each library's bf16 logits against its own f32 logits (benchmarks.precision,

@@ -28,7 +28,7 @@ def run(name, tmp_path):
 
 
 def test_all_recipes_are_tested():
-    assert set(RECIPES) == {'zoo', 'deit', 'scratch', 'paper', 'headless', 'dinov3'}
+    assert set(RECIPES) == {'zoo', 'deit', 'scratch', 'paper', 'headless', 'dinov3', 'qwen3vl'}
 
 
 @pytest.mark.slow
@@ -93,6 +93,14 @@ def test_dinov3_features(tmp_path):
     assert np.load(tmp_path / 'out/dinov3_map.npz')['map'].shape == (1, 16, 16, 768)
     assert (tmp_path / 'out/dinov3_attention.png').stat().st_size > 10_000
     assert proc.stdout.strip().splitlines()[-1] == '(1, 285, 768)'
+
+
+@pytest.mark.slow
+def test_qwen3vl_tokens(tmp_path):
+    proc = run('qwen3vl', tmp_path)
+    assert 'parity PASSED' in proc.stdout
+    assert np.load(tmp_path / 'out/qwen3vl_map.npz')['map'].shape == (1, 28, 28, 1024)
+    assert proc.stdout.strip().splitlines()[-1] == '(1, 280, 2560)'
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ def small():
     return tm, model, variables, images(model)
 
 
+@pytest.mark.slow
 def test_forward_api_matches_timm(small):
     tm, model, variables, x = small
     ref = run_timm(tm, x).numpy()
@@ -70,6 +71,7 @@ def test_forward_api_matches_timm(small):
         assert max_diff(final, t_final.numpy()) < tol(t_final.numpy())
 
 
+@pytest.mark.slow
 def test_attention_weights_match_timm_and_lie_on_the_map(small):
     """A shifted block's and the last stage's softmax weights equal timm's; a shifted block's, laid on its map,
     equal a reading through the cyclic roll and the window partition themselves."""

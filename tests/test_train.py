@@ -181,6 +181,12 @@ def test_memory_checked_before_the_first_step(quick_run, tmp_path, data_dir):
     assert small.returncode == 1 and 'GiB per device and the device has 0.00 GiB; try --config.accum_steps=2' in \
         small.stderr and 'grad_checkpointing=True' in small.stderr, small.stderr[-2000:]
     assert not (tmp_path / 'r').exists() and not (tmp_path / 'no-data').exists()
+    # a headless model (Qwen3's tower, as its hub weights come) with no dataset at hand: sized with a 1000-class head
+    headless = run_train(tmp_path / 'h', '--config.model=qwen3_vit_88m', '--config.model_overrides.depth=1',
+                         '--config.image_size=32', '--config.device_memory_gb=0.001', '--compile_only',
+                         data_dir=str(tmp_path / 'no-data'))
+    assert headless.returncode == 1 and 'sized with a 1000-class head' in headless.stdout, headless.stderr[-2000:]
+    assert 'GiB per device and the device has 0.00 GiB' in headless.stderr and not (tmp_path / 'h').exists()
 
 
 def test_existing_run_needs_resume(quick_run, data_dir):

@@ -18,6 +18,7 @@ import numpy as np
 
 from vitjax.images import RESAMPLE
 from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
+from vitjax.models.qwen3_vit import Qwen3VitEncoder
 from vitjax.models.sam import VisionTransformerSAM
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
@@ -145,8 +146,7 @@ def _features_fn(model, variables, kind: str):
     if kind not in FEATURE_KINDS:
         raise ValueError(f'kind must be one of {FEATURE_KINDS}, got {kind!r}')
     swin = isinstance(model, SwinTransformer)
-    spatial = swin or isinstance(model, VisionTransformerSAM)  # forward_features is already a map
-    if kind == 'cls' and (spatial or not model.class_token):
+    if kind == 'cls' and not getattr(model, 'class_token', False):
         raise ValueError(f'{type(model).__name__} has no class token; use pooled or map')
 
     def run(x):
@@ -157,14 +157,15 @@ def _features_fn(model, variables, kind: str):
         f = model.apply(variables, x, method=model.forward_features)
         if kind == 'pooled':
             return {kind: model.apply(variables, f, pre_logits=True, method=model.forward_head)}
-        if spatial:
+        if f.ndim == 4:  # forward_features is already a map (Swin, SAM, Qwen3)
             return {kind: f.reshape(f.shape[0], -1, f.shape[-1]) if kind == 'tokens' else f}
         if kind == 'cls':
             return {kind: f[:, 0]}
         if kind == 'tokens':
             return {kind: f}
-        b, h, w = x.shape[:3]
-        return {kind: f[:, model.num_prefix_tokens:].reshape(b, *model.token_grid(h, w), -1)}
+        b, h, w = x.shape[:3]  # the tokens' grid: the patches', or Qwen3's merged one
+        grid = getattr(model, 'feature_grid', model.token_grid)(h, w)
+        return {kind: f[:, model.num_prefix_tokens:].reshape(b, *grid, -1)}
 
     return jax.jit(run)
 
@@ -178,7 +179,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     shown as patches. SAM's window blocks count as attending to their own window only; for Swin (V1, V2) the
     layers are the last stage's blocks, over its map (its windows, shifted, laid on it the same way)."""
     sam, swin = isinstance(model, VisionTransformerSAM), isinstance(model, SwinTransformer)
-    if not (isinstance(model, VisionTransformer) or sam or swin):
+    if not isinstance(model, (VisionTransformer, VisionTransformerSAM, SwinTransformer, Qwen3VitEncoder)):
         raise ValueError(f'attention maps are for the ViT families and Swin, not {type(model).__name__}')
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
@@ -187,6 +188,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     def run(x):
         _, state = model.apply(variables, x, mutable=['intermediates'])
         inter = state['intermediates']
+        inter = inter.get('encoder', inter)  # Qwen3's classifier holds its tower as `encoder`
         if swin:
             inter = inter[f'layers_{len(model.depths) - 1}']
         layers = [inter[f'blocks_{i}']['attn']['attn'][0]  # (B, heads, N, N); window blocks (B * windows, ...)

@@ -186,6 +186,9 @@ def compile_only(c) -> None:
         print(f'compile_only: {c.dataset} is not at hand ({e}); the model\'s own head is used')
         num_classes = None
     model, variables = build_model(c, num_classes)
+    if model.num_classes == 0:  # headless weights (DINOv2, Qwen3's towers) and no dataset to size a head
+        print('compile_only: the model has no head and the dataset is not at hand; sized with a 1000-class head')
+        model, variables = build_model(c, 1000)
     check_square(model)
     _state_and_steps(c, model, variables['params'], model.num_classes, c.total_steps or c.warmup_steps + 1000)
 

@@ -18,7 +18,7 @@ from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.layers import (Attention, LayerScale, Mlp, check_images,
                                   feature_take_indices, layer_norm)
 from vitjax.models.swin import windows_on_map
-from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
+from vitjax.models.vit import PatchEmbed, PatchGrid, PretrainedCfg, Size, to_2tuple
 
 SAM_POOLS = ('avg', 'max', 'avgmax')
 
@@ -71,7 +71,7 @@ class Neck(nn.Module):
         return layer_norm(1e-6, jnp.float32, 'norm2')(conv(3, 'conv2')(x))
 
 
-class VisionTransformerSAM(nn.Module):
+class VisionTransformerSAM(PatchGrid, nn.Module):
     """timm's VisionTransformerSAM with the options its pretrained models use; timm's field names."""
     img_size: Size = 1024
     patch_size: Size = 16
@@ -100,19 +100,11 @@ class VisionTransformerSAM(nn.Module):
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
 
     @property
-    def grid_size(self) -> tuple[int, int]:
-        return self.token_grid(*to_2tuple(self.img_size))
-
-    def token_grid(self, h: int, w: int) -> tuple[int, int]:
-        ph, pw = to_2tuple(self.patch_size)
-        return h // ph, w // pw
-
-    @property
     def num_features(self) -> int:
         return self.neck_chans or self.embed_dim
 
     # what vitjax.adapt reads to resample the position map for another size
-    pos_grid = grid_size
+    pos_grid = PatchGrid.grid_size
     num_prefix_tokens, no_embed_class, pos_embed_interp = 0, True, 'bicubic'
 
     def block_window(self, i: int) -> int:

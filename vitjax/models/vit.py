@@ -66,7 +66,20 @@ class PatchEmbed(nn.Module):
         return layer_norm(self.norm_eps, jnp.float32, 'norm', self.norm_layer)(x) if self.norm_layer else x
 
 
-class VisionTransformer(nn.Module):
+class PatchGrid:
+    """The patch grid of a model with `img_size` and `patch_size` fields (a mixin of the model classes)."""
+
+    def token_grid(self, h: int, w: int) -> tuple[int, int]:
+        """The patch grid of an h x w input (each axis its own stride)."""
+        ph, pw = to_2tuple(self.patch_size)
+        return h // ph, w // pw
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return self.token_grid(*to_2tuple(self.img_size))
+
+
+class VisionTransformer(PatchGrid, nn.Module):
     """timm's VisionTransformer; with the rope_* / mlp_layer / scale_* options also timm's Eva (see `Eva`)."""
     img_size: Size = 224
     patch_size: Size = 16
@@ -129,15 +142,6 @@ class VisionTransformer(nn.Module):
     # norms, softmax and the head (final norm, pooling, classifier) stay float32, as under timm's autocast.
     dtype: Any = jnp.float32
     pretrained_cfg: PretrainedCfg = PretrainedCfg()
-
-    def token_grid(self, h: int, w: int) -> tuple[int, int]:
-        """The patch grid of an h x w input (each axis its own stride)."""
-        ph, pw = to_2tuple(self.patch_size)
-        return h // ph, w // pw
-
-    @property
-    def grid_size(self) -> tuple[int, int]:
-        return self.token_grid(*to_2tuple(self.img_size))
 
     @property
     def pos_grid(self) -> tuple[int, int]:
