@@ -189,12 +189,8 @@ class Qwen3VitClassifier(Qwen3VitEncoder):
     drop_rate: float = 0.
 
     @property
-    def merges(self) -> bool:
+    def merges(self) -> bool:  # what feature_grid and num_features read
         return self.encoder_pool == 'merge'
-
-    def feature_grid(self, h: int, w: int) -> tuple[int, int]:
-        gh, gw = self.token_grid(h, w)
-        return (gh // self.merge_size, gw // self.merge_size) if self.merges else (gh, gw)
 
     def setup(self):
         check(self)

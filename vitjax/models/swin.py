@@ -32,9 +32,11 @@ def stage_resolutions(grid: tuple[int, int], num_stages: int) -> list[tuple[int,
     return out
 
 
-def window_and_shift(resolution: tuple[int, int], window: tuple[int, int], shift: tuple[int, int],
+def window_and_shift(resolution: tuple[int, int], window: tuple[int, int], block: int,
                      always_partition: bool) -> tuple[tuple[int, int], tuple[int, int]]:
-    """timm's rule: a window larger than the feature map shrinks to it, and then nothing is shifted."""
+    """(window, shift) of a stage's block `block`: odd blocks shift by half a window; timm's rule, a window larger
+    than the feature map shrinks to it, and then nothing is shifted."""
+    shift = (0, 0) if block % 2 == 0 else tuple(w // 2 for w in window)
     if always_partition:
         return window, shift
     win = tuple(r if r <= w else w for r, w in zip(resolution, window))
@@ -215,20 +217,18 @@ class SwinStage(nn.Module):
     act_layer: str = 'gelu'
     dtype: Any = jnp.float32
     grad_checkpointing: bool = False
-    block_cls: Any = None  # the family's block and merge classes (SwinTransformer.block_cls / merge_cls)
-    merge_cls: Any = None
+    block_cls: Any = SwinBlock  # the family's block and merge classes (SwinTransformer.block_cls / merge_cls)
+    merge_cls: Any = PatchMerging
     block_args: tuple = ()  # (name, value) pairs every block of the stage takes on top (Swin V2's)
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        block_cls = self.block_cls or SwinBlock
-        block = nn.remat(block_cls, static_argnums=(2,)) if self.grad_checkpointing else block_cls  # 2: `train`
+        block = self.block_cls
+        block = nn.remat(block, static_argnums=(2,)) if self.grad_checkpointing else block  # 2: `train`
         if self.downsample:
-            x = (self.merge_cls or PatchMerging)(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
-        half = tuple(w // 2 for w in self.window_size)
+            x = self.merge_cls(self.out_dim, self.norm_eps, self.dtype, name='downsample')(x)
         for j in range(self.depth):
-            win, shift = window_and_shift(self.resolution, self.window_size, (0, 0) if j % 2 == 0 else half,
-                                          self.always_partition)
+            win, shift = window_and_shift(self.resolution, self.window_size, j, self.always_partition)
             x = block(num_heads=self.num_heads, window_size=win, shift_size=shift, head_dim=self.head_dim,
                       mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias, proj_drop=self.proj_drop,
                       attn_drop=self.attn_drop, drop_path=self.drop_path[j] if self.drop_path else 0.,
@@ -308,11 +308,9 @@ class SwinTransformer(nn.Module):
         return stage_resolutions((h // ph, w // pw), len(self.depths))[-1]
 
     def block_window(self, stage: int, block: int) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(window, shift) of a block: odd blocks shift by half a window, both clipped to the stage's map."""
+        """(window, shift) of a block at the model's img_size, as its stage builds it."""
         res = stage_resolutions(self.grid_size, len(self.depths))[stage]
-        win = self.stage_window_sizes[stage]
-        return window_and_shift(res, win, (0, 0) if block % 2 == 0 else tuple(x // 2 for x in win),
-                                self.always_partition)
+        return window_and_shift(res, self.stage_window_sizes[stage], block, self.always_partition)
 
     def grid_attention(self, weights: jax.Array, block: int, h: int, w: int) -> jax.Array:
         """The last stage's block `block`: its head-fused (B * windows, n, n) attention as (B, N, N) over the
@@ -322,9 +320,7 @@ class SwinTransformer(nn.Module):
     def rel_pos_window(self, key: str) -> tuple[tuple[int, int], int]:
         """(window, extra rows) of the relative-position table at `key` (layers_i/blocks_j/...): the stage's
         window as clipped to its feature map; for load-time resizes (vitjax.adapt)."""
-        stage = int(key.split('/')[0].split('_')[1])
-        res = stage_resolutions(self.grid_size, len(self.depths))[stage]
-        return window_and_shift(res, self.stage_window_sizes[stage], (0, 0), self.always_partition)[0], 0
+        return self.block_window(int(key.split('/')[0].split('_')[1]), 0)[0], 0
 
     def setup(self):
         check(self)
