@@ -19,10 +19,16 @@ ENCODER_RULES = (
     *linear('merger.fc1', 'merger/fc1'),
     *linear('merger.fc2', 'merger/fc2'),
 )
-# timm's classifier holds the encoder as `encoder.`; its norm has no params
-CLASSIFIER_RULES = (*(dataclasses.replace(r, source=f'encoder.{r.source}',
-                                          target=tuple(f'encoder/{t}' for t in r.targets)) for r in ENCODER_RULES),
-                    *linear('head', 'head'))
+
+
+def classifier_rules(encoder_rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
+    """A tower classifier's table: timm's classifier holds the encoder as `encoder.` (vitjax's as `encoder/`),
+    then the head; its norm has no params."""
+    return (*(dataclasses.replace(r, source=f'encoder.{r.source}', target=tuple(f'encoder/{t}' for t in r.targets))
+              for r in encoder_rules), *linear('head', 'head'))
+
+
+CLASSIFIER_RULES = classifier_rules(ENCODER_RULES)
 
 TRUNK_KWARGS = ('img_size', 'patch_size', 'in_chans', 'out_features', 'embed_dim', 'depth', 'num_heads', 'mlp_ratio',
                 'merge_size', 'pos_embed_grid_size', 'rope_temperature', 'norm_eps')
@@ -90,9 +96,9 @@ def _timm_classifier(model) -> dict[str, Any]:
     return classifier_config(model)
 
 
-def encoder_reference(model):
-    """timm's encoder with the forward_head it refuses: its call's projector (its pre-logits: fc1 and the GELU),
-    mean or map, as vitjax's encoder's forward_head, for the parity check."""
+def encoder_reference(model, projector: str = 'merger'):
+    """timm's tower encoder with the forward_head it refuses: its call's projector (`projector`, its pre-logits:
+    fc1 and the GELU), mean or map, as vitjax's encoder's forward_head, for the parity check."""
     import torch.nn as tnn
 
     class Reference(tnn.Module):
@@ -104,8 +110,8 @@ def encoder_reference(model):
             return self.encoder.forward_features(x)
 
         def forward_head(self, x, pre_logits: bool = False):
-            if self.encoder.merger is not None:
-                return self.encoder.merger(x, pre_logits=pre_logits)
+            if getattr(self.encoder, projector) is not None:
+                return getattr(self.encoder, projector)(x, pre_logits=pre_logits)
             return x.mean(dim=(1, 2)) if self.encoder.global_pool == 'avg' else x
 
         def forward(self, x):

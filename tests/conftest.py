@@ -128,18 +128,20 @@ def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=
     return saved['model'], model, variables
 
 
-def full_size_matches_registry(tmp_path, name, tolerance=1e-5):
-    """`name` at full depth and width through `porting.convert`, and the registry's config for the name equals
-    the converted one; returns the model."""
+def full_size_matches_registry(tmp_path, name, tolerance=1e-5, model_args=None):
+    """`name` at full depth and width (`model_args`: only what the input needs, e.g. a smaller img_size) through
+    `porting.convert`, and the registry's config for the name equals the converted one; returns the model."""
     import vitjax
     from porting import convert, random_init
     from vitjax.models import model_config
     from vitjax.registry import build_model
-    ckpt = random_init.save(random_init.create(name, seed=3), tmp_path / 'm.safetensors')
-    assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--out', str(tmp_path / 'out'),
+    model_args = model_args or {}
+    ckpt = random_init.save(random_init.create(name, seed=3, **model_args), tmp_path / 'm.safetensors')
+    args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), *args, '--out', str(tmp_path / 'out'),
                          '--tolerance', str(tolerance)]) == 0
     model, _ = vitjax.load(tmp_path / 'out')
-    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes))
+    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes, **model_args))
     return model
 
 

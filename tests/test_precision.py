@@ -89,6 +89,14 @@ def test_qwen3_bf16_policy():
     _check_policy(model, jnp.zeros((2, 64, 64, 3)), 3)
 
 
+def test_deepseek_bf16_policy():
+    """DeepSeek's tower with its aligner: RoPE is its only position encoding, so the one f32 matmul is the head."""
+    from vitjax.models.deepseek_vit import DeepseekVitClassifier
+    model = DeepseekVitClassifier(img_size=56, patch_size=14, embed_dim=64, depth=2, num_heads=4, num_classes=10,
+                                  encoder_pool='align', out_features=32, dtype=jnp.bfloat16)
+    _check_policy(model, jnp.zeros((2, 56, 56, 3)), 1)
+
+
 def test_f32_is_f32_throughout():
     model = VisionTransformer(**{**TINY, 'dtype': jnp.float32}, qk_norm=True)
     x = jnp.zeros((2, 32, 32, 3))
@@ -101,6 +109,7 @@ def test_f32_is_f32_throughout():
     pytest.param('swin_tiny_patch4_window7_224', dict(depths=(1, 1, 2, 1), img_size=112), 4, 112, marks=pytest.mark.slow),
     pytest.param('swinv2_tiny_window8_256', dict(depths=(1, 1, 2, 1), img_size=128), 4, 128, marks=pytest.mark.slow),
     pytest.param('qwen3_vit_88m_enc', dict(depth=4), 4, 128, marks=pytest.mark.slow),  # the LLM-width tokens
+    pytest.param('deepseek_vit_412m_enc', dict(depth=4, out_features=1024), 4, 126, marks=pytest.mark.slow),
 ])
 def test_bf16_logits_against_f32_and_timm_autocast(name, kwargs, batch, size):
     # Perturbed weights, converted; each library's bf16 logits against its own f32 logits (benchmarks.precision,

@@ -18,7 +18,7 @@ import numpy as np
 
 from vitjax.images import RESAMPLE
 from vitjax.models import SwinTransformer, VisionTransformer, img_size_of
-from vitjax.models.qwen3_vit import Qwen3VitEncoder
+from vitjax.models.tower import Tower
 from vitjax.models.sam import VisionTransformerSAM
 
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
@@ -179,7 +179,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     shown as patches. SAM's window blocks count as attending to their own window only; for Swin (V1, V2) the
     layers are the last stage's blocks, over its map (its windows, shifted, laid on it the same way)."""
     sam, swin = isinstance(model, VisionTransformerSAM), isinstance(model, SwinTransformer)
-    if not isinstance(model, (VisionTransformer, VisionTransformerSAM, SwinTransformer, Qwen3VitEncoder)):
+    if not isinstance(model, (VisionTransformer, VisionTransformerSAM, SwinTransformer, Tower)):
         raise ValueError(f'attention maps are for the ViT families and Swin, not {type(model).__name__}')
     if head_fusion not in ('mean', 'max', 'min'):
         raise ValueError(f"head_fusion must be 'mean', 'max' or 'min', got {head_fusion!r}")
@@ -188,7 +188,7 @@ def attention_maps(model, variables, x: np.ndarray, head_fusion: str = 'mean') -
     def run(x):
         _, state = model.apply(variables, x, mutable=['intermediates'])
         inter = state['intermediates']
-        inter = inter.get('encoder', inter)  # Qwen3's classifier holds its tower as `encoder`
+        inter = inter.get('encoder', inter)  # a tower classifier holds its encoder as `encoder`
         if swin:
             inter = inter[f'layers_{len(model.depths) - 1}']
         layers = [inter[f'blocks_{i}']['attn']['attn'][0]  # (B, heads, N, N); window blocks (B * windows, ...)

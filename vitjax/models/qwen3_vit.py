@@ -10,8 +10,7 @@ output is the VLM projector's: per-token norm, 2x2 pixel-unshuffle, fc1 -> GELU 
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -19,12 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
-from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_PIXELS, Family, check, register
-from vitjax.models.layers import Block, check_images, dense_init, feature_take_indices, layer_norm
+from vitjax.models.family import MAX_PIXELS, Family, check, register
+from vitjax.models.layers import Block, check_images, dense_init, layer_norm
 from vitjax.models.rope import RotaryEmbedding
-from vitjax.models.vit import PatchEmbed, PatchGrid, PretrainedCfg, Size, to_2tuple
+from vitjax.models.tower import Tower, TowerClassifier, tower_problems
+from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 
-ENCODER_POOLS, CLASSIFIER_POOLS = ('merge', 'avg', ''), ('avg', '')
+ENCODER_POOLS = ('merge', 'avg', '')
 
 
 def resample_align_corners(pos: jax.Array, grid: int, new: tuple[int, int]) -> jax.Array:
@@ -69,7 +69,7 @@ class PatchMerger(nn.Module):
         return nn.Dense(self.out_features, dtype=self.dtype, kernel_init=dense_init, name='fc2')(x).astype(jnp.float32)
 
 
-class Qwen3VitEncoder(PatchGrid, nn.Module):
+class Qwen3VitEncoder(Tower):
     """timm's Qwen3VitEncoder under its argument names. `forward_features` gives the patch tokens as a (B, H, W,
     embed_dim) map; the call gives, by `global_pool`, the projector's tokens (B, H*W/4, out_features) ('merge'),
     their mean (B, embed_dim) ('avg') or the map itself ('')."""
@@ -77,7 +77,7 @@ class Qwen3VitEncoder(PatchGrid, nn.Module):
     patch_size: Size = 16
     in_chans: int = 3
     num_classes: int = 0  # no head: the tower's output is its tokens
-    out_features: int = 0
+    out_features: int = 0  # the LLM width; 0: no fc2 (the 4C-wide merged tokens)
     global_pool: str = 'merge'
     embed_dim: int = 1152
     depth: int = 27
@@ -96,31 +96,23 @@ class Qwen3VitEncoder(PatchGrid, nn.Module):
     pretrained_cfg: PretrainedCfg = PretrainedCfg((3, 768, 768), (0.5,) * 3, (0.5,) * 3, 1.0, 'squash')
 
     class_token, num_prefix_tokens, no_embed_class, dynamic_img_size = False, 0, True, True
+    projector_pool = 'merge'
 
     @property
     def pos_grid(self) -> tuple[int, int]:  # fixed: resampled per input at run time, never on load
         return self.pos_embed_grid_size, self.pos_embed_grid_size
 
     @property
-    def merges(self) -> bool:
-        return self.global_pool == 'merge'
-
-    @property
     def num_features(self) -> int:
-        return (self.out_features or self.merge_size ** 2 * self.embed_dim) if self.merges else self.embed_dim
+        return (self.out_features or self.merge_size ** 2 * self.embed_dim) if self.projects else self.embed_dim
 
     def feature_grid(self, h: int, w: int) -> tuple[int, int]:
         """The grid of the call's tokens: the merged one for 'merge'."""
         gh, gw = self.token_grid(h, w)
-        return (gh // self.merge_size, gw // self.merge_size) if self.merges else (gh, gw)
+        return (gh // self.merge_size, gw // self.merge_size) if self.projects else (gh, gw)
 
     def setup(self):
         check(self)
-        self.trunk_setup()
-        self.merger = (PatchMerger(self.merge_size, self.out_features, self.norm_eps, self.dtype)
-                       if self.merges else None)
-
-    def trunk_setup(self):
         d = self.embed_dim
         self.patch_embed = PatchEmbed(to_2tuple(self.patch_size), d, dtype=self.dtype)
         self.pos_embed = self.param('pos_embed', nn.initializers.normal(0.02), (1, self.pos_embed_grid_size ** 2, d))
@@ -133,53 +125,26 @@ class Qwen3VitEncoder(PatchGrid, nn.Module):
                     norm_cfg=NormCfg(norm_eps=self.norm_eps), dtype=self.dtype)
         rates = np.linspace(0, self.drop_path_rate, self.depth).tolist()
         self.blocks = [block(**cfgs, drop_path=r, name=f'blocks_{i}') for i, r in enumerate(rates)]
+        self.merger = (PatchMerger(self.merge_size, self.out_features, self.norm_eps, self.dtype)
+                       if self.projects else None)
 
-    def _trunk(self, x: jax.Array, train: bool, stop: Optional[int] = None) -> tuple[jax.Array, list]:
-        """(B, H, W, C) images -> the (B, H, W, D) map after `stop` blocks (all: None) and each block's."""
+    @property
+    def projector(self) -> Optional[nn.Module]:
+        return self.merger
+
+    def embed(self, x: jax.Array) -> tuple[jax.Array, jax.Array, tuple[int, int]]:
         check_images(x, self.in_chans, to_2tuple(self.img_size), to_2tuple(self.patch_size), True)
         (ph, pw), k = to_2tuple(self.patch_size), self.merge_size
-        if self.merges and ((x.shape[1] // ph) % k or (x.shape[2] // pw) % k):
+        if self.projects and ((x.shape[1] // ph) % k or (x.shape[2] // pw) % k):
             raise ValueError(f'input size {x.shape[1:3]}: the merger takes {k}x{k} patches, so each side must be a '
                              f'multiple of {k} patches ({k * ph} x {k * pw} pixels)')
         x = self.patch_embed(x).astype(jnp.float32)  # the residual stream starts here, f32
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d) + resample_align_corners(self.pos_embed, self.pos_embed_grid_size, (gh, gw))
-        rope = self.rope((gh, gw))
-        outs = []
-        for blk in self.blocks[:stop]:
-            x = blk(x, train, None, rope)
-            outs.append(x.reshape(b, gh, gw, d))
-        return x.reshape(b, gh, gw, d), outs
-
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self._trunk(x, train)[0]
-
-    def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
-        if self.merger is not None:
-            return self.merger(x, pre_logits)
-        return x.mean(axis=(1, 2)) if self.global_pool == 'avg' else x
-
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        return self.forward_head(self.forward_features(x, train), train=train)
-
-    def forward_intermediates(self, x: jax.Array, indices: Union[None, int, Sequence[int]] = None,
-                              norm: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
-                              stop_early: bool = False):
-        """Block outputs as timm returns them: (final map NHWC, [maps]) or only the maps; maps NCHW (timm's
-        default), NHWC or NLC. `norm` is accepted and unused: the tower has no final norm (as timm)."""
-        if output_fmt not in ('NCHW', 'NHWC', 'NLC'):
-            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
-        take = feature_take_indices(self.depth, indices)
-        x, outs = self._trunk(x, False, max(take) + 1 if stop_early else None)
-        feats = [outs[i] for i in take]
-        if output_fmt == 'NCHW':
-            feats = [y.transpose(0, 3, 1, 2) for y in feats]
-        elif output_fmt == 'NLC':
-            feats = [y.reshape(y.shape[0], -1, y.shape[-1]) for y in feats]
-        return feats if intermediates_only else (x, feats)
+        return x, self.rope((gh, gw)), (gh, gw)
 
 
-class Qwen3VitClassifier(Qwen3VitEncoder):
+class Qwen3VitClassifier(TowerClassifier, Qwen3VitEncoder):
     """timm's Qwen3VitClassifier: the encoder (with its projector when `encoder_pool='merge'`) under `encoder/`,
     then mean pooling ('avg'), a LayerNorm without affine params (`final_norm`) and the head."""
     num_classes: int = 1000
@@ -188,64 +153,15 @@ class Qwen3VitClassifier(Qwen3VitEncoder):
     final_norm: bool = True
     drop_rate: float = 0.
 
-    @property
-    def merges(self) -> bool:  # what feature_grid and num_features read
-        return self.encoder_pool == 'merge'
-
-    def setup(self):
-        check(self)
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(Qwen3VitEncoder)
-                  if f.init and f.name not in ('parent', 'name', 'num_classes', 'global_pool')}
-        self.encoder = Qwen3VitEncoder(**shared, global_pool=self.encoder_pool)
-        self.norm = (nn.LayerNorm(self.norm_eps, use_bias=False, use_scale=False, dtype=jnp.float32)
-                     if self.final_norm else None)
-        self.head_drop = nn.Dropout(self.drop_rate)
-        self.head = (nn.Dense(self.num_classes, dtype=jnp.float32, kernel_init=nn.initializers.zeros)
-                     if self.num_classes > 0 else None)
-
-    def forward_features(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """The encoder's output: the (B, H, W, D) map, or the projector's (B, H*W/4, out) tokens."""
-        return self.encoder(x, train)
-
-    def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        if self.global_pool == 'avg':
-            x = x.mean(axis=1)
-        if self.norm is not None:
-            x = self.norm(x)
-        x = self.head_drop(x, deterministic=not train)
-        return x if pre_logits or self.head is None else self.head(x)
-
-    def forward_intermediates(self, x: jax.Array, indices: Union[None, int, Sequence[int]] = None,
-                              norm: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
-                              stop_early: bool = False):
-        """The encoder's block outputs; the final features through its projector when it has one (as timm)."""
-        out, feats = self.encoder.forward_intermediates(x, indices, norm, output_fmt, False, stop_early)
-        if intermediates_only:
-            return feats
-        return (self.encoder.merger(out) if self.encoder.merger is not None else out), feats
+    encoder_cls, head_norm = Qwen3VitEncoder, 'layernorm'
 
 
 def qwen3_problems(m: Qwen3VitEncoder) -> list[str]:
-    p = []
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            p.append(what)
-    classifier = isinstance(m, Qwen3VitClassifier)
-    need(1 <= m.depth <= MAX_DEPTH, f'depth={m.depth}: must be in 1..{MAX_DEPTH}')
-    need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0 and (m.embed_dim // max(m.num_heads, 1)) % 4 == 0,
-         f'num_heads={m.num_heads}: must divide embed_dim={m.embed_dim} into heads of a multiple of 4 (2-D RoPE)')
-    need(1 <= m.merge_size <= 16, f'merge_size={m.merge_size}: must be in 1..16')
-    need(1 <= m.pos_embed_grid_size <= MAX_PIXELS, f'pos_embed_grid_size={m.pos_embed_grid_size}: 1..{MAX_PIXELS}')
-    need(0 <= m.out_features <= MAX_DIM, f'out_features={m.out_features}: must be in 0..{MAX_DIM} (0: no fc2)')
-    need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
-    pools = CLASSIFIER_POOLS if classifier else ENCODER_POOLS
-    need(m.global_pool in pools, f'global_pool={m.global_pool!r}: one of {pools}')
-    if classifier:
-        need(m.encoder_pool in ('', 'merge'), f"encoder_pool={m.encoder_pool!r}: '' or 'merge'")
-    else:
-        need(m.num_classes == 0, f'num_classes={m.num_classes}: the encoder has no head (Qwen3VitClassifier has)')
+    p = tower_problems(m, Qwen3VitClassifier, ENCODER_POOLS)
+    if not 1 <= m.merge_size <= 16:
+        p.append(f'merge_size={m.merge_size}: must be in 1..16')
+    if not 1 <= m.pos_embed_grid_size <= MAX_PIXELS:
+        p.append(f'pos_embed_grid_size={m.pos_embed_grid_size}: 1..{MAX_PIXELS}')
     return p
 
 
