@@ -14,7 +14,7 @@ from conftest import (convert_and_export, fine_tune_family, full_size_matches_re
 
 SIZES = ('88m', '306m', '416m')
 NAMES = [f'qwen3_vit_{s}{v}' for s in SIZES for v in ('', '_merge', '_enc')]
-SMALL = dict(depth=2, img_size=256)  # a 16x16 patch grid: the 48x48 position grid resampled
+SMALL = dict(depth=2, embed_dim=128, num_heads=4, img_size=256)  # a 16x16 patch grid: the 48x48 grid resampled
 
 
 def tol(ref):
