@@ -1,6 +1,7 @@
 """Every architecture of the zoo through the torch-free hub path (shared by test_hub_zoo_*.py, test_hub_full.py).
 
-Each architecture, with its first tag, is built in timm at reduced depth (full size in test_hub_full.py),
+Each architecture, with its first tag, is built in timm at reduced depth (the widest also at half width; full size
+in test_hub_full.py),
 published into a hub cache with timm's `save_for_hf`, loaded torch-free by one worker process per test file
 (one repo on disk at a time), and compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
 timm model, and its params must be bit for bit the ones `porting.convert`'s table makes from that model
@@ -43,10 +44,17 @@ def part(i: int, n: int) -> list[str]:
     return sorted(f'{a}.{first[a]}' for a in archs[i::n])
 
 
-def reduced(family: str) -> dict:
+WIDEST = 1536  # wider plain towers (AIMv2-1B/3B, ViT-gigantic, ViT-7B) are tested at half width, same head width
+
+
+def reduced(family: str, config: dict) -> dict:
     if family == 'sam':  # a window block and a global one (the name's indices are past a reduced depth)
         return {'depth': 2, 'global_attn_indexes': [1]}
-    return {'depths': (1, 1, 2, 1)} if family in ('swin', 'swinv2') else {'depth': 1}
+    if family in ('swin', 'swinv2'):
+        return {'depths': (1, 1, 2, 1)}
+    if family in ('vit', 'eva') and config.get('embed_dim', 0) > WIDEST:
+        return {'depth': 1, 'embed_dim': config['embed_dim'] // 2, 'num_heads': config['num_heads'] // 2}
+    return {'depth': 1}
 
 
 def _digests(flat: dict) -> dict:
@@ -98,8 +106,8 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         for i, name in enumerate(names):
-            family = zoo[name.split('.')[0]]['family']
-            paths = hubcache.add(cache, name, seed=i, **({} if full_size else reduced(family)))
+            arch = zoo[name.split('.')[0]]
+            paths = hubcache.add(cache, name, seed=i, **({} if full_size else reduced(arch['family'], arch['config'])))
             m = paths.pop('model')
             _, h, w = m.pretrained_cfg['input_size']
             x = np.random.default_rng(i).standard_normal((1, h, w, 3)).astype(np.float32)
