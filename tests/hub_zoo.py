@@ -5,7 +5,9 @@ in test_hub_full.py),
 published into a hub cache with timm's `save_for_hf`, loaded torch-free by one worker process per test file
 (one repo on disk at a time), and compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
 timm model, and its params must be bit for bit the ones `porting.convert`'s table makes from that model
-(compared by a SHA-256 per tensor, so the worker need not send the weights back)."""
+(compared by a SHA-256 per tensor, so the worker need not send the weights back), and `porting.export`'s table must
+give timm's tensors back from those params bit for bit. This is the conversion test of every architecture; the
+family test files convert through the CLI one architecture per distinct structure."""
 import hashlib
 import json
 import os
@@ -89,7 +91,8 @@ for line in sys.stdin:
 def run(cache, names: list[str], full_size: bool = False) -> dict:
     """Publish each of `names` into `cache` in turn, load it in one torch-free worker process, then delete its
     repo (a part's repos together are GBs: a CI disk can be small);
-    {name: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests)}."""
+    {name: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests, the timm keys that
+    export's table does not give back bit for bit)}."""
     import select
     import shutil
 
@@ -118,8 +121,13 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
                 ref = m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
             src = source_of(m, 'timm')
             config = json.loads(json.dumps(src.model_config(m)))
-            convert_digests = _digests(flatten(src.from_state(src.state_of(m), config)))
-            del m
+            state = src.state_of(m)
+            params = src.from_state(state, config)
+            convert_digests = _digests(flatten(params))
+            back = src.to_state(params, config, state.keys())  # export's table: back to timm, bit for bit
+            not_exact = sorted(set(state) ^ set(back)) + [k for k in state if k in back and not (
+                np.asarray(back[k]).dtype == state[k].numpy().dtype and np.array_equal(back[k], state[k].numpy()))]
+            del m, state, params, back
             while True:
                 ready, _, _ = select.select([worker.stdout], [], [], 900)
                 line = worker.stdout.readline() if ready else ''
@@ -127,7 +135,7 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
                     break
             assert line, f'{name}: the torch-free worker died or hung:\n' + open(log).read()[-4000:]
             hub_cfg, hub_digests = json.loads(line[len('RESULT '):])
-            out[name] = np.load(out_file), ref, hub_cfg, config, hub_digests, convert_digests
+            out[name] = np.load(out_file), ref, hub_cfg, config, hub_digests, convert_digests, not_exact
             shutil.rmtree(paths['config.json'].rsplit(os.sep + 'snapshots' + os.sep, 1)[0])
     finally:
         worker.stdin.close()
@@ -137,7 +145,8 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
 
 
 def check(results: dict, name: str) -> None:
-    logits, ref, hub_cfg, convert_cfg, hub_params, convert_params = results[name]
+    logits, ref, hub_cfg, convert_cfg, hub_params, convert_params, not_exact = results[name]
+    assert not_exact == [], f'{name}: export does not give back these tensors bit for bit: {not_exact[:8]}'
     assert hub_cfg == convert_cfg, {k: (hub_cfg.get(k), convert_cfg.get(k)) for k in set(hub_cfg) | set(convert_cfg)
                                     if hub_cfg.get(k) != convert_cfg.get(k)}
     tol = 1e-4 * max(1.0, float(np.abs(ref).max()))

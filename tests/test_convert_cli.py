@@ -90,11 +90,24 @@ def test_bad_checkpoint_files(tmp_path, capsys):
     assert not (tmp_path / 'o').exists()
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n.startswith('swin') and 'tiny' not in n
-                                  else n for n in vitjax.list_models()])  # Swin-S/B/L: 4-9 s each
-def test_every_registry_model_converts(tmp_path, name):
-    """Every advertised name: random-init timm safetensors -> CLI -> parity (one block per stage keeps this
-    quick; the full-depth run is `make parity-table`, whose numbers are in the README)."""
+# One registry name per family and per kind of plain ViT (distillation token, MAP head, registers, SwiGLU,
+# QuickGELU) through the CLI; tests/hub_zoo.py converts every zoo architecture (the registry's names among them)
+# through the same tables at depth 1, and `make parity-table` runs each name at full depth (the README's numbers).
+CLI_NAMES = ['deit_tiny_distilled_patch16_224', 'vit_base_patch16_siglip_224', 'vit_small_patch14_reg4_dinov2',
+             'aimv2_large_patch14_224', 'vit_base_patch16_clip_quickgelu_224', 'swin_tiny_patch4_window7_224',
+             'swinv2_tiny_window8_256', 'eva02_tiny_patch14_224', 'beit_base_patch16_224', 'samvit_base_patch16',
+             'vit_tiny_r_s16_p8_224', 'vit_relpos_small_patch16_224', 'naflexvit_base_patch16_gap']
+
+
+def test_cli_names_cover_every_registry_family():
+    zoo = json.load(open(os.path.join(ROOT, 'vitjax', 'zoo.json')))['architectures']
+    assert set(CLI_NAMES) <= set(vitjax.list_models())
+    assert {zoo[n]['family'] for n in CLI_NAMES} == {zoo[n]['family'] for n in vitjax.list_models()}
+
+
+@pytest.mark.parametrize('name', CLI_NAMES)
+def test_registry_models_convert(tmp_path, name):
+    """random-init timm safetensors -> CLI -> parity, one block per stage."""
     (key, value), = ({'depths': (1, 2, 1, 1)} if name.startswith('swin') else {'depth': 1}).items()
     ckpt = random_init.save(random_init.create(name, seed=1, **{key: value}), tmp_path / 'm.safetensors')
     assert convert.main(['--model', name, '--checkpoint', str(ckpt), '--model-arg', f'{key}={value}',

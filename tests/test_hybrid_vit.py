@@ -35,9 +35,11 @@ def test_every_pretrained_hybrid_is_in_the_zoo_or_named():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', list(NAMES))
+@pytest.mark.parametrize('name', ['vit_tiny_r_s16_p8_384', 'vit_small_r26_s32_224', 'vit_large_r50_s32_224'])
 def test_hybrid_converts_exports_and_loads(tmp_path, name):
-    """convert (parity) -> load -> export -> the same tensors, bit for bit; the backbone read as timm builds it."""
+    """convert (parity) -> load -> export -> the same tensors, bit for bit; the backbone read as timm builds it:
+    the stem only, the R26 and the 4-stage R50 (R50 3-stage: the full-size test; tests/hub_zoo.py does every
+    architecture at depth 1)."""
     saved, model, variables = convert_and_export(tmp_path, name, 'hybrid_vit', dict(depth=1), TOLERANCE[name])
     assert tuple(saved['backbone_layers']) == NAMES[name] and type(model).__name__ == 'VisionTransformerHybrid'
     tm = timm_model(name, depth=1)

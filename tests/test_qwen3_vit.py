@@ -36,9 +36,10 @@ def test_every_pretrained_qwen3_tower_and_tag_is_in_the_zoo():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', ['qwen3_vit_88m', 'qwen3_vit_306m_merge', 'qwen3_vit_416m_enc'])
 def test_qwen3_converts_exports_and_loads(tmp_path, name):
-    """convert (parity at 1e-5) -> load -> export -> the same tensors, bit for bit."""
+    """convert (parity at 1e-5) -> load -> export -> the same tensors, bit for bit: each of the three kinds
+    (at reduced width the sizes differ only in their projector; tests/hub_zoo.py does every architecture)."""
     family = 'qwen3_vit_enc' if name.endswith('_enc') else 'qwen3_vit'
     saved, model, variables = convert_and_export(tmp_path, name, family, SMALL)
     p = variables['params'] if family == 'qwen3_vit_enc' else variables['params']['encoder']

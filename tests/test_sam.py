@@ -29,9 +29,10 @@ def test_every_pretrained_sam_is_in_the_zoo():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('name', ['samvit_base_patch16'])
 def test_sam_converts_exports_and_loads(tmp_path, name):
-    """convert (parity at 1e-5) -> load -> export -> the same tensors, bit for bit, at 1024 px."""
+    """convert (parity at 1e-5) -> load -> export -> the same tensors, bit for bit, at 1024 px (large and huge
+    differ in width and depth only: tests/hub_zoo.py does them with two blocks)."""
     saved, model, variables = convert_and_export(tmp_path, name, 'sam', dict(depth=2, global_attn_indexes=[1]))
     assert saved['window_size'] == 14 and tuple(saved['global_attn_indexes']) == (1,)
     p = variables['params']
