@@ -177,7 +177,7 @@ def invert_rules(flat: Mapping[str, np.ndarray], rules: Sequence[Rule], ctx: Ctx
         absent = [n for n in names if n not in flat]
         if absent:
             raise ConversionError(f'{what}: {rule.source.format(**idx)} needs {absent}')
-        out[rule.source.format(**idx)] = np.ascontiguousarray(rule.transform.inverse([flat[n] for n in names], ctx))
+        out[rule.source.format(**idx)] = np.asarray(rule.transform.inverse([flat[n] for n in names], ctx), order='C')
         used.update(names)
     _raise(what, [k for k in flat if k not in used], [], [])
     return out

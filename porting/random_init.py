@@ -31,6 +31,22 @@ def perturb_(model, seed: int = 0) -> None:
                 p.copy_(torch.empty_like(p).uniform_(0.5, 1.5, generator=g))
             else:
                 p.add_(torch.randn(p.shape, generator=g) * 0.02)
+        # Buffers that are weights (Gemma 4's clamp bounds, its soft-token standardization): timm inits them to
+        # no-ops (+-inf, 0 and 1), which a table that drops them would pass. Bounds of 0.5 .. 2 cut normed inputs.
+        for name, b in model.named_buffers():
+            if name.endswith(('_min', '_max')) and b.ndim == 0 and b.is_floating_point():
+                b.fill_(float(torch.empty(()).uniform_(0.5, 2., generator=g)) * (-1 if name.endswith('_min') else 1))
+            elif name.endswith('std_bias'):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.5)
+            elif name.endswith('std_scale'):
+                b.copy_(torch.empty_like(b).uniform_(0.5, 1.5, generator=g))
+        # Gemma 4 attends at scale 1 on RMS-normed q and k: with scales near 1 the logits reach head_dim, a softmax
+        # so sharp that float32 rounding grows 1.5x a block (in timm itself against float64 too). These get the
+        # logits of a 1/sqrt(head_dim) attention, their spread kept.
+        for m in model.modules():
+            if type(m).__name__ == 'Gemma4Attention':
+                m.q_norm.weight.mul_(m.head_dim ** -0.25)
+                m.k_norm.weight.mul_(m.head_dim ** -0.25)
 
 
 def create(name: str, seed: int = 0, **kwargs):

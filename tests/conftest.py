@@ -62,11 +62,12 @@ def jit_apply(model, **kw):
     return jax.jit(functools.partial(model.apply, **kw))
 
 
-def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
+def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4, convert_args=()):
     """A family's whole user path: a timm random-init model (`model_args`: its reduced size) through
     `porting.convert`, `train.py --config.init=DIR` on the digits at `image_size`, `vitjax features` / `vitjax
     attention` on the fine-tuned model, and `porting.export` of it back to timm with parity. Asserts that the loss
-    falls and the test accuracy beats chance (0.1) clearly; returns (train losses, summary.json)."""
+    falls and the test accuracy beats chance (0.1) clearly; returns (train losses, summary.json). `convert_args`: more
+    `porting.convert` flags (e.g. --img-size for a tower that keeps no size of its own)."""
     import json
     import subprocess
     import sys
@@ -75,7 +76,8 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     from vitjax import cli
     src = random_init.save(random_init.create(name, seed=4, **model_args), tmp_path / 'm.safetensors')
     args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
-    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args]) == 0
+    assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args,
+                         *convert_args]) == 0
     root = pathlib.Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',
                            f'--config.init={tmp_path / "init"}', f'--config.image_size={image_size}',
@@ -103,7 +105,7 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4):
     return losses, summary
 
 
-def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=1e-5):
+def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=1e-5, convert_args=()):
     """A timm random-init safetensors file -> `python -m porting.convert` (parity at `tolerance`) -> vitjax.load ->
     `porting.export` -> the same tensors, bit for bit; returns (config.json's model fields, model, variables)."""
     import json
@@ -114,7 +116,7 @@ def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=
     src = random_init.save(random_init.create(name, seed=2, **model_args), tmp_path / 'm.safetensors')
     out = tmp_path / 'out'
     args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
-    assert convert.main(['--model', name, '--checkpoint', str(src), *args, '--out', str(out),
+    assert convert.main(['--model', name, '--checkpoint', str(src), *args, *convert_args, '--out', str(out),
                          '--tolerance', str(tolerance)]) == 0
     saved = json.loads((out / 'config.json').read_text())
     assert saved['architecture'] == architecture
@@ -128,9 +130,10 @@ def convert_and_export(tmp_path, name, architecture, model_args=None, tolerance=
     return saved['model'], model, variables
 
 
-def full_size_matches_registry(tmp_path, name, tolerance=1e-5, model_args=None):
+def full_size_matches_registry(tmp_path, name, tolerance=1e-5, model_args=None, img_size=None):
     """`name` at full depth and width (`model_args`: only what the input needs, e.g. a smaller img_size) through
-    `porting.convert`, and the registry's config for the name equals the converted one; returns the model."""
+    `porting.convert`, and the registry's config for the name equals the converted one; returns the model. `img_size`:
+    converted with --img-size (a tower that keeps no size of its own)."""
     import vitjax
     from porting import convert, random_init
     from vitjax.models import model_config
@@ -138,10 +141,12 @@ def full_size_matches_registry(tmp_path, name, tolerance=1e-5, model_args=None):
     model_args = model_args or {}
     ckpt = random_init.save(random_init.create(name, seed=3, **model_args), tmp_path / 'm.safetensors')
     args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
-    assert convert.main(['--model', name, '--checkpoint', str(ckpt), *args, '--out', str(tmp_path / 'out'),
+    sized = ['--img-size', str(img_size)] if img_size else []
+    assert convert.main(['--model', name, '--checkpoint', str(ckpt), *args, *sized, '--out', str(tmp_path / 'out'),
                          '--tolerance', str(tolerance)]) == 0
     model, _ = vitjax.load(tmp_path / 'out')
-    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes, **model_args))
+    sized = dict(img_size=img_size) if img_size else {}
+    assert model_config(model) == model_config(build_model(name, num_classes=model.num_classes, **model_args, **sized))
     return model
 
 
@@ -157,6 +162,18 @@ def timm_attention_weights(tm, x, block=0):
         hook.remove()
         attn.fused_attn = fused
     return got['w'].numpy()
+
+
+def tower_attention_matches_timm(tm, model, variables, x, grid, tol=1e-5):
+    """A VLM tower's attention weights of its first two blocks equal timm's, and `inference.attention_maps` gives
+    its rollout over the (H, W) patch `grid`."""
+    from vitjax import inference
+    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
+    for i in (0, 1):
+        ours = np.asarray(state['intermediates'][f'blocks_{i}']['attn']['attn'][0])
+        ref = timm_attention_weights(tm, x, block=i)
+        assert max_diff(ours.reshape(ref.shape), ref) < tol
+    assert inference.attention_maps(model, variables, x)['rollout'].shape == (x.shape[0], *grid)
 
 
 def check_scan_and_remat(model, variables, x, ref, tol, train=True):

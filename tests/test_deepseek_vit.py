@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import (convert_and_export, fine_tune_family, full_size_matches_registry, max_diff, port, run_timm,
-                      timm_attention_weights, timm_model)
+                      timm_model, tower_attention_matches_timm)
 
 NAMES = ['deepseek_vit_412m', 'deepseek_vit_412m_align', 'deepseek_vit_412m_enc']
 SMALL = dict(depth=2, embed_dim=128, num_heads=4, img_size=168)  # a 12x12 patch grid
@@ -92,15 +92,8 @@ def test_classifier_with_the_aligner_matches_timm(towers):
 
 @pytest.mark.slow
 def test_attention_weights_match_timm(towers):
-    from vitjax import inference
     (tm, model, variables), _, x = towers
-    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
-    for i in (0, 1):
-        ours = np.asarray(state['intermediates'][f'blocks_{i}']['attn']['attn'][0])
-        ref = timm_attention_weights(tm, x, block=i)
-        assert max_diff(ours.reshape(ref.shape), ref) < 1e-5
-    maps = inference.attention_maps(model, variables, x)
-    assert maps['rollout'].shape == (2, 10, 7)
+    tower_attention_matches_timm(tm, model, variables, x, (10, 7))
 
 
 @pytest.mark.slow

@@ -97,6 +97,15 @@ def test_deepseek_bf16_policy():
     _check_policy(model, jnp.zeros((2, 56, 56, 3)), 1)
 
 
+def test_gemma4_bf16_policy():
+    """Gemma 4's tower with clamps, standardized soft tokens and grouped heads: only the head's matmul is f32."""
+    from vitjax.models.gemma4_vit import Gemma4VitClassifier
+    model = Gemma4VitClassifier(img_size=48, patch_size=16, embed_dim=64, depth=2, num_heads=4, head_dim=16,
+                                num_kv_heads=2, intermediate_size=128, position_embedding_size=8, num_classes=10,
+                                encoder_pool='soft', standardize=True, use_clipped_linears=True, dtype=jnp.bfloat16)
+    _check_policy(model, jnp.zeros((2, 48, 48, 3)), 1)
+
+
 def test_f32_is_f32_throughout():
     model = VisionTransformer(**{**TINY, 'dtype': jnp.float32}, qk_norm=True)
     x = jnp.zeros((2, 32, 32, 3))
@@ -110,6 +119,7 @@ def test_f32_is_f32_throughout():
     pytest.param('swinv2_tiny_window8_256', dict(depths=(1, 1, 2, 1), img_size=128), 4, 128, marks=pytest.mark.slow),
     pytest.param('qwen3_vit_88m_enc', dict(depth=4), 4, 128, marks=pytest.mark.slow),  # the LLM-width tokens
     pytest.param('deepseek_vit_412m_enc', dict(depth=4, out_features=1024), 4, 126, marks=pytest.mark.slow),
+    pytest.param('gemma4_vit_167m_enc', dict(depth=4), 4, 96, marks=pytest.mark.slow),  # clamps, soft tokens
 ])
 def test_bf16_logits_against_f32_and_timm_autocast(name, kwargs, batch, size):
     # Perturbed weights, converted; each library's bf16 logits against its own f32 logits (benchmarks.precision,

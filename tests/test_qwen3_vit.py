@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import (convert_and_export, fine_tune_family, full_size_matches_registry, images, max_diff, port,
-                      run_timm, timm_attention_weights, timm_model)
+                      run_timm, timm_model, tower_attention_matches_timm)
 
 SIZES = ('88m', '306m', '416m')
 NAMES = [f'qwen3_vit_{s}{v}' for s in SIZES for v in ('', '_merge', '_enc')]
@@ -88,15 +88,8 @@ def test_classifier_with_the_projector_matches_timm(towers):
 
 @pytest.mark.slow
 def test_attention_weights_match_timm(towers):
-    from vitjax import inference
     (tm, model, variables), _, x = towers
-    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
-    for i in (0, 1):
-        ours = np.asarray(state['intermediates'][f'blocks_{i}']['attn']['attn'][0])
-        ref = timm_attention_weights(tm, x, block=i)
-        assert max_diff(ours.reshape(ref.shape), ref) < 1e-5
-    maps = inference.attention_maps(model, variables, x)
-    assert maps['rollout'].shape == (2, 10, 14)
+    tower_attention_matches_timm(tm, model, variables, x, (10, 14))
 
 
 def test_an_odd_patch_grid_is_refused_by_the_projector_only():

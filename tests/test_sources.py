@@ -121,7 +121,7 @@ def test_the_source_table_routes_checkpoints_and_models(tmp_path):
     assert sources.get('timm', 'swin').arch == 'swin'
     with pytest.raises(UnsupportedModel, match=r'torch.nn.modules.linear.Linear .*supported: hf vit; torchvision vit'):
         sources.source_of(torch.nn.Linear(2, 2))
-    with pytest.raises(UnsupportedModel, match='supported: timm beit; timm deepseek_vit_enc; timm deepseek_vit; timm eva; timm hybrid_vit; timm naflexvit; timm qwen3_vit_enc; timm qwen3_vit; timm relpos_vit; timm sam; timm swin; timm swinv2; timm vit'):
+    with pytest.raises(UnsupportedModel, match='supported: timm beit; timm deepseek_vit_enc; timm deepseek_vit; timm eva; timm gemma4_vit_enc; timm gemma4_vit; timm hybrid_vit; timm naflexvit; timm qwen3_vit_enc; timm qwen3_vit; timm relpos_vit; timm sam; timm swin; timm swinv2; timm vit'):
         sources.source_of(tv, 'timm')
     with pytest.raises(ValueError, match="no torchvision source for vitjax architecture 'swin'"):
         sources.get('torchvision', 'swin')

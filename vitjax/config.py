@@ -55,7 +55,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.weight_decay = 0.1
     # Parameters whose '/'-joined path matches one of these regexes get no weight decay.
     c.no_decay = (r'(^|/)bias$', r'(^|/)scale$', r'^pos_embed$', r'^(cls|reg|dist)_token$', r'(^|/)gamma$',
-                  r'(^|/)relative_position_bias_table$', r'(^|/)[qv]_bias$', r'(^|/)logit_scale$', r'/cpb_mlp_\d+/')
+                  r'(^|/)relative_position_bias_table$', r'(^|/)[qv]_bias$', r'(^|/)logit_scale$', r'/cpb_mlp_\d+/',
+                  r'(^|/)position_embedding_table$')
     c.clip_norm = 1.0  # global-norm clipping; 0 disables
     c.accum_steps = 1  # gradient accumulation over k micro-batches
     c.label_smoothing = 0.0

@@ -129,7 +129,7 @@ def save(path: Union[str, os.PathLike], model: Model, variables: Mapping, *,
     lock = os.open(tmp, os.O_RDONLY)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a live save: another process's _recover leaves it alone
-        save_file({k: np.ascontiguousarray(v) for k, v in flat.items()}, str(tmp / PARAMS_FILE),
+        save_file({k: np.asarray(v, order='C') for k, v in flat.items()}, str(tmp / PARAMS_FILE),
                   metadata={'format': FORMAT})
         config['params_sha256'] = sha256(tmp / PARAMS_FILE)  # safetensors has no checksum of its own
         for fname, obj in {**files, CONFIG_FILE: config}.items():

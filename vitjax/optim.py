@@ -44,10 +44,16 @@ def path_mask(params: Any, patterns: Sequence[str]) -> Any:
         {k: any(re.search(p, k) for p in patterns) for k in flat}, sep='/')
 
 
+# timm buffers that vitjax keeps as params, so that they load, save and export with the rest: never trained (Gemma 4's
+# clamp bounds and soft-token standardization).
+BUFFERS = (r'(^|/)(input|output)_(min|max)$', r'(^|/)std_(bias|scale)$')
+
+
 def param_labels(params: Any, c) -> Any:
-    """'frozen' | 'head' | 'body' per param: frozen ones get no updates and no optimizer state."""
+    """'frozen' | 'head' | 'body' per param: frozen ones (`c.trainable` misses them, or BUFFERS) get no updates
+    and no optimizer state."""
     def label(path: str) -> str:
-        if c.trainable and not re.search(c.trainable, path):
+        if (c.trainable and not re.search(c.trainable, path)) or any(re.search(b, path) for b in BUFFERS):
             return 'frozen'
         if c.head_lr is not None and path.split('/')[0] in HEAD:
             return 'head'

@@ -21,7 +21,7 @@ from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.family import Family, check, register
 from vitjax.models.layers import Block, RMSNorm, check_images, dense_init
 from vitjax.models.rope import RotaryEmbedding
-from vitjax.models.tower import Tower, TowerClassifier, tower_problems
+from vitjax.models.tower import Tower, TowerClassifier, axial_rope_problems, tower_problems
 from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 
 ENCODER_POOLS = ('align', 'avg', '')
@@ -139,7 +139,7 @@ class DeepseekVitClassifier(TowerClassifier, DeepseekVitEncoder):
 
 
 def deepseek_problems(m: DeepseekVitEncoder) -> list[str]:
-    p = tower_problems(m, DeepseekVitClassifier, ENCODER_POOLS)
+    p = tower_problems(m, DeepseekVitClassifier, ENCODER_POOLS) + axial_rope_problems(m)
     if not 1 <= m.downsample_ratio <= 16:
         p.append(f'downsample_ratio={m.downsample_ratio}: must be in 1..16')
     if m.projects and m.out_features < 1:

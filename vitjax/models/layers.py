@@ -156,15 +156,15 @@ def backend_info() -> tuple[str, Optional[str]]:
 
 
 def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array] = None,
-                    bias: Optional[jax.Array] = None) -> jax.Array:
+                    bias: Optional[jax.Array] = None, scale: Optional[float] = None) -> jax.Array:
     """jax.nn.dot_product_attention on (B, N, heads, hd) operands, with cuDNN's kernel where it takes the case
     (not with a mask or a bias: NaFlex's padding masks and BEiT's position bias go to XLA). Logits and softmax
     are f32 on either path. `mask`: boolean, True where a query may attend to a key, broadcastable to
-    (B, heads, Nq, Nk); `bias`: added to the logits, the same shape."""
+    (B, heads, Nq, Nk); `bias`: added to the logits, the same shape; `scale`: of the logits (None: 1/sqrt(hd))."""
     platform, cc = backend_info()
     plain = mask is None and bias is None
     impl = attention_implementation(platform, q.dtype, q.shape[-1], cc) if plain else 'xla'
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, implementation=impl)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=impl)
 
 
 def masked_softmax_logits(logits: jax.Array, mask: Optional[jax.Array]) -> jax.Array:
@@ -279,6 +279,16 @@ class LayerScale(nn.Module):
         return x * gamma  # f32 (promoted) for a bf16 branch: the scale is applied before the rounding to the stream
 
 
+def stochastic_depth(module: nn.Module, y: jax.Array, rate, train: bool) -> jax.Array:
+    """The whole residual branch `y` dropped per sample at `rate` (a float or a traced one), the rest rescaled
+    by 1/keep; `module`'s 'dropout' rng."""
+    if not train or (isinstance(rate, (int, float)) and rate == 0):
+        return y
+    keep = 1. - jnp.asarray(rate, jnp.float32)
+    mask = jax.random.bernoulli(module.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
+    return y * (mask / jnp.maximum(keep, 1e-12)).astype(y.dtype)  # keep = 0 drops all, no 0/0
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: x + drop_path(ls1(attn(norm1(x)))), then the same with the MLP."""
     attn_cfg: AttnCfg = AttnCfg()
@@ -296,15 +306,7 @@ class Block(nn.Module):
         """`drop_path` overrides the attribute with a traced rate (a scanned stack passes each block's rate);
         `rope` is the rotary embedding of the patch grid (None: no RoPE); `rel_pos` the model's shared bias."""
         rate = self.drop_path if drop_path is None else drop_path
-
-        def drop(y: jax.Array) -> jax.Array:
-            """Stochastic depth: the whole residual branch dropped per sample, the rest rescaled by 1/keep."""
-            if not train or (isinstance(rate, (int, float)) and rate == 0):
-                return y
-            keep = 1. - jnp.asarray(rate, jnp.float32)
-            mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (y.shape[0],) + (1,) * (y.ndim - 1))
-            return y * (mask / jnp.maximum(keep, 1e-12)).astype(y.dtype)  # keep = 0 drops all, no 0/0
-
+        drop = lambda y: stochastic_depth(self, y, rate, train)
         ls = (lambda n: LayerScale(self.init_values, name=n)) if self.init_values is not None else (
             lambda n: (lambda y: y))
         nc = self.norm_cfg

@@ -21,7 +21,7 @@ from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.family import MAX_PIXELS, Family, check, register
 from vitjax.models.layers import Block, check_images, dense_init, layer_norm
 from vitjax.models.rope import RotaryEmbedding
-from vitjax.models.tower import Tower, TowerClassifier, tower_problems
+from vitjax.models.tower import Tower, TowerClassifier, axial_rope_problems, tower_problems
 from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 
 ENCODER_POOLS = ('merge', 'avg', '')
@@ -157,7 +157,7 @@ class Qwen3VitClassifier(TowerClassifier, Qwen3VitEncoder):
 
 
 def qwen3_problems(m: Qwen3VitEncoder) -> list[str]:
-    p = tower_problems(m, Qwen3VitClassifier, ENCODER_POOLS)
+    p = tower_problems(m, Qwen3VitClassifier, ENCODER_POOLS) + axial_rope_problems(m)
     if not 1 <= m.merge_size <= 16:
         p.append(f'merge_size={m.merge_size}: must be in 1..16')
     if not 1 <= m.pos_embed_grid_size <= MAX_PIXELS:

@@ -1,4 +1,4 @@
-"""What the VLM vision towers share (Qwen3-VL's, DeepSeek V4's): `Tower`, an encoder whose trunk gives a (B, H, W, D)
+"""What the VLM vision towers share (Qwen3-VL's, DeepSeek V4's, Gemma 4's): `Tower`, an encoder whose trunk gives a (B, H, W, D)
 patch map and whose projector turns that map into the tokens an LLM reads, and `TowerClassifier`, timm's wrapper
 of such an encoder (params under `encoder/`) with mean pooling, a norm without affine params and a head.
 
@@ -56,7 +56,7 @@ class Tower(PatchGrid, nn.Module):
     def forward_head(self, x: jax.Array, pre_logits: bool = False, train: bool = False) -> jax.Array:
         if self.projector is not None:
             return self.projector(x, pre_logits)
-        return x.mean(axis=(1, 2)) if self.global_pool == 'avg' else x
+        return x.reshape(x.shape[0], -1, x.shape[-1]).mean(axis=1) if self.global_pool == 'avg' else x
 
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         return self.forward_head(self.forward_features(x, train), train=train)
@@ -85,6 +85,8 @@ class TowerClassifier(nn.Module):
     `final_norm` and `drop_rate`."""
     encoder_cls: ClassVar[type]
     head_norm: ClassVar[str]  # 'layernorm' | 'rmsnorm'
+    # forward_intermediates' final features: through the encoder's projector (Qwen3, DeepSeek) or the trunk's (Gemma 4)
+    final_through_projector: ClassVar[bool] = True
 
     @property
     def projects(self) -> bool:
@@ -121,13 +123,28 @@ class TowerClassifier(nn.Module):
     def forward_intermediates(self, x: jax.Array, indices: Union[None, int, Sequence[int]] = None,
                               norm: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
                               stop_early: bool = False):
-        """The encoder's block outputs; the final features through its projector when it has one (as timm)."""
+        """The encoder's block outputs; the final features through its projector when it has one and the family's
+        timm classifier returns them so."""
         out, feats = self.encoder.forward_intermediates(x, indices, norm, output_fmt, False, stop_early)
-        return feats if intermediates_only else (self.encoder.forward_head(out), feats)
+        final = self.encoder.forward_head(out) if self.final_through_projector else out
+        return feats if intermediates_only else (final, feats)
+
+
+def axial_rope_problems(m) -> list[str]:
+    """Qwen3's and DeepSeek's: heads of embed_dim / num_heads for their 2-D RoPE, the projector's width."""
+    p = []
+    if not (m.num_heads >= 1 and m.embed_dim % m.num_heads == 0 and (m.embed_dim // max(m.num_heads, 1)) % 4 == 0):
+        p.append(f'num_heads={m.num_heads}: must divide embed_dim={m.embed_dim} into heads of a multiple of 4 (2-D '
+                 'RoPE)')
+    if not 0 <= m.out_features <= MAX_DIM:
+        p.append(f'out_features={m.out_features}: must be in 0..{MAX_DIM}')
+    if not m.rope_temperature > 0:
+        p.append(f'rope_temperature={m.rope_temperature}: must be > 0')
+    return p
 
 
 def tower_problems(m, classifier_cls: type, encoder_pools: Sequence[str]) -> list[str]:
-    """The range checks every tower shares (depth, heads for 2-D RoPE, projector width, pools, head)."""
+    """The range checks every tower shares (depth, pools, head)."""
     p = []
 
     def need(ok: bool, what: str) -> None:
@@ -135,10 +152,6 @@ def tower_problems(m, classifier_cls: type, encoder_pools: Sequence[str]) -> lis
             p.append(what)
     classifier = isinstance(m, classifier_cls)
     need(1 <= m.depth <= MAX_DEPTH, f'depth={m.depth}: must be in 1..{MAX_DEPTH}')
-    need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0 and (m.embed_dim // max(m.num_heads, 1)) % 4 == 0,
-         f'num_heads={m.num_heads}: must divide embed_dim={m.embed_dim} into heads of a multiple of 4 (2-D RoPE)')
-    need(0 <= m.out_features <= MAX_DIM, f'out_features={m.out_features}: must be in 0..{MAX_DIM}')
-    need(m.rope_temperature > 0, f'rope_temperature={m.rope_temperature}: must be > 0')
     pools = ('avg', '') if classifier else tuple(encoder_pools)
     need(m.global_pool in pools, f'global_pool={m.global_pool!r}: one of {pools}')
     if classifier:
