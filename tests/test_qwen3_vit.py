@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (convert_and_export, fine_tune_family, full_size_matches_registry, images, max_diff, port,
-                      run_timm, timm_model, tower_attention_matches_timm)
+from conftest import (convert_and_export, fine_tune_family, full_size_matches_registry, max_diff, port, run_timm,
+                      timm_model, tower_attention_matches_timm)
 
 SIZES = ('88m', '306m', '416m')
 NAMES = [f'qwen3_vit_{s}{v}' for s in SIZES for v in ('', '_merge', '_enc')]
