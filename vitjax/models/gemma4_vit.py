@@ -279,23 +279,19 @@ class Gemma4VitClassifier(TowerClassifier, Gemma4VitEncoder):
 
 
 def gemma4_problems(m: Gemma4VitEncoder) -> list[str]:
-    p = tower_problems(m, Gemma4VitClassifier, ENCODER_POOLS)
-
-    def need(ok: bool, what: str) -> None:
-        if not ok:
-            p.append(what)
     kv = m.num_kv_heads or m.num_heads
-    need(m.num_heads >= 1 and 4 <= m.head_dim and m.head_dim % 4 == 0 and m.num_heads * m.head_dim <= MAX_DIM,
-         f'num_heads={m.num_heads}, head_dim={m.head_dim}: head_dim a multiple of 4 (2-D RoPE), num_heads x head_dim '
-         f'in 1..{MAX_DIM}')
-    need(m.num_kv_heads is None or (1 <= kv and m.num_heads % kv == 0),
-         f'num_kv_heads={m.num_kv_heads}: must divide num_heads={m.num_heads}')
-    need(1 <= m.intermediate_size <= MAX_DIM * 4, f'intermediate_size={m.intermediate_size}: 1..{MAX_DIM * 4}')
-    need(m.rope_theta > 0, f'rope_theta={m.rope_theta}: must be > 0')
-    need(1 <= m.position_embedding_size <= MAX_TOKENS,
-         f'position_embedding_size={m.position_embedding_size}: must be in 1..{MAX_TOKENS}')
-    need(1 <= m.pooling_kernel_size <= 16, f'pooling_kernel_size={m.pooling_kernel_size}: must be in 1..16')
-    return p
+    return tower_problems(m, Gemma4VitClassifier, ENCODER_POOLS) + [what for ok, what in (
+        (m.num_heads >= 1 and 4 <= m.head_dim and m.head_dim % 4 == 0 and m.num_heads * m.head_dim <= MAX_DIM,
+         f'num_heads={m.num_heads}, head_dim={m.head_dim}: head_dim a multiple of 4 (2-D RoPE), num_heads x '
+         f'head_dim in 1..{MAX_DIM}'),
+        (m.num_kv_heads is None or (1 <= kv and m.num_heads % kv == 0),
+         f'num_kv_heads={m.num_kv_heads}: must divide num_heads={m.num_heads}'),
+        (1 <= m.intermediate_size <= MAX_DIM * 4, f'intermediate_size={m.intermediate_size}: 1..{MAX_DIM * 4}'),
+        (m.rope_theta > 0, f'rope_theta={m.rope_theta}: must be > 0'),
+        (1 <= m.position_embedding_size <= MAX_TOKENS,
+         f'position_embedding_size={m.position_embedding_size}: must be in 1..{MAX_TOKENS}'),
+        (1 <= m.pooling_kernel_size <= 16, f'pooling_kernel_size={m.pooling_kernel_size}: must be in 1..16'),
+    ) if not ok]
 
 
 register(Family('gemma4_vit_enc', Gemma4VitEncoder, gemma4_problems))
