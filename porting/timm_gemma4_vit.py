@@ -36,10 +36,12 @@ ENCODER_RULES = (
     Rule('patch_embed.input_proj.weight', 'input_proj/kernel', LINEAR),
     Rule('patch_embed.position_embedding_table', 'position_embedding_table'),
     *(Rule(f'blocks.{{i}}.norm{n}.weight', f'blocks_{{i}}/norm{n}/scale') for n in (1, 2, 3, 4)),
-    *(r for p in ('q', 'k', 'v', 'o') for r in _clippable(f'blocks.{{i}}.attn.{p}_proj', f'blocks_{{i}}/attn/{p}_proj')),
+    *(r for p in ('q', 'k', 'v', 'o')
+      for r in _clippable(f'blocks.{{i}}.attn.{p}_proj', f'blocks_{{i}}/attn/{p}_proj')),
     Rule('blocks.{i}.attn.q_norm.weight', 'blocks_{i}/attn/q_norm/scale'),
     Rule('blocks.{i}.attn.k_norm.weight', 'blocks_{i}/attn/k_norm/scale'),
-    *(r for p in ('gate', 'up', 'down') for r in _clippable(f'blocks.{{i}}.mlp.{p}_proj', f'blocks_{{i}}/mlp/{p}_proj')),
+    *(r for p in ('gate', 'up', 'down')
+      for r in _clippable(f'blocks.{{i}}.mlp.{p}_proj', f'blocks_{{i}}/mlp/{p}_proj')),
     Rule('std_bias', 'std_bias'),
     Rule('std_scale', 'std_scale'),
 )

@@ -83,7 +83,9 @@ class ClippableLinear(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         big = float(np.finfo(np.float32).max)
-        clamp = lambda t, lo, hi: jnp.clip(t, *(buffer(self, n, v).astype(t.dtype) for n, v in ((lo, -big), (hi, big))))
+
+        def clamp(t: jax.Array, lo: str, hi: str) -> jax.Array:
+            return jnp.clip(t, buffer(self, lo, -big).astype(t.dtype), buffer(self, hi, big).astype(t.dtype))
         if self.clip:
             x = clamp(x, 'input_min', 'input_max')
         y = nn.Dense(self.features, use_bias=False, dtype=self.dtype, kernel_init=dense_init, name='linear')(x)

@@ -1,6 +1,7 @@
-"""What the VLM vision towers share (Qwen3-VL's, DeepSeek V4's, Gemma 4's): `Tower`, an encoder whose trunk gives a (B, H, W, D)
-patch map and whose projector turns that map into the tokens an LLM reads, and `TowerClassifier`, timm's wrapper
-of such an encoder (params under `encoder/`) with mean pooling, a norm without affine params and a head.
+"""What the VLM vision towers share (Qwen3-VL's, DeepSeek V4's, Gemma 4's): `Tower`, an encoder whose trunk gives a
+(B, H, W, D) patch map and whose projector turns that map into the tokens an LLM reads, and `TowerClassifier`,
+timm's wrapper of such an encoder (params under `encoder/`) with mean pooling, a norm without affine params and a
+head.
 
 A family's encoder subclasses `Tower` with its fields and gives `embed` (images -> tokens, RoPE, grid), `blocks`,
 `end` (its final norm, if any) and `projector`; its classifier subclasses `TowerClassifier` and the encoder, and
