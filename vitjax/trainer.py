@@ -54,8 +54,13 @@ def build_model(c, num_classes: int):
     # --config.image_size is the run's input size, above a preset's model_overrides.img_size
     img_size = overrides.pop('img_size', None)
     img_size = c.image_size or img_size
+    shown = dict(overrides, **({'img_size': img_size} if img_size else {}))
     overrides.update(regularisation)
-    return vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
+    model, variables = vitjax.create_model(c.model, num_classes=num_classes, img_size=img_size, rng=rng, **overrides)
+    # a preset's model_overrides stay when --config.model names another model: say what was built
+    print(f'model: {c.model}' + (f' with {shown}' if shown else '') +
+          f', {sum(x.size for x in jax.tree.leaves(variables)):,} params')
+    return model, variables
 
 
 def check_square(model) -> None:
