@@ -32,7 +32,7 @@ import numpy as np
 from vitjax.models.family import MAX_DIM, MAX_TOKENS, Family, check, register
 from vitjax.models.layers import (RMSNorm, backend_info, check_images, dense_init, fused_attention,
                                   stochastic_depth)
-from vitjax.models.rope import _pow, _sin_cos_cat, rope_rotate_half
+from vitjax.models.rope import pow_f32, sin_cos_cat, rope_rotate_half
 from vitjax.models.tower import Tower, TowerClassifier, tower_problems
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 
@@ -51,10 +51,10 @@ def rope_table(grid: tuple[int, int], head_dim: int, theta: float) -> np.ndarray
     head_dim // 4 bands 1 / theta^(2j / (head_dim / 2)) over the integer column (first half) and row (second half),
     each half laid [f0, f1, .., f0, f1, ..]; replays timm's float32 arithmetic."""
     half = head_dim // 2
-    inv_freq = f32(1.) / _pow(theta, np.arange(0, half, 2, dtype=f32) / f32(half))
+    inv_freq = f32(1.) / pow_f32(theta, np.arange(0, half, 2, dtype=f32) / f32(half))
     rows, cols = np.meshgrid(np.arange(grid[0], dtype=f32), np.arange(grid[1], dtype=f32), indexing='ij')
     angles = [p.reshape(-1, 1) * inv_freq for p in (cols, rows)]  # (N, head_dim // 4) each, exact f32 products
-    sc = [_sin_cos_cat(a, rotate_half=True) for a in angles]  # (N, 2 * half) each: [sin, cos] of one axis
+    sc = [sin_cos_cat(a, rotate_half=True) for a in angles]  # (N, 2 * half) each: [sin, cos] of one axis
     sin = np.concatenate([s[:, :half] for s in sc], -1)
     cos = np.concatenate([s[:, half:] for s in sc], -1)
     return np.concatenate([sin, cos], -1)

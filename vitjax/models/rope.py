@@ -48,14 +48,14 @@ def _rope_layout(x: np.ndarray, rotate_half: bool) -> np.ndarray:
     return np.concatenate([x, x], -1) if rotate_half else np.repeat(x, 2, -1)
 
 
-def _sin_cos_cat(angles: np.ndarray, rotate_half: bool) -> np.ndarray:
+def sin_cos_cat(angles: np.ndarray, rotate_half: bool) -> np.ndarray:
     # sin / cos of the float32 angles in float64, rounded once: within an ulp of torch's float32 sin / cos.
     a = angles.astype(np.float64)
     return np.concatenate([_rope_layout(np.sin(a), rotate_half), _rope_layout(np.cos(a), rotate_half)],
                           -1).astype(f32)
 
 
-def _pow(base: float, exp: np.ndarray) -> np.ndarray:
+def pow_f32(base: float, exp: np.ndarray) -> np.ndarray:
     # torch's float32 pow (SLEEF on x86, 1-ulp bound, CPU dependent) cannot be replayed bit for bit; the
     # correctly rounded power is within an ulp of it, where numpy's float32 pow is off by an ulp 20x as often.
     return np.power(np.float64(f32(base)), exp.astype(np.float64)).astype(f32)
@@ -63,7 +63,7 @@ def _pow(base: float, exp: np.ndarray) -> np.ndarray:
 
 def freq_bands(num_bands: int, temperature: float) -> np.ndarray:
     """timm's `freq_bands(step=1)`, the bands of `_build_bands(in_pixels=False)`."""
-    return f32(1.) / _pow(temperature, np.arange(num_bands, dtype=f32) / f32(num_bands))
+    return f32(1.) / pow_f32(temperature, np.arange(num_bands, dtype=f32) / f32(num_bands))
 
 
 def init_random_2d_freqs(key: jax.Array, head_dim: int, depth: int, num_heads: int,
@@ -159,7 +159,7 @@ class RotaryEmbedding(nn.Module):
             angles = coords[..., None] * bands  # (H, W, 2, head_dim // 4)
         else:
             n = head_dim // 4
-            periods = _pow(self.temperature, f32(2.) * np.arange(n, dtype=f32) / f32(head_dim // 2))
+            periods = pow_f32(self.temperature, f32(2.) * np.arange(n, dtype=f32) / f32(head_dim // 2))
             coords = _build_grid(grid, 'centered', None, self.grid_offset, self.grid_indexing)
             angles = f32(2 * math.pi) * coords[..., None] / periods
-        return jnp.asarray(_sin_cos_cat(angles.reshape(grid[0] * grid[1], -1), self.rotate_half))
+        return jnp.asarray(sin_cos_cat(angles.reshape(grid[0] * grid[1], -1), self.rotate_half))
