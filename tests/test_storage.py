@@ -69,10 +69,12 @@ def names(url):
 
 def test_lease_lock_refuses_a_live_run_and_takes_over_a_dead_ones(gcs):
     run = f'{BUCKET}/lock'
-    first = workdir.LeaseLock(run, lease=1.0, every=0.2)
-    time.sleep(2.0)  # longer than the lease: the heartbeat thread keeps it alive however busy the run is
+    # a lease 15 beats long: a 1 s lease (5 beats) was once taken over from a live run when the two busy test
+    # workers starved its heartbeat thread and the emulator for over a second
+    first = workdir.LeaseLock(run, lease=3.0, every=0.2)
+    time.sleep(3.5)  # longer than the lease: the heartbeat thread keeps it alive however busy the run is
     with pytest.raises(workdir.WorkdirInUse, match=r'in use by another run \(pid \d+ on .* alive \d+ s ago'):
-        workdir.LeaseLock(run, lease=1.0)
+        workdir.LeaseLock(run, lease=3.0)
     first.release()
     assert names(run) == []
     dead = workdir.LeaseLock(run, lease=0.5, every=3600)  # never beats again: a run killed with -9
