@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 STAMP := .venv/.installed
 
-.PHONY: install test test-fast convert train parity-table bench bench-full clean
+.PHONY: install test test-fast test-zoo test-all convert train parity-table bench bench-full clean
 
 install: $(STAMP)
 
@@ -24,11 +24,20 @@ $(STAMP): pyproject.toml
 # --durations: the 60 slowest tests close the log, to see where the suite's time goes.
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=60
 
+# Tiers (docs/testing.md): test = every guarantee, every family, one architecture per option set (CI);
+# test-fast = the unit tier; test-zoo = the exhaustive sweeps (every zoo architecture, the full-size parity
+# rows), for any change under vitjax/models or the porting tables; test-all = both.
 test: install
-	$(PYTEST)
+	$(PYTEST) -m "not zoo"
 
 test-fast: install
-	$(PYTEST) -m "not slow"
+	$(PYTEST) -m "not slow and not zoo"
+
+test-zoo: install
+	$(PYTEST) -m zoo
+
+test-all: install
+	$(PYTEST)
 
 # Offline default: timm deit_tiny with random (perturbed) weights -> safetensors -> vitjax, with a parity report.
 convert: install
@@ -46,7 +55,7 @@ bench-full: install
 	$(PY) -m benchmarks.bench --full
 
 parity-table: install
-	$(PY) -m porting.registry_parity --readme README.md
+	$(PY) -m porting.registry_parity --doc docs/models.md
 
 clean:
 	rm -rf out runs .pytest_cache

@@ -1,4 +1,4 @@
-"""The README's prediction and attention figures, from a model trained on the digits (`python train.py`).
+"""The prediction and attention figures of docs/cli.md, from a model trained on the digits (`python train.py`).
 
     python docs/figures.py runs/digits/model docs/
 """

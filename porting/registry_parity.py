@@ -1,7 +1,9 @@
 """Convert every registry model at full size through the public CLI and tabulate the parity it reports.
 
-    python -m porting.registry_parity --readme README.md   # rewrites the table between the markers
-    python -m porting.registry_parity --pattern 'eva02_*' 'vit_*rope*' --readme README.md   # only those rows
+    python -m porting.registry_parity --doc docs/models.md   # rewrites the table between the markers
+    python -m porting.registry_parity --pattern 'eva02_*' 'vit_*rope*' --doc docs/models.md   # only those rows
+
+`make parity-table` runs the first. `--readme` is the old name of `--doc`, kept as an alias.
 
 Weights are timm random-init (perturbed) safetensors files: no network needed. Exits non-zero if any fails.
 """
@@ -68,15 +70,15 @@ def ours(path: Path) -> bool:
     return isinstance(reports, list) and all(isinstance(r, dict) and {'model', 'passed'} <= set(r) for r in reports)
 
 
-def read_readme(readme: Path) -> str:
+def read_doc(doc: Path) -> str:
     """Its text, if it is a file we can rewrite in place and it has the table markers; else ValueError."""
     from vitjax.io import check_output_file
-    check_output_file(readme, lambda p: True)  # the user named it to rewrite; not a link or a directory
-    if not readme.is_file():
-        raise ValueError(f'{readme} does not exist')
-    body = readme.read_text()
+    check_output_file(doc, lambda p: True)  # the user named it to rewrite; not a link or a directory
+    if not doc.is_file():
+        raise ValueError(f'{doc} does not exist')
+    body = doc.read_text()
     if START not in body or END not in body:
-        raise ValueError(f'{readme} has no {START} ... {END} markers')
+        raise ValueError(f'{doc} has no {START} ... {END} markers')
     return body
 
 
@@ -85,18 +87,20 @@ def main(argv=None) -> int:
     from vitjax.io import check_output_file, write_file
     ap = argparse.ArgumentParser(prog='python -m porting.registry_parity', description=__doc__.split('\n')[0])
     ap.add_argument('--pattern', nargs='+', default=['*'], help='registry names to run (shell patterns)')
-    ap.add_argument('--readme', help='rewrite the table between the parity-table markers of this file')
+    ap.add_argument('--doc', '--readme', dest='doc', metavar='FILE',
+                    help='rewrite the table between the parity-table markers of this Markdown file '
+                         '(docs/models.md; --readme is the old name)')
     ap.add_argument('--json', help='also write all reports to this file (a new file, or one this tool wrote)')
     args = ap.parse_args(argv)
     empty = [p for p in args.pattern if not vitjax.list_models(p)]
     if empty:  # no runs would pass vacuously
         ap.error(f'argument --pattern: {" ".join(empty)} matches no registry model')
-    readme = Path(args.readme) if args.readme else None
+    doc = Path(args.doc) if args.doc else None
     try:  # the runs take minutes: what would refuse the writes at the end is refused before them
         if args.json:
             check_output_file(args.json, ours)
-        if readme:
-            read_readme(readme)
+        if doc:
+            read_doc(doc)
     except (ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1
@@ -112,12 +116,12 @@ def main(argv=None) -> int:
     try:  # through temporary files renamed into place: a kill never leaves either half-written
         if args.json:
             write_file(args.json, lambda tmp: Path(tmp).write_text(json.dumps(reports, indent=2) + '\n'), ours)
-        if readme:
-            body = read_readme(readme)  # again: it may have been edited during the runs
+        if doc:
+            body = read_doc(doc)  # again: it may have been edited during the runs
             # by position, not str.replace: the old table's text (a lone newline, say) occurs elsewhere too
             start, end = body.index(START) + len(START), body.index(END)
             body = f'{body[:start]}\n{merge(body[start:end], reports, vitjax.list_models())}\n{body[end:]}'
-            write_file(readme, lambda tmp: Path(tmp).write_text(body), lambda p: True)
+            write_file(doc, lambda tmp: Path(tmp).write_text(body), lambda p: True)
     except (ValueError, OSError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 1

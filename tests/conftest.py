@@ -205,12 +205,13 @@ def tiny_vit():
 
 
 # -- scheduling over the two xdist workers ----------------------------------------------------------------------
-# Files whose tests share module fixtures stay on one worker (--dist loadfile); the README recipes share none and
+# Files whose tests share module fixtures stay on one worker (--dist loadfile); the recipes (docs/) share none and
 # run minutes each, so each is a unit of its own. Units start longest first (measured here, 2026-11-29: recipes
 # 580 s, parallel 367 s, train_faults 303 s, ...), so the workers finish together instead of one running the
 # recipes alone at the end (the default file order left ~8 of 22 minutes on one worker).
 SPLIT_PER_TEST = ('tests/test_recipes.py',)
-LONGEST_FIRST = ('test_recipes', 'test_make_train', 'test_parallel', 'test_train_faults', *(f'test_hub_zoo_{i}' for i in range(4)),
+LONGEST_FIRST = ('test_recipes', 'test_make_train', 'test_parallel', 'test_train_faults', 'test_hub_zoo_distinct',
+                 *(f'test_hub_zoo_{i}' for i in range(4)),
                  'test_train', 'test_eva', 'test_swin', 'test_bench', 'test_vit', 'test_torchvision', 'test_cli',
                  'test_families', 'test_distributed', 'test_train_step')
 

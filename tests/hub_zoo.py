@@ -46,6 +46,30 @@ def part(i: int, n: int) -> list[str]:
     return sorted(f'{a}.{first[a]}' for a in archs[i::n])
 
 
+def _shape(v):
+    """A config value with its numbers blanked: sizes and constants change no code path, options do."""
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)):
+        return '#'
+    if isinstance(v, list):
+        return [_shape(x) for x in v] if not v or not all(_shape(x) == '#' for x in v) else '#list'
+    return v
+
+
+def distinct() -> list[str]:
+    """The cheapest architecture of each distinct option set of the zoo (family, and every config field with its
+    numbers blanked), as `arch.tag` like `part`: what `make test` sweeps; `make test-zoo` sweeps them all."""
+    z = _zoo()
+    zoo, tags = z['architectures'], z['tags']
+    groups = {}
+    for a in sorted(zoo, key=lambda a: (_cost(zoo[a]['config']), a)):
+        key = (zoo[a]['family'], json.dumps({k: _shape(v) for k, v in sorted(zoo[a]['config'].items())}))
+        groups.setdefault(key, a)
+    first = lambda a: next((t for t in zoo[a]['tags'] if tags[f'{a}.{t}'].get('hf_hub_id')), zoo[a]['tags'][0])
+    return sorted(f'{a}.{first(a)}' for a in groups.values())
+
+
 WIDEST = 1536  # wider plain towers (AIMv2-1B/3B, ViT-gigantic, ViT-7B) are tested at half width, same head width
 
 
@@ -157,9 +181,9 @@ def check(results: dict, name: str) -> None:
     assert [k for k in hub_params if hub_params[k] != convert_params[k]] == []
 
 
-def tests(names: list[str], full_size: bool = False):
+def tests(names: list[str], full_size: bool = False, zoo: bool = True):
     """(the module fixture, the test) over `names`, for a test file to assign: one subprocess per file, and
-    one file per xdist worker (--dist loadfile)."""
+    one file per xdist worker (--dist loadfile); `zoo`: marked for `make test-zoo` only."""
     import pytest
 
     @pytest.fixture(scope='module')
@@ -169,6 +193,9 @@ def tests(names: list[str], full_size: bool = False):
         yield run(cache, names, full_size)
         shutil.rmtree(cache, ignore_errors=True)
 
+    mark = pytest.mark.zoo if zoo else pytest.mark.slow
+
+    @mark
     @pytest.mark.slow
     @pytest.mark.parametrize('name', names)
     def test_loads_torch_free_with_timm_logits_and_convert_params(results, name):

@@ -91,6 +91,7 @@ def test_beit_at_another_size_resizes_its_tables_as_timm(tmp_path):
     np.testing.assert_array_equal(np.asarray(table)[-3:], orig[-3:])
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_beit_full_size(tmp_path):
     model = full_size_matches_registry(tmp_path, 'beitv2_base_patch16_224', TOLERANCE)

@@ -92,7 +92,7 @@ def test_bad_checkpoint_files(tmp_path, capsys):
 
 # One registry name per family and per kind of plain ViT (distillation token, MAP head, registers, SwiGLU,
 # QuickGELU) through the CLI; tests/hub_zoo.py converts every zoo architecture (the registry's names among them)
-# through the same tables at depth 1, and `make parity-table` runs each name at full depth (the README's numbers).
+# through the same tables at depth 1, and `make parity-table` runs each name at full depth (docs/models.md's table).
 CLI_NAMES = ['deit_tiny_distilled_patch16_224', 'vit_base_patch16_siglip_224', 'vit_small_patch14_reg4_dinov2',
              'aimv2_large_patch14_224', 'vit_base_patch16_clip_quickgelu_224', 'swin_tiny_patch4_window7_224',
              'swinv2_tiny_window8_256', 'eva02_tiny_patch14_224', 'beit_base_patch16_224', 'samvit_base_patch16',

@@ -123,6 +123,7 @@ def test_bad_deepseek_configs_are_named():
             cls(**{**base, **kwargs}).init(jax.random.PRNGKey(0), jnp.zeros((1, 56, 56, 3)))
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_deepseek_full_size(tmp_path):
     """The 412M tower whole (32 blocks x 1024, the aligner to 5120) through convert, at timm's smallest input

@@ -91,6 +91,7 @@ def test_unsupported_option_is_named(name):
         source_of(tm, 'timm').model_config(tm)
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['eva02_tiny_patch14_224', 'vit_base_patch16_dinov3', 'vit_pe_core_tiny_patch16_384',
                                   'vit_base_patch16_rope_mixed_224'])

@@ -59,6 +59,7 @@ def test_siglip_map_head_with_classes():
     assert max_diff(model.apply(variables, x), ref) < 1e-5 * max(1, np.abs(ref.numpy()).max())
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['vit_base_patch14_reg4_dinov2.lvd142m', 'vit_base_patch16_siglip_224',
                                   'aimv2_large_patch14_224'])

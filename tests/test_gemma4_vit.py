@@ -175,6 +175,7 @@ def test_bad_gemma4_configs_are_named():
             cls(**{**base, **kwargs}).init(jax.random.PRNGKey(0), jnp.zeros((1, 48, 48, 3)))
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_gemma4_full_size(tmp_path):
     """The clamped 167M tower whole (16 blocks x 768, the 10240-row position table) through convert, at timm's

@@ -35,6 +35,7 @@ def test_hf_converts_with_parity(tmp_path, cls):
     assert model.norm_eps == 1e-12 and max_diff(model.apply(variables, x), ref) < 1e-4
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_full_size_google_layout(tmp_path):
     """google/vit-base-patch16-224's architecture at full size (random weights)."""

@@ -75,6 +75,7 @@ def test_hybrid_at_another_size(tmp_path):
     assert model.grid_size == (5, 6) and variables['params']['pos_embed'].shape[1] == 31
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_hybrid_full_size(tmp_path):
     model = full_size_matches_registry(tmp_path, 'vit_base_r50_s16_224', 1e-5)

@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.slow
 def test_make_train_default_reaches_097(tmp_path):
     """`make train`: `python train.py` with the embedded default, unchanged, on one device as a fresh machine
-    runs it. The README's runs over seeds, device counts and modes are all >= 0.9778 (a change that reorders
+    runs it. The runs over seeds, device counts and modes in docs/changelog.md are all >= 0.9778 (a change that reorders
     sums can move a run by a few of the 360 images); fsdp computes the same steps (tests/test_parallel.py)."""
     env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
     proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',

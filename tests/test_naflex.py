@@ -91,6 +91,7 @@ def test_naflex_converted_at_another_size_and_head(tmp_path):
     assert model.img_size == (160, 224) and model.num_classes == 7 and variables['params']['pos_embed'].shape[1] == 256
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_naflex_full_size(tmp_path):
     name = 'naflexvit_base_patch16_gap'

@@ -75,6 +75,7 @@ def test_unsupported_timm_model_is_named():
         timm_vit.model_config(tm)
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.parametrize('name, kwargs', [
     ('vit_base_patch16_224.augreg_in21k_ft_in1k', {}),

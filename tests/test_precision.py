@@ -244,7 +244,7 @@ def test_bf16_train_step_on_gpu():
 @pytest.mark.gpu
 def test_converted_vit_b16_parity_on_the_gpu():
     """The converter's parity check on the GPU at 'highest' matmul precision (tests/conftest.py sets it): a
-    perturbed timm ViT-B/16 converted, logits within the README's bound of timm's (on the CPU)."""
+    perturbed timm ViT-B/16 converted, logits within docs/conversion.md's bound of timm's (on the CPU)."""
     from conftest import images, port, run_timm
     assert jax.default_backend() == 'gpu'
     m = timm_model('vit_base_patch16_224')

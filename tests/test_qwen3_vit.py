@@ -103,6 +103,7 @@ def test_an_odd_patch_grid_is_refused_by_the_projector_only():
     assert jax.eval_shape(raw.apply, jax.eval_shape(raw.init, jax.random.PRNGKey(0), x), x).shape == (1, 3, 4, 64)
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_qwen3_full_size(tmp_path):
     """The 88M tower whole (12 blocks at 768 px: 48x48 patches, the position grid as it is) through convert."""

@@ -1,4 +1,4 @@
-"""Every README recipe runs as written (bash -e, offline) and produces what the README says it does."""
+"""Every recipe of docs/recipes.md runs as written (bash -e, offline) and produces what the page says it does."""
 import json
 import os
 import re
@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = re.compile(r'<!-- recipe: (\w+) -->\n```bash\n(.*?)```', re.S)
-RECIPES = dict(RECIPE.findall((ROOT / 'README.md').read_text()))
+RECIPES = dict(RECIPE.findall((ROOT / 'docs' / 'recipes.md').read_text()))
 
 
 def run(name, tmp_path):
@@ -105,7 +105,7 @@ def test_qwen3vl_tokens(tmp_path):
 
 @pytest.mark.slow
 def test_readme_figures_script(tmp_path):
-    """`python docs/figures.py MODEL OUT` on a (briefly) trained digits model."""
+    """`python docs/figures.py MODEL OUT` (the figures of docs/cli.md) on a (briefly) trained digits model."""
     env = {**os.environ, 'PATH': f'{Path(sys.executable).parent}{os.pathsep}{os.environ["PATH"]}'}
     train = subprocess.run(['vitjax', 'train', f'--workdir={tmp_path / "run"}', '--config.total_steps=20',
                             '--config.warmup_steps=5', '--config.model_overrides.depth=1', '--config.eval_every=20',

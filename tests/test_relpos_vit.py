@@ -100,6 +100,7 @@ def test_relpos_at_another_size(tmp_path):
     assert model.grid_size == (10, 12)
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_relpos_full_size(tmp_path):
     model = full_size_matches_registry(tmp_path, 'vit_relpos_base_patch16_clsgap_224', TOLERANCE)

@@ -121,6 +121,7 @@ def test_sam_at_another_size_is_timms_run_time_resampling(tmp_path):
                          '--out', str(tmp_path / 'out256'), '--tolerance', '1e-5']) == 0
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_sam_full_size(tmp_path):
     model = full_size_matches_registry(tmp_path, 'samvit_base_patch16', 1e-5)

@@ -175,6 +175,7 @@ def test_stochastic_depth_and_dropout_only_in_training():
     assert np.array_equal(eval_a, eval_b) and not np.allclose(train, eval_a)
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['swin_tiny_patch4_window7_224', 'swin_base_patch4_window12_384'])
 def test_full_size_through_cli(tmp_path, name):

@@ -133,6 +133,7 @@ def test_another_size_and_window_is_timms_own(tmp_path):
                          '--tolerance', '1e-5']) == 0
 
 
+@pytest.mark.zoo
 @pytest.mark.slow
 def test_swinv2_full_size(tmp_path):
     model = full_size_matches_registry(tmp_path, 'swinv2_tiny_window8_256', 1e-5)

@@ -15,7 +15,7 @@ def get_config():
     c.model = 'vit_tiny_patch16_224'
     c.model_overrides = dict(img_size=16, patch_size=4, embed_dim=96, depth=6, num_heads=4)
     # Inception crops at timm's (0.08, 1) scale destroy 8x8 digits; at (0.85, 1) they are one-pixel shifts and
-    # slight zooms, which make the recipe less sensitive to its seed (README, Training).
+    # slight zooms, which make the recipe less sensitive to its seed (docs/changelog.md, 2026-11-30).
     c.crop = 'random_resized_crop'
     c.crop_scale = (0.85, 1.0)
     c.flip = False  # digits are not mirror-symmetric
