@@ -5,7 +5,9 @@ The command line is vitjax/main.py and the job vitjax/trainer.py, both installed
 """
 import sys
 
-from vitjax.main import run
+from vitjax.hostmem import reexec_with_tuned_malloc
 
 if __name__ == '__main__':
+    reexec_with_tuned_malloc()  # first: glibc reads its malloc settings at process start, before jax loads
+    from vitjax.main import run
     run(sys.argv)

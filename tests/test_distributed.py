@@ -175,10 +175,11 @@ def _cluster(port, i, n=2):
 @pytest.mark.slow
 def test_processes_with_different_settings_are_refused_before_step_1(tmp_path):
     """A different lr (replicas would drift apart) and a different step count (a collective mismatch minutes
-    later): every process exits 2 at start-up naming each difference, and nothing is trained or written."""
-    port = _free_port()
-    runs = _cluster_py(tmp_path / 'w', [[*_cluster(port, 0), '--config.lr=1e-3', '--config.total_steps=8'],
-                                        [*_cluster(port, 1), '--config.lr=2e-3', '--config.total_steps=9']])
+    later): every process exits 2 at start-up naming each difference, and nothing is trained or written. (Both
+    wait up to 10**20 s for each other: more than jax takes, which once died of a TypeError.)"""
+    port, wait = _free_port(), f'--config.distributed_timeout={10**20}'
+    runs = _cluster_py(tmp_path / 'w', [[*_cluster(port, 0), '--config.lr=1e-3', '--config.total_steps=8', wait],
+                                        [*_cluster(port, 1), '--config.lr=2e-3', '--config.total_steps=9', wait]])
     for rc, out, err in runs:
         assert rc == 2, err[-3000:]
         assert 'the processes of this run were started with different settings' in err
@@ -191,7 +192,8 @@ def test_processes_with_different_settings_are_refused_before_step_1(tmp_path):
 @pytest.mark.slow
 def test_two_processes_both_given_process_id_0(tmp_path):
     """The second process 0 on a host is told at once (exit 2, what is wrong), instead of both waiting for
-    jax's timeout and dying of SIGABRT; the first says how long it waits, and that wait is a setting."""
+    jax's timeout and dying of SIGABRT; the first says how long it waits, and that wait is a setting: when it is
+    up, the first ends with one line naming the process that never joined (exit 1), not jax's C++ abort."""
     port, t0 = _free_port(), time.time()
     runs = _cluster_py(tmp_path / 'w', [[*_cluster(port, 0), '--config.distributed_timeout=5']] * 2, timeout=90)
     told = [r for r in runs if r[0] == 2]
@@ -202,3 +204,25 @@ def test_two_processes_both_given_process_id_0(tmp_path):
     waiting = next(r for r in runs if r is not told[0])
     assert 'process 0 of 2, waiting up to 5 s for all of them' in waiting[1]
     assert time.time() - t0 < 80  # the waiting one gave up after its 5 s, not jax's default 300
+    assert waiting[0] == 1, (waiting[0], waiting[2][-3000:])  # an exit status, not SIGABRT (-6)
+    assert 'Check failure' not in waiting[2] and '*** ' not in waiting[2] and 'Traceback' not in waiting[2]
+    assert waiting[2].rstrip().splitlines()[-1] == (
+        f'error: jax.distributed: process 1 never joined the coordinator at 127.0.0.1:{port} within 5 s: start '
+        'every process with the same --config.coordinator_address and its own --config.process_id (0 to 1), or '
+        'raise --config.distributed_timeout'), waiting[2][-3000:]
+    assert waiting[2].count('never joined') == 1
+
+
+@pytest.mark.slow
+def test_a_process_whose_coordinator_never_comes_ends_with_one_line(tmp_path):
+    """Process 1 started alone: when --config.distributed_timeout is up it says who it waited for (exit 1),
+    instead of dying of jax's C++ abort after a stack trace."""
+    port = _free_port()
+    (rc, out, err), = _cluster_py(tmp_path / 'w', [[*_cluster(port, 1), '--config.distributed_timeout=5']], timeout=90)
+    assert rc == 1, (rc, err[-3000:])
+    assert 'Check failure' not in err and '*** ' not in err and 'Traceback' not in err, err[-3000:]
+    assert err.rstrip().splitlines()[-1] == (
+        f'error: jax.distributed: not all 2 processes met at the coordinator 127.0.0.1:{port} (process 0 serves it) '
+        'within 5 s: start every process with the same --config.coordinator_address and its own '
+        '--config.process_id (0 to 1), or raise --config.distributed_timeout')
+    assert not (tmp_path / 'w').exists()

@@ -70,3 +70,16 @@ def test_no_import_cycle():
 def test_the_walk_sees_a_cycle():
     assert find_cycle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}}) == ['a', 'b', 'c', 'a']
     assert find_cycle({'a': {'b'}, 'b': set()}) is None
+
+
+def test_train_py_reexecutes_before_jax_loads():
+    """train.py re-executes itself with the malloc settings (vitjax/hostmem.py) before it imports jax, TensorFlow or
+    the model code, so a run pays their import once, not twice."""
+    import subprocess
+    import sys
+    code = ('import runpy, sys, vitjax.hostmem as h\n'
+            'h.reexec_with_tuned_malloc = lambda: print(sorted(m for m in ("jax", "tensorflow", "flax", "vitjax.main") '
+            'if m in sys.modules)) or sys.exit(0)\n'
+            'sys.argv = ["train.py"]; runpy.run_path("train.py", run_name="__main__")')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == '[]', (out.stdout, out.stderr[-2000:])

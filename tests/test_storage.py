@@ -1,5 +1,6 @@
 """gs:// workdirs (vitjax/storage.py, the lease lock in vitjax/workdir.py) against a local GCS emulator: the
-run files, the lock, `vitjax.load` of a gs:// model, and train.py itself stopped and resumed on a bucket."""
+run files, the lock, `vitjax.load` of a gs:// model, and train.py itself stopped and resumed on a bucket; and
+the local lock given what a user or another tool left in its place."""
 import json
 import os
 import socket
@@ -84,6 +85,72 @@ def test_lease_lock_refuses_a_live_run_and_takes_over_a_dead_ones(gcs):
     assert names(run) == ['train.lock'] and json.loads(storage.epath.Path(run, 'train.lock').read_text())[
         'token'] == second.token
     second.release()
+
+
+# a lock object vitjax did not write as it writes one -> what the refusal says is wrong with it
+MALFORMED_LOCKS = {'{"heartbeat": "yesterday", "pid": 1}': 'has heartbeat "yesterday", not a time',
+                   'not json': 'is not JSON', b'\xff\xfe{}': 'is not JSON', '': 'is not JSON',
+                   '[1, 2]': 'holds [1, 2], not a JSON object', '"x"': 'holds "x", not a JSON object',
+                   '{"pid": 1}': 'has no heartbeat', '{"heartbeat": true}': 'has heartbeat true, not a time',
+                   '{"heartbeat": NaN}': 'has heartbeat NaN, not a time', '{"heartbeat": -1}': 'not a time',
+                   '{"heartbeat": Infinity}': 'has heartbeat Infinity, a time in the future',
+                   '{"heartbeat": 1e300}': 'a time in the future', '{"heartbeat": 1%s}' % ('0' * 400): 'future'}
+
+
+def test_a_malformed_lease_lock_is_refused_while_fresh_then_taken_over(gcs, capsys):
+    """Dated by the store's time of writing: refused (naming what is wrong) while a run could still hold it,
+    taken over (and said so) once its lease is up, like a lock whose run stopped beating."""
+    runs = {f'{BUCKET}/malformed/{i}': text for i, text in enumerate(MALFORMED_LOCKS)}
+    for run, text in runs.items():  # the store dates them in whole seconds: refused for 3 s at least
+        lock = storage.epath.Path(run, 'train.lock')
+        lock.write_bytes(text) if isinstance(text, bytes) else lock.write_text(text)
+    written, lease = time.time(), 4.0
+    for run, text in runs.items():
+        with pytest.raises(workdir.WorkdirInUse, match=r'in use by another run \(its lock .*/train.lock (.*), last '
+                           r'written \d+ s ago\); wait .* gives it up \d+ s from now') as e:
+            workdir.LeaseLock(run, lease=lease)
+        assert MALFORMED_LOCKS[text] in str(e.value), str(e.value)
+    time.sleep(max(0.0, written + lease + 0.2 - time.time()))
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(len(runs)) as pool:  # each taking-over waits 0.5 s to re-read its own write
+        locks = list(pool.map(lambda run: workdir.LeaseLock(run, lease=lease, every=3600), runs))
+    for run, lock in zip(runs, locks):
+        assert json.loads(storage.epath.Path(run, 'train.lock').read_text())['token'] == lock.token
+        lock.release()
+        assert names(run) == []
+    err = capsys.readouterr().err
+    assert err.count('took over the lock of a run that stopped (its lock ') == len(runs), err
+
+
+def test_a_local_run_file_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    """train.lock (truncated and rewritten in place) or summary.json (rewritten at the end) as a link to a
+    user's file: refused before anything is written, instead of overwriting the file it points to."""
+    mine = tmp_path / 'mine.txt'
+    mine.write_text('my notes')
+    for name in ('train.lock', 'summary.json'):
+        run = tmp_path / name
+        run.mkdir()
+        (run / name).symlink_to(mine)
+        with pytest.raises(ValueError, match=f'{run}: {name} is a symbolic link \\(to {mine}\\), which a run would '
+                           'write through; remove the link'):
+            workdir.check_ours(str(run))
+    with pytest.raises(workdir.WorkdirInUse, match=r'train.lock is a symbolic link \(to .*mine.txt\), not a lock'):
+        workdir.Lock(str(tmp_path / 'train.lock'))
+    assert mine.read_text() == 'my notes' and (tmp_path / 'train.lock' / 'train.lock').is_symlink()
+
+
+def test_a_held_local_lock_with_undecodable_contents_is_reported(tmp_path):
+    """Its holder is shown as far as it reads, not a UnicodeDecodeError."""
+    import fcntl
+    (tmp_path / 'train.lock').write_bytes(b'pid 7 \xff\xfe')
+    fd = os.open(tmp_path / 'train.lock', os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # another open file description: as another process would hold it
+        with pytest.raises(workdir.WorkdirInUse, match=r'in use by another run \(pid 7 \ufffd\ufffd\); wait'):
+            workdir.Lock(str(tmp_path))
+    finally:
+        os.close(fd)
+    assert (tmp_path / 'train.lock').read_bytes() == b'pid 7 \xff\xfe'
 
 
 def test_model_published_to_gcs_loads_back(gcs, tmp_path):

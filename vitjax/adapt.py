@@ -3,31 +3,52 @@ resampled for another image size, relative-position tables resized for another w
 SAM). Used by `vitjax.load` (directories and hub weights) and `porting.convert`."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from vitjax.io import check_params, flatten, param_shapes, unflatten
-from vitjax.models import Model, img_size_of
+from vitjax.io import as_tuples, check_params, flatten, param_shapes, unflatten
+from vitjax.models import NOT_STORED, Model, checked_model, img_size_of, model_config
 from vitjax.models.layers import resample_abs_pos_embed
 from vitjax.models.relpos import resize_decomposed_table, resize_rel_pos_bias_table
 from vitjax.models.vit import stack_blocks
 
 
+def changes(model: Model, num_classes: Optional[int], img_size: Union[None, int, tuple],
+            overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The field changes a load asks for, their types and ranges checked as a config.json's are: one ValueError
+    listing every problem, before anything is built or resampled."""
+    out = {k: as_tuples(v) for k, v in overrides.items() if k != 'scan_blocks'}
+    if num_classes is not None and num_classes != model.num_classes:
+        out['num_classes'] = num_classes
+    if img_size is not None:
+        out['img_size'] = as_tuples(img_size)
+    if out:
+        check_fields(type(model), {**as_tuples(model_config(model)), **out}, model.pretrained_cfg, 'invalid options')
+    if img_size is not None:
+        out['pretrained_cfg'] = model.pretrained_cfg.at_size(out['img_size'])
+    return out
+
+
+def check_fields(cls: type, fields: Mapping[str, Any], pretrained_cfg: Any, what: str = 'invalid model config') -> None:
+    """`checked_model`'s checks on constructor arguments that may hold fields config.json does not store."""
+    try:
+        checked_model(cls, {k: v for k, v in fields.items() if k not in NOT_STORED},
+                      dataclasses.asdict(pretrained_cfg))
+    except ValueError as e:
+        raise ValueError(str(e).replace('invalid model config', what, 1)) from None
+
+
 def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Union[None, int, tuple],
             overrides: Mapping[str, Any]) -> tuple[Model, dict]:
     """What timm does at load time when asked for a change: a new head, a resampled position grid."""
-    changes = dict(overrides)
-    scan = changes.pop('scan_blocks', False)
+    scan = overrides.get('scan_blocks', False)
     if scan and not hasattr(model, 'scan_blocks'):
         raise ValueError(f'scan_blocks is an option of VisionTransformer, not of {type(model).__name__}')
-    if num_classes is not None and num_classes != model.num_classes:
-        changes['num_classes'] = num_classes
-    if img_size is not None:
-        changes['img_size'] = img_size
-        changes['pretrained_cfg'] = model.pretrained_cfg.at_size(img_size)
-    if changes:
-        new_model = model.clone(**changes)
+    new = changes(model, num_classes, img_size, overrides)
+    if new:
+        new_model = model.clone(**new)
         params = adapt_params(params, model, new_model)
         model = new_model
     if scan:

@@ -24,7 +24,8 @@ def run_eval(sums_fn: Callable[[dict], dict], dataset: Iterable[dict]) -> dict[s
 def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size: int = 64,
              data_dir: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """`vitjax evaluate`: a model on a tfds dataset or an image folder, preprocessed as its config says."""
-    from vitjax import data, parallel, train_step
+    from vitjax import data, inference, parallel, train_step
+    inference.check_image_logits(model, 'evaluate', lambda x: model.apply(variables, x))
     info = data.get_dataset_info(dataset, split, data_dir)
     if info.num_classes != model.num_classes:
         raise ValueError(f'{dataset} has {info.num_classes} classes, the model {model.num_classes}')
@@ -34,8 +35,9 @@ def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size:
     cfg = model.pretrained_cfg
     devices = jax.local_device_count() * jax.process_count()
     batch = -(-batch_size // devices) * devices
-    ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=cfg.input_size[1],
-                                  crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, data_dir=data_dir)
+    ds = data.create_eval_dataset(dataset, split, global_batch_size=batch, image_size=inference.input_size(model),
+                                  crop_pct=cfg.crop_pct, crop_mode=cfg.crop_mode, interpolation=cfg.interpolation,
+                                  mean=cfg.mean, data_dir=data_dir)
     par = parallel.create('pmap')
     params = par.replicate(variables['params'])
     _, eval_fn = train_step.step_functions(model, None, None, model.num_classes, mean=cfg.mean, std=cfg.std)

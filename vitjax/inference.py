@@ -51,7 +51,7 @@ def class_names_for(model, model_dir: Optional[Union[str, os.PathLike]] = None) 
     return imagenet_class_names(model.num_classes) or [f'class_{i}' for i in range(model.num_classes)]
 
 
-# -- preprocessing (timm's eval transform: resize by crop_pct, center crop, normalise) ---------------------
+# -- preprocessing (timm's eval transform: resize by crop_pct, crop or pad by crop_mode, normalise) -----------
 def open_image(image: ImageLike):
     from PIL import Image
     if isinstance(image, Image.Image):
@@ -65,31 +65,49 @@ def input_size(model) -> tuple[int, int]:
         img_size_of(model)
 
 
+def eval_image(im, size: tuple[int, int], crop_pct: float, crop_mode: str = 'center',
+               interpolation: str = 'bicubic', mean: Sequence[float] = (0.485, 0.456, 0.406)):
+    """timm's `transforms_imagenet_eval` up to ToTensor on a PIL RGB image, as a PIL image of (h, w) `size`.
+    center: the short side to size / crop_pct (aspect kept), center crop; squash: each side to size / crop_pct,
+    center crop; border: the long side to size / crop_pct (aspect kept), center crop or pad with the mean."""
+    from PIL import Image
+    h, w = size
+    sh, sw = math.floor(h / crop_pct), math.floor(w / crop_pct)
+    iw, ih = im.size
+    if crop_mode == 'squash':
+        new = (sw, sh)
+    elif crop_mode == 'border' or sh != sw:  # timm's ResizeKeepRatio: the long side (border) or the short one fits
+        ratios = (ih / sh, iw / sw)
+        ratio = max(ratios) if crop_mode == 'border' else min(ratios)
+        new = (round(iw / ratio), round(ih / ratio))
+    else:  # torchvision's Resize(int): the short side to sh, the long one truncated
+        new = (sh, int(sh * ih / iw)) if iw <= ih else (int(sh * iw / ih), sh)
+    if min(new) < 1:
+        raise ValueError(f'a {iw}x{ih} image resizes to {new[0]}x{new[1]} for crop_mode={crop_mode!r} at {h}x{w}')
+    if new != im.size:
+        im = im.resize(new, RESAMPLE[interpolation])
+    iw, ih = im.size
+    if iw < w or ih < h:  # CenterCrop pads with black, border's CenterCropOrPad with the mean
+        fill = tuple(round(255 * v) for v in mean) if crop_mode == 'border' else (0, 0, 0)
+        canvas = Image.new('RGB', (max(iw, w), max(ih, h)), fill)
+        canvas.paste(im, ((max(iw, w) - iw) // 2, (max(ih, h) - ih) // 2))
+        im, (iw, ih) = canvas, canvas.size
+    top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+    return im.crop((left, top, left + w, top + h))
+
+
 def preprocess(images: Sequence[ImageLike], model) -> np.ndarray:
     """(B, H, W, 3) float32, exactly as timm's `create_transform(**resolve_data_config(model))` makes it."""
     cfg = model.pretrained_cfg
     h, w = input_size(model)
-    scale = (math.floor(h / cfg.crop_pct), math.floor(w / cfg.crop_pct))
-    resample = RESAMPLE.get(cfg.interpolation, 3)
     mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
     out = np.empty((len(images), h, w, 3), np.float32)  # filled in place: one copy of the batch, not three
     for i, image in enumerate(images):
         im = open_image(image)
-        if cfg.crop_mode == 'squash' or scale[0] != scale[1]:
-            im = im.resize((scale[1], scale[0]), resample)
-        else:  # the shorter side to `scale`, aspect kept (torchvision's Resize(int) arithmetic)
-            iw, ih = im.size
-            s = scale[0]
-            size = (s, int(s * ih / iw)) if iw <= ih else (int(s * iw / ih), s)
-            im = im.resize(size, resample)
-        iw, ih = im.size
-        if iw < w or ih < h:  # CenterCrop pads images smaller than the crop
-            from PIL import Image
-            canvas = Image.new('RGB', (max(iw, w), max(ih, h)))
-            canvas.paste(im, ((max(iw, w) - iw) // 2, (max(ih, h) - ih) // 2))
-            im, (iw, ih) = canvas, canvas.size
-        top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
-        im = im.crop((left, top, left + w, top + h))
+        try:
+            im = eval_image(im, (h, w), cfg.crop_pct, cfg.crop_mode, cfg.interpolation, cfg.mean)
+        except ValueError as e:
+            raise ValueError(f"{getattr(image, 'filename', None) or image}: {e}") from None
         out[i] = (np.asarray(im, np.float32) / 255.0 - mean) / std
     return out
 
@@ -108,10 +126,9 @@ def _batched(fn, x: np.ndarray, batch: int = BATCH):
 def predict(model, variables, images: Sequence[ImageLike], top: int = 5,
             class_names: Optional[Sequence[str]] = None, batch_size: int = BATCH) -> list[list[dict[str, Any]]]:
     """Top-k `{'index', 'label', 'probability'}` per image, most probable first."""
-    if model.num_classes <= 0:
-        raise ValueError('this model has no classifier head (num_classes=0); use features instead')
-    names = list(class_names) if class_names is not None else class_names_for(model)
     run = jax.jit(lambda x: model.apply(variables, x))
+    check_image_logits(model, 'predict', run, min(batch_size, len(images)) or 1)
+    names = list(class_names) if class_names is not None else class_names_for(model)
     k = min(top, model.num_classes)
     result = []
     for chunk in _chunks(images, batch_size):  # only the top k of each image kept: not N x classes
@@ -119,6 +136,22 @@ def predict(model, variables, images: Sequence[ImageLike], top: int = 5,
             idx = np.argsort(-p, kind='stable')[:k]
             result.append([{'index': int(i), 'label': names[i], 'probability': float(p[i])} for i in idx])
     return result
+
+
+def check_image_logits(model, what: str, run, batch: int = 1) -> None:
+    """`what` (predict, evaluate) needs one row of logits per image: refused up front for a model without a head,
+    or whose head pools nothing (timm's global_pool='' gives logits per token). `run(images)` is its forward pass;
+    only its shape is traced (a jitted `run` keeps the trace for its first call of `batch` images)."""
+    if model.num_classes <= 0:
+        raise ValueError(f'{what}: this model has no classifier head (num_classes=0); use features instead')
+    h, w = input_size(model)
+    shape = tuple(jax.eval_shape(run, jax.ShapeDtypeStruct((batch, h, w, 3), jnp.float32)).shape)
+    if shape != (batch, model.num_classes):
+        pool = getattr(model, 'global_pool', None)
+        raise ValueError(f'{what} needs one row of logits per image, but this {type(model).__name__} gives '
+                         f'{shape[1:]} per image' + (" (global_pool='' pools nothing: timm's logits per token)"
+                                                     if pool == '' else '')
+                         + "; give it a pooling one, e.g. vitjax.load(path, global_pool='avg')")
 
 
 # -- features ----------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """`vitjax.load` / `read_config`: one name for a model directory (local or gs://) or timm's hub weights
-(`hf-hub:timm/<arch>.<tag>`, `<arch>.<tag>`; vitjax/hub.py, no torch)."""
+(`hf-hub:timm/<arch>.<tag>`, `<arch>.<tag>`; vitjax/hub.py, no torch). A local path wins over a timm name of
+the same spelling; `create_model(name, pretrained=True)` always means the hub."""
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,13 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
         return hub.load(str(path), num_classes, img_size, in_chans, revision, **overrides)
     if in_chans is not None or revision is not None:
         raise ValueError(f'{path}: in_chans and revision apply to hub weights, not to a model directory')
-    model, params = io.read_model(path)
+    try:
+        model, params = io.read_model(path)
+    except FileNotFoundError as e:
+        if not hub.is_hub_name(path, local=False):
+            raise
+        raise FileNotFoundError(f'{e} (the local {path} hides the timm name: for hub weights, '
+                                f'vitjax.create_model({os.fspath(path)!r}, pretrained=True))') from None
     return adapted(model, params, num_classes, img_size, overrides)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
@@ -82,16 +83,48 @@ class FaultHooks(trainer.Hooks):
 
 def init_distributed(c) -> None:
     """jax.distributed.initialize, auto-detected (Cloud TPU, SLURM, Open MPI) or from the three config fields."""
+    if c.coordinator_address:  # jax's own split of the port fails as an IndexError; port 99999 waited it out
+        host, _, port = c.coordinator_address.rpartition(':')
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f'--config.coordinator_address={c.coordinator_address!r} is not HOST:PORT (process '
+                             "0's host name or address, and a free port from 1 to 65535)")
     import jax
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')  # CPU hosts; GPUs and TPUs bring their own
     named = dict(coordinator_address=c.coordinator_address, num_processes=c.num_processes,
                  process_id=c.process_id) if c.coordinator_address else {}
     if c.process_id == 0:
         hold_coordinator_port(c.coordinator_address)
-    if named:  # jax waits for the others in C++ and aborts the process when the time is up: say so first
+    if named:
         print(f'jax.distributed: process {c.process_id} of {c.num_processes}, waiting up to '
               f'{c.distributed_timeout} s for all of them at {c.coordinator_address}', flush=True)
-    jax.distributed.initialize(**named, initialization_timeout=int(c.distributed_timeout))
+    # jax waits for the others in C++ and, when its time is up, aborts the process with a C++ stack trace that
+    # no Python code sees: a watchdog of ours ends the wait first, with one line; jax's timeout stays a backstop
+    joined = threading.Event()
+    threading.Thread(target=_give_up_unless, args=(joined, c), daemon=True, name='vitjax-join').start()
+    try:
+        # jax takes a C int: a longer wait raised a TypeError
+        jax.distributed.initialize(**named, initialization_timeout=min(int(c.distributed_timeout) + 60, 2**31 - 1))
+    finally:
+        joined.set()
+
+
+def _give_up_unless(joined: threading.Event, c) -> None:
+    if joined.wait(min(c.distributed_timeout, threading.TIMEOUT_MAX)):
+        return
+    t, n, addr = c.distributed_timeout, c.num_processes, c.coordinator_address
+    fix = (f'start every process with the same --config.coordinator_address and its own --config.process_id (0 to '
+           f'{n - 1}), or raise --config.distributed_timeout')
+    if not addr:  # auto-detected: this process cannot tell which ones are missing
+        why, fix = f'not every process of the cluster joined within {t} s', 'check that every process of the job ' \
+            'started, or raise --config.distributed_timeout'
+    elif c.process_id == 0:
+        who = 'process 1' if n == 2 else f'not every one of processes 1 to {n - 1}'
+        why = f'{who} never joined the coordinator at {addr} within {t} s'
+    else:
+        why = f'not all {n} processes met at the coordinator {addr} (process 0 serves it) within {t} s'
+    print(f'error: jax.distributed: {why}: {fix}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)  # the main thread is inside jax's C++ wait: nothing else can end it without the abort
 
 
 _COORDINATOR_LOCK = None  # held while this process lives
@@ -106,7 +139,11 @@ def hold_coordinator_port(address: str) -> None:
     import tempfile
     port = address.rpartition(':')[2]
     path = os.path.join(tempfile.gettempdir(), f'vitjax-coordinator-{port}.lock')
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # O_NOFOLLOW: a link in a shared temporary directory must not make us truncate the file it names
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as e:  # a link, or another user's file: neither is a lock of ours
+        raise ValueError(f'cannot take the lock of coordinator port {port} on this host, {path} ({e.strerror}): '
+                         'remove it if it is yours, or use another port') from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -182,6 +219,9 @@ def main(argv) -> int:
         return 2
     try:
         workdirs.check_ours(workdir)
+        if not is_url(workdir):  # a run file that is a link, a directory or a FIFO: refused before anything is made
+            from vitjax.metrics import check_outputs
+            check_outputs(workdir)
         workdirs.check_init(workdir, c.init)
         if is_url(workdir):  # a local model/ is checked once the workdir exists (its parent must take a probe)
             workdirs.check_model_url(f'{workdir.rstrip("/")}/model')

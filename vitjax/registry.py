@@ -50,7 +50,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     'gap': dict(class_token=False, global_pool='avg', fc_norm=False, no_embed_class=False),  # timm's SBB ViTs
 }
 # The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
-# and converts with logit parity (README table).
+# and converts with logit parity (the table in docs/models.md).
 _ARCHS = tuple(
     [f'vit_{s}_patch{p}_{r}' for s, p, r in [
         ('tiny', 16, 224), ('tiny', 16, 384), ('small', 16, 224), ('small', 16, 384), ('small', 32, 224),
@@ -82,9 +82,39 @@ _ARCHS = tuple(
     + [f'swinv2_{s}_window12{t}' for s in ('base', 'large') for t in ('_192', 'to16_192to256', 'to24_192to384')])
 
 
-def list_models(pattern: str = '*') -> list[str]:
-    """Architecture names matching a shell-style pattern, e.g. `list_models('deit_*')`."""
-    return sorted(n for n in _ARCHS if fnmatch.fnmatch(n, pattern))
+def _patterns(value: Any, what: str, tags: bool) -> list[str]:
+    """timm's filters: one shell-style pattern or several, '' none; with `tags`, a pattern without a tag also
+    matches `pattern.*`."""
+    if not value:
+        return []
+    try:
+        pats = [value] if isinstance(value, str) else list(value)
+    except TypeError:
+        pats = [value]
+    if not all(isinstance(p, str) for p in pats):
+        raise TypeError(f'{what} must be a shell-style pattern or a list of them, got {value!r}')
+    return [q for p in pats for q in ([p] if not tags or p.partition('.')[2] else [p.partition('.')[0] + '.*', p])]
+
+
+def _listed(names: list[str], filter: Any, exclude_filters: Any, tags: bool) -> list[str]:
+    """timm's `list_models` selection and natural sort order over `names`."""
+    include = _patterns(filter, 'filter', tags)
+    out = {n for p in include for n in fnmatch.filter(names, p)} if include else set(names)
+    out -= {n for p in _patterns(exclude_filters, 'exclude_filters', tags) for n in fnmatch.filter(out, p)}
+    return sorted(out, key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r'(\d+)', s.lower())])
+
+
+def list_models(filter: Any = '', exclude_filters: Any = '') -> list[str]:
+    """Architecture names, as `timm.list_models(filter, exclude_filters=...)`: shell-style patterns (one or a
+    list; '' is every name), e.g. `list_models('deit_*')`."""
+    return _listed(list(_ARCHS), filter, exclude_filters, tags=False)
+
+
+def list_pretrained(filter: Any = '', exclude_filters: Any = '') -> list[str]:
+    """`arch.tag` names vitjax loads from the hub, as `timm.list_pretrained(filter, exclude_filters)`: a pattern
+    without a tag also matches the tags of the architectures it matches."""
+    from vitjax import hub
+    return _listed(list(hub.zoo()['tags']), filter, exclude_filters, tags=True)
 
 
 def split_tag(name: str) -> tuple[str, str]:
@@ -174,18 +204,16 @@ def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
 def build_model(name: str, num_classes: Optional[int] = None, img_size: Union[None, int, tuple] = None,
                 **overrides: Any) -> Model:
     """The module for a timm name with overrides applied (no parameters)."""
+    from vitjax.adapt import check_fields
     arch, kwargs, cfg = model_args(name)
-    if num_classes is not None:
-        kwargs['num_classes'] = num_classes
-    if img_size is not None:
-        kwargs['img_size'] = img_size
-        cfg = cfg.at_size(img_size)
     cls = ARCHITECTURES[arch]
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ValueError(f'{name}: {cls.__name__} has no option {", ".join(unknown)}')
-    kwargs.update(overrides)
-    return cls(**kwargs, pretrained_cfg=cfg)
+    asked = {'num_classes': num_classes, 'img_size': img_size}
+    kwargs.update(io.as_tuples({**overrides, **{k: v for k, v in asked.items() if v is not None}}))
+    check_fields(cls, kwargs, cfg, f'{name}: invalid options')  # types and ranges before anything is built
+    return cls(**kwargs, pretrained_cfg=cfg if img_size is None else cfg.at_size(kwargs['img_size']))
 
 
 def create_model(name: str, pretrained: Union[bool, str, None] = None, num_classes: Optional[int] = None,
@@ -199,17 +227,16 @@ def create_model(name: str, pretrained: Union[bool, str, None] = None, num_class
     way the head is new (zeros, as init makes it) when `num_classes` differs and position embeddings are resampled when
     `img_size` differs. Otherwise the variables are a fresh initialisation from `rng`.
     """
-    if pretrained is True:
+    if pretrained is True:  # a timm name, never a path (a file of that name in the cwd changes nothing)
         from vitjax import hub
-        if not hub.is_hub_name(name):
-            hub.repo_of(name)  # the reason it has no hub weights, with close matches
-        return hub.load(name if hub.is_hub_name(name) else f'{hub.PREFIX}{name}', num_classes=num_classes,
-                        img_size=img_size, revision=revision, **overrides)
+        return hub.load(str(name), num_classes=num_classes, img_size=img_size, revision=revision, **overrides)
     if pretrained:
         from vitjax import loader
-        stored = loader.read_config(pretrained, revision).get('model_name') or ''
-        if stored and split_tag(name)[0] != split_tag(stored)[0]:
-            raise ValueError(f'{pretrained} holds {stored!r}, not {name!r}')
+        cfg = loader.read_config(pretrained, revision)
+        stored = (cfg.get('hub') or {}).get('architecture') or split_tag(cfg.get('model_name') or '')[0]
+        if stored and split_tag(name)[0] != stored:
+            raise ValueError(f'{pretrained} holds a {stored}, not a {split_tag(name)[0]}: name its own '
+                             f'architecture, create_model({stored!r}, pretrained={str(pretrained)!r})')
         return loader.load(pretrained, num_classes=num_classes, img_size=img_size, revision=revision,
                            **overrides)
     model = build_model(name, num_classes, img_size, **overrides)

@@ -25,6 +25,8 @@ LOCK_FILE, CONFIG_FILE, CHANGES_FILE = 'train.lock', 'config.json', 'config_chan
 # Everything a run writes into its workdir; a directory holding anything else is not ours to write into.
 RUN_FILES = {CONFIG_FILE, CHANGES_FILE, LOCK_FILE, 'metrics.jsonl', 'summary.json', 'curves.png', 'tensorboard',
              'checkpoints', 'model'}
+# the ones written in place (opened, truncated or appended to), which a symbolic link would redirect
+IN_PLACE = {CHANGES_FILE, LOCK_FILE, 'metrics.jsonl', 'summary.json', 'curves.png'}
 
 
 class WorkdirInUse(RuntimeError):
@@ -39,13 +41,20 @@ def check_ours(workdir: str) -> None:
     # also what a killed write leaves: our config.json's temporary, model/'s (vitjax.save clears them itself)
     ours = lambda n: n.startswith((f'{CONFIG_FILE}.tmp-', '.model.tmp-')) or n == '.model.old'
     foreign = sorted(n for n in names - RUN_FILES if not ours(n))
-    if not foreign and CONFIG_FILE in names:
+    if CONFIG_FILE not in names:  # a run writes config.json before any other run file (its lock aside)
+        foreign += sorted(f'{n} (with no config.json)' for n in names & RUN_FILES - {LOCK_FILE})
+    elif not foreign:
         try:
             saved = json.loads((root / CONFIG_FILE).read_text())
             if not isinstance(saved, dict) or not {'model', 'dataset', 'batch_size', 'lr'} <= set(saved):
                 foreign = [f'{CONFIG_FILE} (not a training config)']
         except (OSError, ValueError):
             foreign = [f'{CONFIG_FILE} (not a training config)']
+    links = [] if is_url(workdir) else sorted(n for n in IN_PLACE & names if os.path.islink(os.path.join(workdir, n)))
+    if links:  # vitjax never makes one: writing through it would overwrite the file it points to
+        to, are = os.readlink(os.path.join(workdir, links[0])), 'are symbolic links' if len(links) > 1 else ''
+        raise ValueError(f'{workdir}: {", ".join(links)} {are or "is a symbolic link"} (to {to}{", ..." if are else ""}'
+                         '), which a run would write through; remove the link or pass a new or empty --workdir')
     if foreign:
         shown = ', '.join(foreign[:5]) + (f' and {len(foreign) - 5} more' if len(foreign) > 5 else '')
         raise ValueError(f'{workdir} is not a vitjax run directory (it holds {shown}); a run writes config.json, '
@@ -104,7 +113,13 @@ class Lock:
     def __init__(self, workdir: str):
         self.path = os.path.join(workdir, LOCK_FILE)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:  # O_NOFOLLOW: truncating a link to a user's file would overwrite that file
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+            except OSError as e:
+                if e.errno != errno.ELOOP:
+                    raise
+                raise WorkdirInUse(f'{self.path} is a symbolic link (to {os.readlink(self.path)}), not a lock file '
+                                   'vitjax wrote; remove the link or pass another --workdir') from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -135,35 +150,49 @@ class LeaseLock:
     the run is doing (compiling, preparing a dataset, evaluating); a lock not refreshed for `lease` seconds
     belonged to a run that died (kill -9, a lost VM) and is taken over. Check-then-write is not atomic: two
     runs started within a second of each other on one workdir can both start; the re-read after writing
-    narrows that window."""
+    narrows that window. A lock object this code cannot read (not JSON, no numeric heartbeat) is dated by the
+    store's own time of writing instead, and refused or taken over like any other."""
 
     def __init__(self, workdir: str, lease: float = 300.0, every: float = 60.0):
         self.path = epath.Path(join(workdir, LOCK_FILE))
         held = self._read()
-        if held is not None and time.time() - held.get('heartbeat', 0) < lease:
-            age = time.time() - held['heartbeat']
-            raise WorkdirInUse(
-                f"{workdir} is in use by another run (pid {held.get('pid')} on {held.get('host')} since "
-                f"{held.get('since')}, alive {age:.0f} s ago); wait for it to finish or stop it, or pass another "
-                f'--workdir. A run that died without releasing it gives it up {lease - age:.0f} s from now '
-                f'(or delete {self.path})')
+        if held is not None:
+            now = time.time()
+            problem = _lease_problem(held, now, lease)
+            age = now - (self._written() if problem else held['heartbeat'])
+            holder = (f'its lock {self.path} {problem}, last written {age:.0f} s ago' if problem else
+                      f"pid {held.get('pid')} on {held.get('host')} since {held.get('since')}, alive {age:.0f} s ago")
+            if age < lease:
+                raise WorkdirInUse(
+                    f'{workdir} is in use by another run ({holder}); wait for it to finish or stop it, or pass '
+                    f'another --workdir. A run that died without releasing it gives it up {lease - age:.0f} s from '
+                    f'now (or delete {self.path})')
+            print(f'warning: {workdir}: took over the lock of a run that stopped ({holder}; the lease is '
+                  f'{lease:.0f} s)', file=sys.stderr)
         self.token = f'{socket.gethostname()}:{os.getpid()}:{time.time_ns()}'
         self.since = time.strftime('%Y-%m-%d %H:%M:%S')
         self._beat()
         time.sleep(0.5)
-        if (self._read() or {}).get('token') != self.token:
+        if _token(self._read()) != self.token:
             raise WorkdirInUse(f'{workdir}: another run took the lock at the same moment; pass another --workdir')
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, args=(every,), daemon=True, name='vitjax-lease')
         self._thread.start()
 
-    def _read(self) -> Optional[dict]:
+    def _read(self) -> Any:
+        """None where there is no lock; what it holds, or _NOT_JSON."""
         try:
             return json.loads(self.path.read_text())
         except FileNotFoundError:
             return None
-        except ValueError:
-            return {}
+        except (ValueError, RecursionError):  # UnicodeDecodeError included; RecursionError: nesting
+            return _NOT_JSON
+
+    def _written(self) -> float:
+        try:
+            return float(self.path.stat().mtime)
+        except Exception:  # a store that does not say: as old as can be
+            return 0.0
 
     def _beat(self) -> None:
         self.path.write_text(json.dumps({'token': self.token, 'pid': os.getpid(), 'host': socket.gethostname(),
@@ -179,8 +208,32 @@ class LeaseLock:
     def release(self) -> None:
         self._stop.set()
         self._thread.join()
-        if (self._read() or {}).get('token') == self.token:
+        if _token(self._read()) == self.token:
             self.path.unlink()
+
+
+_NOT_JSON = object()
+
+
+def _token(held: Any) -> Any:
+    return held.get('token') if isinstance(held, dict) else None
+
+
+def _lease_problem(held: Any, now: float, lease: float) -> Optional[str]:
+    """What makes a lock object unusable as one (None: nothing)."""
+    if held is _NOT_JSON:
+        return 'is not JSON'
+    if not isinstance(held, dict):
+        return f'holds {json.dumps(held)[:40]}, not a JSON object'
+    if 'heartbeat' not in held:
+        return 'has no heartbeat'
+    beat = held['heartbeat']
+    shown = json.dumps(beat)[:40]
+    if isinstance(beat, bool) or not isinstance(beat, (int, float)) or not beat >= 0:  # NaN fails >= too
+        return f'has heartbeat {shown}, not a time'
+    if beat > now + lease:  # infinity included: it would hold the lock for ever
+        return f'has heartbeat {shown}, a time in the future'
+    return None
 
 
 class NoLock:
@@ -198,8 +251,8 @@ def _same_file(fd: int, path: str) -> bool:
 
 def _holder(path: str) -> str:
     try:
-        with open(path) as f:
-            return f.read().strip() or 'pid unknown'
+        with open(path, errors='replace') as f:  # what another tool left there is shown, not decoded
+            return f.read(200).strip() or 'pid unknown'
     except OSError:
         return 'pid unknown'
 

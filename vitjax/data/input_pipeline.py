@@ -3,8 +3,9 @@
 Encoded records (tfds with `SkipDecoding`, folder file paths) flow through the per-epoch shuffle and the resume
 skip; decoding happens after them, fused with the crop (`vitjax.data.decode`). Train: a random-resized crop +
 flip from stateless ops keyed by (seed, example index), so the stream is identical on every run and
-`start_step=k` resumes exactly at batch k. Eval: timm's resize + center crop by the model's crop_pct, padded to
-whole batches with a `mask`, so every example counts once. Both yield uint8; the steps normalise on the device.
+`start_step=k` resumes exactly at batch k. Eval: timm's eval transform by the model's crop_pct and crop_mode
+(center, squash, border), padded to whole batches with a `mask`, so every example counts once. Both yield uint8;
+the steps normalise on the device.
 Each process reads its own shard; batch sizes here are per process.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vitjax.data import decode
 from vitjax.data.sources import DatasetInfo, _process, _source, get_dataset_info  # noqa: F401 (DatasetInfo: vitjax.data)
 
 AUTOTUNE = tf.data.AUTOTUNE
+CROP_MODES = ('center', 'squash', 'border')  # timm's eval crop modes
 
 
 CACHE_BYTES = 4 << 30  # per process: a split that decodes to more than this is decoded every epoch
@@ -121,16 +123,26 @@ def _shard_stream(dataset, split, data_dir, shard, shards, *, batch, image_size,
             bad_files)
 
 
-def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size: int,
-                        crop_pct: float = 0.875, interpolation: str = 'bicubic', data_dir: Optional[str] = None,
+def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size,
+                        crop_pct: float = 0.875, crop_mode: str = 'center', interpolation: str = 'bicubic',
+                        mean: Sequence[float] = (0.485, 0.456, 0.406), data_dir: Optional[str] = None,
                         process_index: Optional[int] = None, process_count: Optional[int] = None,
                         threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
     """Full batches {'image' uint8, 'label', 'mask'}; padding rows are zero with mask 0. Every process yields
-    the same number of batches (collectives over devices need that). The crop is timm's (short side to
-    image_size / crop_pct, center image_size), taken from the original image so only it is decoded."""
-    _check_sizes(global_batch_size=global_batch_size, image_size=image_size)
+    the same number of batches (collectives over devices need that). The images are timm's eval transform of
+    `crop_mode` at `image_size` (an int, or (h, w)); `mean` is border's pad colour. A center or squash crop
+    (crop_pct <= 1) decodes only the window of the original it needs (`decode.eval_crop`); border (and a
+    crop_pct over 1, which pads) runs timm's whole transform on the whole image."""
+    h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    _check_sizes(global_batch_size=global_batch_size)
+    if not min(h, w) >= 1:
+        raise ValueError(f'image_size must be >= 1, got {image_size}')
     if not crop_pct > 0:
         raise ValueError(f'crop_pct must be > 0, got {crop_pct}')
+    if crop_mode not in CROP_MODES:
+        raise ValueError(f'crop_mode must be one of {CROP_MODES}, got {crop_mode!r}')
+    if interpolation not in images.RESAMPLE:
+        raise ValueError(f'interpolation {interpolation!r} is not one of {sorted(images.RESAMPLE)}')
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
         raise ValueError(f'batch size {global_batch_size} does not split over {process_count} processes')
@@ -138,14 +150,17 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     src = _source(dataset, split, data_dir, process_index, process_count, sizes=False)
     total = get_dataset_info(dataset, split, data_dir).num_examples
     steps = math.ceil(math.ceil(total / process_count) / batch)
-    window = decode.center_window(image_size, crop_pct)
+    if decode.windowed(crop_pct, crop_mode):
+        pixels = lambda record: decode.eval_crop(record, (h, w), crop_pct, crop_mode, interpolation)
+    else:
+        pixels = lambda record: decode.eval_pixels(decode.decode(record, decode.full_window), (h, w), crop_pct,
+                                                   crop_mode, interpolation, tuple(mean))
 
     @tf.autograph.experimental.do_not_convert
     def preprocess(record):
-        image = decode.resize_uint8(decode.decode(record, window), image_size, interpolation)
-        return {'image': image, 'label': tf.cast(record['label'], tf.int32), 'mask': tf.constant(1.0)}
+        return {'image': pixels(record), 'label': tf.cast(record['label'], tf.int32), 'mask': tf.constant(1.0)}
 
-    pad = tf.data.Dataset.from_tensors({'image': tf.zeros((image_size, image_size, 3), tf.uint8),
+    pad = tf.data.Dataset.from_tensors({'image': tf.zeros((h, w, 3), tf.uint8),
                                         'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}).repeat()
     ds = src.records.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).concatenate(pad)
     return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads, f'{dataset} split {split!r}',
