@@ -92,6 +92,29 @@ def _resized_reference(source, name, state, model, new, config, params, window_s
     return source.reference(ref)
 
 
+def size_problems(name: str, img_size, model_args: dict) -> None:
+    """An input size the architecture refuses (SAM's whole patches, a hybrid's ResNet map), told from vitjax's
+    own table of the name before any weights are read; a name the table does not decode is checked later."""
+    import dataclasses
+    from vitjax import registry
+    from vitjax.models import ARCHITECTURES
+    from vitjax.models.family import problems
+    if img_size is None:
+        return
+    try:
+        arch, fields, cfg = registry.model_args(name)
+    except ValueError:  # torchvision / HF names, random-init name parts: the conversion finds out
+        return
+    known = {f.name for f in dataclasses.fields(ARCHITECTURES[arch])}
+    fields.update({k: v for k, v in model_args.items() if k in known}, img_size=img_size)
+    try:
+        found = [p for p in problems(ARCHITECTURES[arch](**fields, pretrained_cfg=cfg)) if 'img_size' in p]
+    except (TypeError, ValueError):  # --model-arg values of other types: timm's constructor says
+        return
+    if found:
+        raise ValueError(f'{name} at input size {img_size}: {"; ".join(found)}')
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog='python -m porting.convert', description=__doc__.split('\n')[0])
     ap.add_argument('--model', required=True, help='timm model name, optionally with .tag')
@@ -115,10 +138,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import vitjax
+    from vitjax.io import check_writable_model_dir  # (the package loads its submodules lazily)
     try:
         # Before any work: a conversion can take minutes, and --out must never be a user's files or the input.
-        vitjax.io.check_writable_model_dir(args.out, inputs=[args.checkpoint])
+        check_writable_model_dir(args.out, inputs=[args.checkpoint])
         kwargs = dict(args.model_arg)
+        size_problems(args.model, args.img_size or kwargs.get('img_size'), kwargs)
         state = None
         if args.checkpoint and Path(args.checkpoint).is_file():  # a directory is its library's own layout (HF)
             state = sources.read_state_dict(args.checkpoint)

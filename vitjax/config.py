@@ -6,11 +6,17 @@ overrides any field with `--config.field=value` (the vit_jax / big_vision / Flax
 from __future__ import annotations
 
 import math
-import re
 import numbers
+import os
+import re
 from typing import Any
 
 import ml_collections
+
+# model_overrides keys that have a config field of their own: one setting, one place
+OWN_FIELD = {'img_size': 'image_size', 'num_classes': None, 'dtype': 'dtype', 'drop_rate': 'drop_rate',
+             'drop_path_rate': 'drop_path_rate', 'grad_checkpointing': 'grad_checkpointing',
+             'scan_blocks': 'scan_blocks'}
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -171,5 +177,81 @@ def validate(c: ml_collections.ConfigDict) -> None:
             re.compile(pattern)
         except re.error as e:
             errors.append(f'not a valid regex ({e}): {pattern!r}')
+    try:  # an encoder without a head, an image size the family refuses: told before a workdir is made
+        check_model(c, remote=False)
+    except ValueError as e:
+        errors.append(str(e))
     if errors:
         raise ValueError('invalid config:\n  ' + '\n  '.join(errors))
+
+
+def planned_model(c, remote: bool = True):
+    """(module, timm name) that `build_model` starts from, at its stored size and without params: from the zoo
+    table for a registry name or a zoo hub name, from a local model directory's config.json; with `remote` also
+    from the config.json alone of a hub repo the zoo does not name or of an object-store directory. (None, '')
+    when not known so: the load then says what is wrong."""
+    import json
+
+    from vitjax import hub, io, loader, registry
+    from vitjax.storage import is_url
+    try:
+        if not c.init:
+            return registry.build_model(c.model, **{k: v for k, v in dict(c.model_overrides).items()
+                                                    if k not in OWN_FIELD}), c.model
+        hub_name = hub.is_hub_name(c.init)
+        if hub_name:
+            name = c.init[len(hub.PREFIX):] if c.init.startswith(hub.PREFIX) else c.init
+            name = name.partition('@')[0].removeprefix('timm/')
+            if name.partition('.')[0] in hub.zoo()['architectures']:
+                return registry.build_model(name), name
+        if (hub_name or is_url(c.init)) and not remote:
+            return None, ''
+        if hub_name or is_url(c.init):  # a repo the zoo does not name: its config.json alone
+            cfg = loader.read_config(c.init)
+        else:
+            with open(os.path.join(c.init, io.CONFIG_FILE)) as f:
+                cfg = json.load(f)
+        return io.model_from_config(cfg), str(cfg.get('model_name') or '')
+    except (ValueError, TypeError, AttributeError, OSError):
+        return None, ''
+
+
+def _classifiers(model, name: str) -> list[str]:
+    """The zoo's classifiers over `model`'s encoder class, of the same size (and tag) as `name`."""
+    from vitjax import hub
+    from vitjax.models import ARCHITECTURES
+    arch, _, tag = name.partition('.')
+    stem = arch.removesuffix('_enc')
+    found = [a for a, row in hub.zoo()['architectures'].items()
+             if getattr(ARCHITECTURES[row['family']], 'encoder_cls', None) is type(model) and a.startswith(stem)
+             and (not tag or tag in row['tags'])]
+    return [f'{a}.{tag}' if tag else a for a in sorted(found, key=lambda a: (a != stem, a))]
+
+
+def check_model(c, remote: bool = True) -> None:
+    """What train.py cannot train: an encoder without a head (the way out named), an image size the model's
+    family refuses. `validate` asks before a workdir exists, `trainer.build_model` again (`remote` configs too)."""
+    from vitjax.models.family import problems
+    from vitjax.models.tower import Tower, TowerClassifier
+    model, name = planned_model(c, remote)
+    if model is None:
+        return
+    flag = '--config.init' if c.init else '--config.model'
+    what = f'{flag}={c.init or c.model}'
+    if isinstance(model, Tower) and not isinstance(model, TowerClassifier):
+        ways = _classifiers(model, name) if name else []
+        raise ValueError(f'{what} is a {type(model).__name__}, an encoder without a head (its output is tokens for '
+                         'a language model, not class scores), and train.py fine-tunes classifiers: ' +
+                         (f'start from the classifier over the same tower, {flag}={ways[0]}' +
+                          (f' (or {", ".join(ways[1:])})' if ways[1:] else '') if ways else
+                          'start from a classifier of its family'))
+    pool = dict(c.model_overrides).get('global_pool', getattr(model, 'global_pool', None))
+    if pool == '':  # timm's logits per token: the loss needs one row per image
+        way = (f"load it with a pooling head and save that (vitjax.load('{c.init}', global_pool='avg'), then "
+               "vitjax.save)" if c.init else "set model_overrides.global_pool (e.g. 'avg') in a config file")
+        raise ValueError(f"{what} has global_pool='', which pools nothing (timm's logits per token), and train.py "
+                         f'needs one row of logits per image: {way}')
+    size = c.image_size or (None if c.init else dict(c.model_overrides).get('img_size'))
+    found = problems(model.clone(img_size=size)) if size else []
+    if found:
+        raise ValueError(f'{what} at image size {size}: ' + '; '.join(found))

@@ -219,7 +219,7 @@ def main(argv) -> int:
         return 2
     try:
         workdirs.check_ours(workdir)
-        if not is_url(workdir):  # a run file that is a link, a directory or a FIFO: refused before anything is made
+        if os.path.isdir(workdir):  # a run file that is a link, a directory or a FIFO: refused before anything is made
             from vitjax.metrics import check_outputs
             check_outputs(workdir)
         workdirs.check_init(workdir, c.init)

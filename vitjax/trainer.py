@@ -17,10 +17,7 @@ from typing import Any, Optional
 
 from vitjax.storage import RunFiles, join
 
-# model_overrides keys that have a config field of their own: one setting, one place
-OWN_FIELD = {'img_size': 'image_size', 'num_classes': None, 'dtype': 'dtype', 'drop_rate': 'drop_rate',
-             'drop_path_rate': 'drop_path_rate', 'grad_checkpointing': 'grad_checkpointing',
-             'scan_blocks': 'scan_blocks'}
+from vitjax.config import OWN_FIELD
 
 
 
@@ -29,7 +26,10 @@ def build_model(c, num_classes: int):
     import jax
     import jax.numpy as jnp
     import vitjax
+    from vitjax import loader
+    from vitjax.config import check_model
 
+    check_model(c)
     regularisation = dict(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
                           dtype=jnp.bfloat16 if c.dtype == 'bfloat16' else jnp.float32)
     if c.grad_checkpointing:
@@ -46,7 +46,7 @@ def build_model(c, num_classes: int):
         if set(overrides) - {'img_size'}:
             print(f'--config.init: the architecture is the one in {c.init}; model_overrides '
                   f'{sorted(set(overrides) - {"img_size"})} are not used')
-        stored = vitjax.loader.read_config(c.init)['model'].get('num_classes')
+        stored = loader.read_config(c.init)['model'].get('num_classes')
         if num_classes is not None and stored != num_classes:
             print(f'--config.init: {c.init} has a {stored}-class head, the dataset has {num_classes} classes: '
                   'training a new zero-initialised head (the backbone is loaded as is)')
@@ -122,7 +122,7 @@ def report_devices() -> None:
         or glob.glob('/dev/vfio/[0-9]*')
     if devices[0].platform == 'cpu' and accelerator:
         print(f'warning: jax runs on the CPU, but this host has an accelerator ({accelerator[0]}): install jax '
-              'for it (pip install -e ".[cuda]" or ".[tpu]", README "On GPUs and TPUs")', file=sys.stderr)
+              'for it (pip install -e ".[cuda]" or ".[tpu]", docs/accelerators.md)', file=sys.stderr)
 
 
 def check_free_space(directory: str, needed: int) -> None:
@@ -256,7 +256,7 @@ def setup(c, workdir: str, resume: bool, files) -> Run:
                                          cache_bytes=int(c.cache_bytes), data_shards=c.data_shards,
                                          start_step=start, verbose=main, **data_kw)
     eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
-                                                     **data_kw)
+                                                     crop_mode=cfg.crop_mode, mean=cfg.mean, **data_kw)
     return Run(c, workdir, model, info, par, state, p_train, p_eval, par.batches(train_ds), eval_ds, ckpt, writer,
                files, start, total_steps, traces)
 
@@ -342,6 +342,7 @@ def finish(run: Run, wall: float) -> dict:
     import jax.numpy as jnp
 
     import vitjax
+    from vitjax import loader
     from vitjax.metrics import plot_curves, strict_json
 
     c, model, steps = run.c, run.model, run.total_steps
@@ -367,7 +368,7 @@ def finish(run: Run, wall: float) -> dict:
     files = run.files
     vitjax.save(files.path('model'),
                 model.clone(dtype=jnp.float32, drop_rate=0., drop_path_rate=0., pretrained_cfg=eval_cfg),
-                {'params': params}, name=vitjax.loader.read_config(c.init)['model_name'] if c.init else c.model,
+                {'params': params}, name=loader.read_config(c.init)['model_name'] if c.init else c.model,
                 meta={'class_names': list(run.info.class_names)})
     seen = (steps - run.start) * c.batch_size
     summary = {'test_accuracy': test['accuracy'], 'test_loss': test['loss'], 'test_top5': test['top5'],

@@ -41,8 +41,8 @@ def check_ours(workdir: str) -> None:
     # also what a killed write leaves: our config.json's temporary, model/'s (vitjax.save clears them itself)
     ours = lambda n: n.startswith((f'{CONFIG_FILE}.tmp-', '.model.tmp-')) or n == '.model.old'
     foreign = sorted(n for n in names - RUN_FILES if not ours(n))
-    if CONFIG_FILE not in names:  # a run writes config.json before any other run file (its lock aside)
-        foreign += sorted(f'{n} (with no config.json)' for n in names & RUN_FILES - {LOCK_FILE})
+    if CONFIG_FILE not in names:  # a run writes config.json before the files it writes in place (its lock aside)
+        foreign += sorted(f'{n} (with no config.json)' for n in names & IN_PLACE - {LOCK_FILE})
     elif not foreign:
         try:
             saved = json.loads((root / CONFIG_FILE).read_text())

@@ -63,6 +63,17 @@ def _pair(x: Any) -> tuple:
     return (x, x) if isinstance(x, int) else tuple(x)
 
 
+def multiple_of(size: Any, unit: Any) -> bool:
+    """Each side of `size` a multiple of `unit`'s (True when either is malformed: common_problems says so)."""
+    s, u = _pair(size), _pair(unit)
+    return len(s) != 2 or len(u) != 2 or min(u) < 1 or all(a % b == 0 for a, b in zip(s, u))
+
+
+def whole_patches_only(m: Any) -> bool:
+    """Any input size, but cut into whole patches (dynamic_img_pad pads up to them instead)."""
+    return bool(getattr(m, 'dynamic_img_size', False)) and not getattr(m, 'dynamic_img_pad', False)
+
+
 def common_problems(m: Any) -> list[str]:
     """The fields every family has: input, patches, head, width, MLP ratio, norms, dropout, activation."""
     p = []
@@ -78,6 +89,11 @@ def common_problems(m: Any) -> list[str]:
         need(all(a <= b for a, b in zip(patch, img)), f'patch_size={m.patch_size} is larger than img_size={m.img_size}')
         need(math.prod(m.grid_size) <= MAX_TOKENS,  # the family's grid: a hybrid's CNN strides before its patches
              f'img_size / patch_size gives more than {MAX_TOKENS} patches')
+        # a model that takes any size takes whole patches only (as timm's non-strict patch embedding): its own
+        # input size must be one, or it refuses its own images at the first call
+        need(not whole_patches_only(m) or multiple_of(img, patch),
+             f'img_size={m.img_size}: this model takes any size in whole patches (dynamic_img_size), so a '
+             f'multiple of patch_size={m.patch_size}')
     need(m.in_chans >= 1, f'in_chans={m.in_chans}: must be >= 1')
     need(m.num_classes >= 0, f'num_classes={m.num_classes}: must be >= 0 (0: no head)')
     need(1 <= m.embed_dim <= MAX_DIM, f'embed_dim={m.embed_dim}: must be in 1..{MAX_DIM}')

@@ -33,7 +33,7 @@ from vitjax.models.family import MAX_DIM, MAX_TOKENS, Family, check, register
 from vitjax.models.layers import (RMSNorm, backend_info, check_images, dense_init, fused_attention,
                                   stochastic_depth)
 from vitjax.models.rope import pow_f32, sin_cos_cat, rope_rotate_half
-from vitjax.models.tower import Tower, TowerClassifier, tower_problems
+from vitjax.models.tower import Tower, TowerClassifier, merged_grid_problems, tower_problems
 from vitjax.models.vit import PretrainedCfg, Size, to_2tuple
 
 ENCODER_POOLS = ('soft', 'avg', '')
@@ -293,7 +293,7 @@ def gemma4_problems(m: Gemma4VitEncoder) -> list[str]:
         (1 <= m.position_embedding_size <= MAX_TOKENS,
          f'position_embedding_size={m.position_embedding_size}: must be in 1..{MAX_TOKENS}'),
         (1 <= m.pooling_kernel_size <= 16, f'pooling_kernel_size={m.pooling_kernel_size}: must be in 1..16'),
-    ) if not ok]
+    ) if not ok] + merged_grid_problems(m, m.pooling_kernel_size, 'the soft-token pool', m.position_embedding_size)
 
 
 register(Family('gemma4_vit_enc', Gemma4VitEncoder, gemma4_problems))

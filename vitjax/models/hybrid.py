@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vitjax.models.family import Family, register
+from vitjax.models.family import Family, multiple_of, register
 from vitjax.models.vit import VisionTransformer, to_2tuple, vit_problems
 
 CHANNELS = (256, 512, 1024, 2048)  # ResNetV2's stage widths (bottleneck outputs)
@@ -116,11 +116,18 @@ class VisionTransformerHybrid(VisionTransformer):
     patch_size: Any = 1
     backbone_layers: tuple[int, ...] = (3, 4, 9)
 
+    @property
+    def backbone_stride(self) -> int:
+        """2 for each stride-2 step: the stem's conv and pool, then every stage after the first."""
+        return 2 ** (2 + max(len(self.backbone_layers) - 1, 0))
+
+    def feature_map(self, h: int, w: int) -> tuple[int, int]:
+        # every stride-2 step ('SAME') takes ceil(n / 2), so the steps together take ceil(n / stride)
+        return math.ceil(h / self.backbone_stride), math.ceil(w / self.backbone_stride)
+
     def token_grid(self, h: int, w: int) -> tuple[int, int]:
-        # every stride-2 step of the backbone ('SAME') takes ceil(n / 2): the stem's conv and pool, later stages
-        steps = 2 + max(len(self.backbone_layers) - 1, 0)
         ph, pw = to_2tuple(self.patch_size)
-        (h, w) = (math.ceil(h / 2 ** steps), math.ceil(w / 2 ** steps))
+        (h, w) = self.feature_map(h, w)
         return h // ph, w // pw
 
     def make_patch_embed(self) -> nn.Module:
@@ -133,6 +140,13 @@ def hybrid_problems(m: VisionTransformerHybrid) -> list[str]:
         p.append(f'backbone_layers={m.backbone_layers}: at most {len(CHANNELS)} stages of >= 1 blocks')
     if m.dynamic_img_size:
         p.append('dynamic_img_size: the hybrids take the size they are built for (as timm)')
+    img, q, stride = to_2tuple(m.img_size), to_2tuple(m.patch_size), m.backbone_stride
+    if not p and len(img) == len(q) == 2 and min(q) >= 1 and not multiple_of(m.feature_map(*img), q):
+        # timm's HybridEmbed asserts it when built: the patches tile the ResNet's feature map exactly
+        fit = 'x'.join(str(-(-s // (k * stride)) * k * stride) for s, k in zip(img, q))
+        p.append(f'img_size={m.img_size}: the ResNet (stride {stride}) gives a '
+                 f'{"x".join(map(str, m.feature_map(*img)))} feature map, which patch_size={m.patch_size} must '
+                 f'tile (as timm): each side / {stride}, rounded up, a multiple of the patch, e.g. {fit}')
     return p
 
 

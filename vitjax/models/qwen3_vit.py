@@ -21,7 +21,7 @@ from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.family import MAX_PIXELS, Family, check, register
 from vitjax.models.layers import Block, check_images, dense_init, layer_norm
 from vitjax.models.rope import RotaryEmbedding
-from vitjax.models.tower import Tower, TowerClassifier, axial_rope_problems, tower_problems
+from vitjax.models.tower import Tower, TowerClassifier, axial_rope_problems, merged_grid_problems, tower_problems
 from vitjax.models.vit import PatchEmbed, PretrainedCfg, Size, to_2tuple
 
 ENCODER_POOLS = ('merge', 'avg', '')
@@ -162,6 +162,7 @@ def qwen3_problems(m: Qwen3VitEncoder) -> list[str]:
         p.append(f'merge_size={m.merge_size}: must be in 1..16')
     if not 1 <= m.pos_embed_grid_size <= MAX_PIXELS:
         p.append(f'pos_embed_grid_size={m.pos_embed_grid_size}: 1..{MAX_PIXELS}')
+    p += merged_grid_problems(m, m.merge_size, 'the merger')
     return p
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_WINDOW, Family, check, register
+from vitjax.models.family import MAX_DEPTH, MAX_DIM, MAX_WINDOW, Family, check, multiple_of, register
 from vitjax.models.cfgs import AttnCfg, MlpCfg, NormCfg
 from vitjax.models.layers import (Attention, LayerScale, Mlp, check_images,
                                   feature_take_indices, layer_norm)
@@ -185,6 +185,9 @@ def sam_problems(m: VisionTransformerSAM) -> list[str]:
         if not ok:
             p.append(what)
     need(1 <= m.depth <= MAX_DEPTH, f'depth={m.depth}: must be in 1..{MAX_DEPTH}')
+    # timm's SAM embeds without a strict size, which asserts whole patches in the forward (windows are padded)
+    need(multiple_of(m.img_size, m.patch_size),
+         f'img_size={m.img_size}: must be a multiple of patch_size={m.patch_size} (SAM takes whole patches only)')
     need(m.num_heads >= 1 and m.embed_dim % m.num_heads == 0,
          f'num_heads={m.num_heads}: must be >= 1 and divide embed_dim={m.embed_dim}')
     need(0 <= m.window_size <= MAX_WINDOW, f'window_size={m.window_size}: must be in 0..{MAX_WINDOW} (0: global)')

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from vitjax.models.family import MAX_DEPTH, MAX_DIM, check
 from vitjax.models.layers import feature_take_indices
-from vitjax.models.vit import PatchGrid
+from vitjax.models.vit import PatchGrid, to_2tuple
 
 OUTPUT_FMTS = ('NCHW', 'NHWC', 'NLC')
 
@@ -129,6 +129,24 @@ class TowerClassifier(nn.Module):
         out, feats = self.encoder.forward_intermediates(x, indices, norm, output_fmt, False, stop_early)
         final = self.encoder.forward_head(out) if self.final_through_projector else out
         return feats if intermediates_only else (final, feats)
+
+
+def merged_grid_problems(m, k: int, what: str, max_grid: int = 0) -> list[str]:
+    """The model's own image size must be one it can run: whole patches, each side a multiple of k patches when
+    its projector pools k x k of them, and (with a position table of `max_grid` rows) no more rows than that.
+    Other sizes are checked per input at call time; this refuses a bad nominal size before any work."""
+    if not (isinstance(k, int) and k >= 1):
+        return []
+    (h, w), (ph, pw) = to_2tuple(m.img_size), to_2tuple(m.patch_size)
+    if not all(isinstance(v, int) and v > 0 for v in (h, w, ph, pw)) or h % ph or w % pw:
+        return []  # common_problems names these
+    p = []
+    if m.projects and ((h // ph) % k or (w // pw) % k):
+        p.append(f'img_size={(h, w)}: {what} takes {k}x{k} patches, so each side must be a multiple of '
+                 f'{k * ph} x {k * pw} pixels')
+    if max_grid and max(h // ph, w // pw) > max_grid:
+        p.append(f'img_size={(h, w)}: a patch grid of {(h // ph, w // pw)}, over the position table\'s {max_grid} rows')
+    return p
 
 
 def axial_rope_problems(m) -> list[str]:
