@@ -33,11 +33,8 @@ def changes(model: Model, num_classes: Optional[int], img_size: Union[None, int,
 
 def check_fields(cls: type, fields: Mapping[str, Any], pretrained_cfg: Any, what: str = 'invalid model config') -> None:
     """`checked_model`'s checks on constructor arguments that may hold fields config.json does not store."""
-    try:
-        checked_model(cls, {k: v for k, v in fields.items() if k not in NOT_STORED},
-                      dataclasses.asdict(pretrained_cfg))
-    except ValueError as e:
-        raise ValueError(str(e).replace('invalid model config', what, 1)) from None
+    checked_model(cls, {k: v for k, v in fields.items() if k not in NOT_STORED}, dataclasses.asdict(pretrained_cfg),
+                  what)
 
 
 def adapted(model: Model, params: dict, num_classes: Optional[int], img_size: Union[None, int, tuple],

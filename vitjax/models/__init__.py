@@ -91,15 +91,16 @@ def type_problems(cls: type, values: dict[str, Any], prefix: str = '') -> list[s
                   for k, v in values.items() if k in known and not _fits(v, hints[k])]
 
 
-def checked_model(cls: type, fields: dict[str, Any], pretrained: dict[str, Any]) -> Model:
-    """`cls(**fields)` with its preprocessing, or one ValueError listing every wrong type and range."""
+def checked_model(cls: type, fields: dict[str, Any], pretrained: dict[str, Any],
+                  what: str = 'invalid model config') -> Model:
+    """`cls(**fields)` with its preprocessing, or one ValueError (`what: ...`) listing every wrong type and range."""
     pre = {k: v for k, v in pretrained.items() if k in {f.name for f in dataclasses.fields(PretrainedCfg)}}
     problems = type_problems(cls, fields) + type_problems(PretrainedCfg, pre, 'pretrained_cfg.')
     if not problems:  # ranges are only meaningful on values of the right types
         model = cls(**fields, pretrained_cfg=PretrainedCfg(**pre))
         problems += problems_of(model)
     if problems:
-        raise ValueError('invalid model config: ' + '; '.join(problems))
+        raise ValueError(f'{what}: ' + '; '.join(problems))
     return model
 
 
