@@ -64,13 +64,12 @@ def jit_apply(model, **kw):
 
 def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4, convert_args=()):
     """A family's whole user path: a timm random-init model (`model_args`: its reduced size) through
-    `porting.convert`, `train.py --config.init=DIR` on the digits at `image_size`, `vitjax features` / `vitjax
-    attention` on the fine-tuned model, and `porting.export` of it back to timm with parity. Asserts that the loss
-    falls and the test accuracy beats chance (0.1) clearly; returns (train losses, summary.json). `convert_args`: more
-    `porting.convert` flags (e.g. --img-size for a tower that keeps no size of its own)."""
+    `porting.convert`, `train.py --config.init=DIR` (in this process) on the digits at `image_size`, `vitjax
+    features` / `vitjax attention` on the fine-tuned model, and `porting.export` of it back to timm with parity.
+    Asserts that the loss falls and the test accuracy beats chance (0.1) clearly; returns (train losses,
+    summary.json). `convert_args`: more `porting.convert` flags (e.g. --img-size for a tower that keeps no size of
+    its own)."""
     import json
-    import subprocess
-    import sys
     from PIL import Image
     from porting import convert, export, random_init
     from vitjax import cli
@@ -78,13 +77,11 @@ def fine_tune_family(tmp_path, name, model_args, image_size, epochs=4, convert_a
     args = [a for k, v in model_args.items() for a in ('--model-arg', f'{k}={v}')]
     assert convert.main(['--model', name, '--checkpoint', str(src), '--out', str(tmp_path / 'init'), *args,
                          *convert_args]) == 0
-    root = pathlib.Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}',
-                           f'--config.init={tmp_path / "init"}', f'--config.image_size={image_size}',
-                           f'--config.num_epochs={epochs}', '--config.warmup_steps=10', '--config.lr=5e-4',
-                           '--config.log_every=5', '--config.eval_every=1000', '--config.checkpoint_every=1000',
-                           f'--config.data_dir={tmp_path / "tfds"}'],
-                          cwd=root, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+    from trainrun import train
+    proc = train(f'--workdir={tmp_path / "run"}', f'--config.init={tmp_path / "init"}',
+                 f'--config.image_size={image_size}', f'--config.num_epochs={epochs}', '--config.warmup_steps=10',
+                 '--config.lr=5e-4', '--config.log_every=5', '--config.eval_every=1000',
+                 '--config.checkpoint_every=1000', f'--config.data_dir={tmp_path / "tfds"}')
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / 'run' / 'metrics.jsonl').read_text().splitlines()]
     losses = [r['loss'] for r in lines if r['split'] == 'train']

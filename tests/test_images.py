@@ -2,17 +2,15 @@
 images, empty classes; and the same through `python train.py`."""
 import io
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import trainrun
 from vitjax import data
 from vitjax import images
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _jpeg_bytes(size=(32, 32), color=(200, 30, 30)):
@@ -90,9 +88,8 @@ def test_no_readable_images_is_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_on_the_messy_folder(messy, tmp_path):
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', f'--config.dataset={messy}',
-                           '--config.total_steps=3', '--config.warmup_steps=1', '--config.batch_size=4',
-                           '--config.log_every=1', '--config.eval_every=3', '--config.model_overrides.depth=1'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = trainrun.train(f'--workdir={tmp_path / "run"}', f'--config.dataset={messy}', '--config.total_steps=3',
+                          '--config.warmup_steps=1', '--config.batch_size=4', '--config.log_every=1',
+                          '--config.eval_every=3', '--config.model_overrides.depth=1')
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'skipped 4 unreadable image file(s)' in proc.stderr and 'test accuracy' in proc.stdout

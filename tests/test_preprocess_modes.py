@@ -4,8 +4,6 @@ the tf.data eval pipeline (`vitjax evaluate`, train.py's eval); and predict / ev
 no per-image logits (global_pool='', num_classes=0)."""
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from timm.data.transforms_factory import transforms_imagenet_eval
 from PIL import Image
 
 import vitjax
+import trainrun
 from conftest import max_diff
 from vitjax import cli, inference
 from vitjax.registry import build_model
@@ -166,11 +165,10 @@ def test_train_py_evaluates_with_the_models_crop_mode(tmp_path):
     cfg = dict(TAGS['deepseek_vit_412m.deepseek_v4_flash_vision_exp'], input_size=(3, 224, 224))
     vitjax.save(tmp_path / 'init', model.clone(pretrained_cfg=vitjax.PretrainedCfg.from_dict(cfg)), variables,
                 name='deit_tiny_patch16_224')
-    proc = subprocess.run([sys.executable, 'train.py', f'--workdir={tmp_path / "run"}', f'--config.dataset={root}',
-                           f'--config.init={tmp_path / "init"}', '--config.total_steps=2', '--config.warmup_steps=1',
-                           '--config.batch_size=3', '--config.log_every=1', '--config.eval_every=2',
-                           '--config.train_split=all', '--config.eval_split=all', '--config.test_split=all'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = trainrun.train(f'--workdir={tmp_path / "run"}', f'--config.dataset={root}',
+                          f'--config.init={tmp_path / "init"}', '--config.total_steps=2', '--config.warmup_steps=1',
+                          '--config.batch_size=3', '--config.log_every=1', '--config.eval_every=2',
+                          '--config.train_split=all', '--config.eval_split=all', '--config.test_split=all')
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / 'run' / 'summary.json').read_text())
     saved, saved_vars = vitjax.load(tmp_path / 'run' / 'model')

@@ -1,4 +1,7 @@
-"""Every recipe of docs/recipes.md runs as written (bash -e, offline) and produces what the page says it does."""
+"""Every recipe of docs/recipes.md runs as written (bash -e, offline) and produces what the page says it does.
+
+The recipes that convert full-size models (ViT-B, DINOv2-S, DINOv3-B, Qwen3-VL's tower, minutes each here) run in
+`make test-zoo` with the full-size parity rows; the training recipes run in `make test`."""
 import json
 import os
 import re
@@ -31,7 +34,7 @@ def test_all_recipes_are_tested():
     assert set(RECIPES) == {'zoo', 'deit', 'scratch', 'paper', 'headless', 'dinov3', 'qwen3vl'}
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # full-size models converted with parity: the exhaustive tier
 def test_zoo(tmp_path):
     proc = run('zoo', tmp_path)
     assert 'parity PASSED' in proc.stdout and proc.stdout.count('%') >= 5
@@ -77,7 +80,7 @@ def test_paper_recipe(tmp_path):
     assert (tmp_path / 'runs/paper/curves.png').stat().st_size > 10_000
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # full-size models converted with parity: the exhaustive tier
 def test_headless_features(tmp_path):
     run('headless', tmp_path)
     assert np.load(tmp_path / 'out/dino_pooled.npz')['pooled'].shape == (1, 384)
@@ -85,7 +88,7 @@ def test_headless_features(tmp_path):
     assert (tmp_path / 'out/dino_attention.png').stat().st_size > 10_000
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # full-size models converted with parity: the exhaustive tier
 def test_dinov3_features(tmp_path):
     proc = run('dinov3', tmp_path)
     assert 'parity PASSED' in proc.stdout
@@ -95,7 +98,7 @@ def test_dinov3_features(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == '(1, 285, 768)'
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # full-size models converted with parity: the exhaustive tier
 def test_qwen3vl_tokens(tmp_path):
     proc = run('qwen3vl', tmp_path)
     assert 'parity PASSED' in proc.stdout

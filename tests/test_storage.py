@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -178,6 +179,7 @@ def test_train_py_on_a_bucket_stops_resumes_and_matches_a_local_run(gcs, tmp_pat
     tmp = tmp_path / 'tmp'  # train.py's staging directories: none may be left behind
     tmp.mkdir()
     os.environ['TMPDIR'] = str(tmp)
+    tempfile.tempdir = None  # train.py runs in this process (tests/trainrun.py): it reads TMPDIR anew
     try:
         local = run_train(tmp_path / 'local', *QUICK, data_dir=data_dir)
         assert local.returncode == 0, local.stderr[-3000:]
@@ -198,6 +200,7 @@ def test_train_py_on_a_bucket_stops_resumes_and_matches_a_local_run(gcs, tmp_pat
         assert 'resumed from step 30' in second.stdout and f'model: {run}/model' in second.stdout
     finally:
         os.environ.pop('TMPDIR')
+        tempfile.tempdir = None
     assert names(run) == ['checkpoints', 'config.json', 'curves.png', 'metrics.jsonl', 'model', 'summary.json',
                           'tensorboard']  # the lock released
     assert names(f'{run}/checkpoints') == ['30', '40', '60']  # keep_checkpoints 3

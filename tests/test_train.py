@@ -7,7 +7,9 @@ import sys
 import numpy as np
 import pytest
 
+import trainrun
 import vitjax
+from faults import FaultHooks
 
 # every test here runs train.py (6-40 s each): the whole file is outside `make test-fast`
 pytestmark = pytest.mark.slow
@@ -19,10 +21,14 @@ QUICK = ['--config.model_overrides.depth=1', '--config.total_steps=60', '--confi
 
 
 def run_train(workdir, *args, data_dir, fault='', wait=True):
-    """train.py in a subprocess (`fault`: the VITJAX_FAULT hook; wait=False: the Popen). --config FILE, if any,
-    must come before every --config.field override."""
+    """train.py with these arguments: in this process (tests/trainrun.py), or as a process of its own where the
+    test needs one: wait=False (the Popen, to signal it) or a fault that kills or signals (`fault`: VITJAX_FAULT of
+    tests/faults.py). --config FILE, if any, must come before every --config.field override."""
+    argv = [f'--workdir={workdir}', *map(str, args), f'--config.data_dir={data_dir}']
+    if wait and 'kill' not in fault and 'sigterm' not in fault:
+        return trainrun.train(*argv, hooks=FaultHooks.parse(fault))
     env = dict(os.environ, VITJAX_FAULT=fault)
-    cmd = [sys.executable, 'train.py', f'--workdir={workdir}', *args, f'--config.data_dir={data_dir}']
+    cmd = [sys.executable, 'tests/faulty_train.py' if fault else 'train.py', *argv]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import threading
 import time
+from typing import Optional
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
-import numpy as np
 from absl import app, flags, logging
 
 from vitjax import trainer
@@ -27,18 +26,22 @@ from vitjax.config import validate
 from vitjax.storage import URL_SCHEMES, RunFiles, is_url
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: Optional[list] = None) -> None:
+    """The command line's flags on `flag_values`; `argv` (default sys.argv) names the config overrides to define."""
     from ml_collections import config_flags
-    flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)')
-    flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir (from step 0 if it has none)')
+    fv = flag_values
+    flags.DEFINE_string('workdir', '', 'output directory (default: runs/<config.name>-<timestamp>)', flag_values=fv)
+    flags.DEFINE_bool('resume', False, 'continue from the latest checkpoint in --workdir (from step 0 if it has none)',
+                      flag_values=fv)
     flags.DEFINE_integer('stop_after', 0, 'checkpoint and exit after this many steps of this invocation (for time-'
-                         'sliced or preemptible jobs; continue with --resume); 0 runs to the end')
+                         'sliced or preemptible jobs; continue with --resume); 0 runs to the end', flag_values=fv)
     flags.DEFINE_bool('compile_only', False, 'build the model, compile the train step, print its memory per device '
                       '(checked against --config.device_memory_gb or the device) and exit; reads no data, writes '
-                      'nothing')
+                      'nothing', flag_values=fv)
     try:  # ml_collections applies the --config.field overrides from sys.argv here, at definition
         config_flags.DEFINE_config_file('config', os.path.join(os.path.dirname(__file__), 'configs', 'default.py'),
-                                        'training config file', lock_config=True)
+                                        'training config file', lock_config=True, flag_values=fv,
+                                        sys_argv=argv)
     except (AttributeError, KeyError) as e:  # a field the config does not have: one line, not three tracebacks
         import re
         # ml_collections nests the KeyError's repr, with its close-match hint, in the message
@@ -48,37 +51,6 @@ def define_flags() -> None:
               'command line changes the fields a config has; new model_overrides keys belong in a config file)',
               file=sys.stderr)
         sys.exit(2)
-
-
-class FaultHooks(trainer.Hooks):
-    """Fault injection for the reliability tests: VITJAX_FAULT='nan_at=5,6;kill_in_save=20;sigterm_at=25'
-    poisons the batches of steps 5 and 6 with NaN, SIGKILLs the process while the step-20 checkpoint is being
-    written, and sends it a SIGTERM during step 25 (at a known step, unlike a signal from outside)."""
-
-    def __init__(self, nan_at=(), kill_in_save=(), sigterm_at=()):
-        self.nan_at, self.kill_in_save, self.sigterm_at = set(nan_at), set(kill_in_save), set(sigterm_at)
-
-    @classmethod
-    def from_env(cls) -> 'FaultHooks':
-        faults = {}
-        for item in filter(None, os.environ.get('VITJAX_FAULT', '').split(';')):
-            key, _, steps = item.partition('=')
-            if key not in ('nan_at', 'kill_in_save', 'sigterm_at'):
-                raise ValueError(f'VITJAX_FAULT: unknown fault {key!r} (known: kill_in_save, nan_at, sigterm_at)')
-            faults[key] = {int(v) for v in steps.split(',')}
-        return cls(**faults)
-
-    def batch(self, step, batch):
-        # float NaN pixels (the steps take float images as normalised): one extra compile, in fault tests only
-        return dict(batch, image=np.full(batch['image'].shape, np.nan, np.float32)) if step in self.nan_at else batch
-
-    def after_step(self, step):
-        if step in self.sigterm_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    def after_save(self, step):
-        if step in self.kill_in_save:
-            os.kill(os.getpid(), signal.SIGKILL)  # while orbax is still writing in the background
 
 
 def init_distributed(c) -> None:
@@ -157,11 +129,10 @@ def hold_coordinator_port(address: str) -> None:
     _COORDINATOR_LOCK = fd
 
 
-def check_same_job(c, workdir: str) -> None:
+def check_same_job(c, workdir: str, FLAGS: flags.FlagValues) -> None:
     """Every process must run the same job: a different lr lets replicas drift apart silently, a different step
     count ends in a collective mismatch minutes later. Compared once, before anything is built or written."""
     from vitjax.parallel import gather_json
-    FLAGS = flags.FLAGS
     mine = {'config': dict(json.loads(c.to_json()), process_id=None), 'workdir': workdir,
             'resume': FLAGS.resume, 'stop_after': FLAGS.stop_after, 'compile_only': FLAGS.compile_only}
     everyone = gather_json(mine)
@@ -177,8 +148,9 @@ def _process_index() -> int:
     return jax.process_index()
 
 
-def main(argv) -> int:
-    FLAGS = flags.FLAGS
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS, hooks: Optional[trainer.Hooks] = None) -> int:
+    """The job of parsed flags (`argv`: what absl left unparsed); `hooks`: the trainer's (tests inject faults)."""
+    FLAGS = flag_values
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     logging.set_verbosity(logging.WARNING)
@@ -203,7 +175,7 @@ def main(argv) -> int:
             print(f'error: jax.distributed.initialize: {e}', file=sys.stderr)
             return 2
         try:
-            check_same_job(c, workdir)
+            check_same_job(c, workdir, FLAGS)
         except ValueError as e:
             print(f'error: {e}', file=sys.stderr)
             return 2
@@ -249,14 +221,13 @@ def main(argv) -> int:
         print(f'error: cannot write to workdir {workdir}: {type(e).__name__}: {e}{hint}', file=sys.stderr)
         return 2
     try:
-        return _locked_main(c, workdir)
+        return _locked_main(c, workdir, FLAGS, hooks)
     finally:
         lock.release()
 
 
-def _locked_main(c, workdir: str) -> int:
+def _locked_main(c, workdir: str, FLAGS: flags.FlagValues, hooks: Optional[trainer.Hooks]) -> int:
     """Decide what the run does from what the workdir holds; write nothing until that is settled."""
-    FLAGS = flags.FLAGS
     config = json.loads(c.to_json())
     steps, resume, changes = workdirs.complete_steps(workdir), FLAGS.resume, None
     if steps and not resume:
@@ -290,16 +261,16 @@ def _locked_main(c, workdir: str) -> int:
         print(f'error: cannot write to workdir {workdir}: {type(e).__name__}: {e}', file=sys.stderr)
         return 2
     try:
-        trainer.train(c, workdir, resume, FLAGS.stop_after, FaultHooks.from_env(), RunFiles(workdir))
+        trainer.train(c, workdir, resume, FLAGS.stop_after, hooks, RunFiles(workdir))
     except (ValueError, OSError, FloatingPointError) as e:  # OSError: FileNotFoundError, disk space
         print(f'error: {e}', file=sys.stderr)
         return 1
     return 0
 
 
-def run(argv=None) -> None:
+def run(argv=None, hooks: Optional[trainer.Hooks] = None) -> None:
     """Entry point with an explicit argument list (`vitjax train ...`); exits with main's status."""
     from vitjax.hostmem import reexec_with_tuned_malloc
     reexec_with_tuned_malloc()  # before jax starts: glibc reads its malloc settings at process start
-    define_flags()
-    app.run(main, argv=argv)
+    define_flags(argv=argv)
+    app.run(lambda rest: main(rest, hooks=hooks), argv=argv)

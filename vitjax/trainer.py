@@ -79,8 +79,8 @@ def evaluate(run: 'Run', split: str) -> dict[str, float]:
 
 
 class Hooks:
-    """Called by the loop at fixed points; the reliability tests inject faults through them (vitjax/main.py
-    builds them from VITJAX_FAULT). The defaults do nothing."""
+    """Called by the loop at fixed points; the reliability tests inject faults through them (tests/faults.py).
+    The defaults do nothing."""
 
     def batch(self, step: int, batch: dict) -> dict:
         return batch
