@@ -18,7 +18,7 @@ import os
 import time
 from typing import Optional
 
-from benchmarks.harness import Contender, device_name, flops_of, interleaved, record
+from benchmarks.harness import Contender, device_name, flops_of, interleaved, model_label, record
 
 # Dense (not 2:4 sparse) bf16 TFLOP/s per device, vendor spec sheets; matched against jax's device_kind.
 PEAK_BF16 = (('H200', 989.0), ('H100', 989.0), ('A100', 312.0), ('L40S', 362.0), ('L4', 121.0), ('A10', 125.0),
@@ -29,7 +29,7 @@ def peak_bf16_tflops(device_kind: str) -> Optional[float]:
     return next((p for k, p in PEAK_BF16 if k.lower() in device_kind.lower()), None)
 
 
-def _vitjax_side(name: str, batch: int) -> tuple[dict, dict]:
+def _vitjax_side(name: str, batch: int, model_kwargs: Optional[dict] = None) -> tuple[dict, dict]:
     import jax
     import numpy as np
 
@@ -37,7 +37,7 @@ def _vitjax_side(name: str, batch: int) -> tuple[dict, dict]:
     from vitjax import optim, parallel, train_step
     from vitjax.config import default_config
     from vitjax.models.layers import attention_implementation, backend_info
-    model, variables = vitjax.create_model(name, num_classes=1000, dtype=jax.numpy.bfloat16)
+    model, variables = vitjax.create_model(name, num_classes=1000, dtype=jax.numpy.bfloat16, **(model_kwargs or {}))
     c = default_config()
     c.warmup_steps, c.lr, c.dtype = 1, 1e-4, 'bfloat16'
     tx = optim.create_optimizer(c, variables['params'], 10 ** 6)
@@ -73,7 +73,8 @@ def _vitjax_side(name: str, batch: int) -> tuple[dict, dict]:
     return {'train': train}, info
 
 
-def _timm_side(name: str, batch: int, compile_torch: bool) -> tuple[dict, dict]:
+def _timm_side(name: str, batch: int, compile_torch: bool, model_kwargs: Optional[dict] = None
+               ) -> tuple[dict, dict]:
     import numpy as np
     import timm
     import torch
@@ -83,9 +84,10 @@ def _timm_side(name: str, batch: int, compile_torch: bool) -> tuple[dict, dict]:
         torch.backends.cudnn.benchmark = True  # timm/train.py sets it
     else:
         torch.set_num_threads(os.cpu_count() or 1)
-    model = timm.create_model(name, pretrained=False, num_classes=1000).to(dev).train()
+    kw = model_kwargs or {}
+    model = timm.create_model(name, pretrained=False, num_classes=1000, **kw).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
-    size = model.pretrained_cfg['input_size'][-1]
+    size = kw.get('img_size') or model.pretrained_cfg['input_size'][-1]  # timm's cfg keeps the default size
     rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.standard_normal((batch, 3, size, size)).astype(np.float32)).to(dev)
     y = torch.from_numpy(rng.integers(0, 1000, batch)).to(dev)
@@ -117,7 +119,7 @@ def _timm_side(name: str, batch: int, compile_torch: bool) -> tuple[dict, dict]:
 
 
 def bench_accel(name: str = 'vit_base_patch16_224', batch: Optional[int] = None, repeats: int = 3,
-                compile_torch: bool = True) -> list[dict]:
+                compile_torch: bool = True, model_kwargs: Optional[dict] = None) -> list[dict]:
     """One row: the bf16 train step's img/s per device, vitjax vs timm + torch.compile + AMP, with MFU."""
     import jax
     platform = jax.devices()[0].platform
@@ -126,9 +128,9 @@ def bench_accel(name: str = 'vit_base_patch16_224', batch: Optional[int] = None,
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
     if platform == 'gpu':
         os.environ.setdefault('CUDA_VISIBLE_DEVICES', '0')
-    jx = Contender(_vitjax_side, name, batch)
+    jx = Contender(_vitjax_side, name, batch, model_kwargs)
     # torch has no TPU here: a TPU row is vitjax's alone, with its MFU.
-    tm = Contender(_timm_side, name, batch, compile_torch) if platform in ('gpu', 'cpu') else None
+    tm = Contender(_timm_side, name, batch, compile_torch, model_kwargs) if platform in ('gpu', 'cpu') else None
     try:
         t = interleaved({'vitjax': lambda: jx('train'), **({'timm': lambda: tm('train')} if tm else {})}, repeats)
     finally:
@@ -137,11 +139,13 @@ def bench_accel(name: str = 'vit_base_patch16_224', batch: Optional[int] = None,
     info = jx.info
     peak = None if platform == 'cpu' else peak_bf16_tflops(info['device_kind'])
     baseline = tm and ('timm_compile_amp' if tm.info['compile'] is True else f"timm_{tm.info['compile']}_amp")
-    return [record(name='train_step_bf16', model=name, batch=batch, dtype='bfloat16', device=info['device'],
+    return [record(name='train_step_bf16', model=model_label(name, model_kwargs), batch=batch, dtype='bfloat16',
+                   device=info['device'],
                    vitjax_img_s=round(batch / t['vitjax'], 2), baseline=baseline,
                    baseline_img_s=tm and round(batch / t['timm'], 2), flops_per_img=info['flops_per_img'],
                    peak_gflops=peak and peak * 1e3 * info['devices'], compile_s=info['compile_s'],
                    baseline_compile_s=tm and tm.info['compile_s'], attention=info['attention'],
                    devices=info['devices'],
                    path="train.py's pmap step at default matmul precision vs timm --amp bf16 --torchcompile, "
-                        'each in its own process on the same device; MFU against the dense bf16 spec peak')]
+                        'each in its own process on the same device; MFU against the dense bf16 spec peak',
+                   **({'model_kwargs': model_kwargs} if model_kwargs else {}))]

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.harness import FIELDS, ROOT, Contender, device_name, flops_of, gemm_peak, interleaved, record
+from benchmarks.harness import (FIELDS, ROOT, Contender, device_name, flops_of, gemm_peak, interleaved, model_label,
+                                record)
 from benchmarks.system import bench_conversion, bench_fsdp, bench_input, bench_pmap, bench_scan
 
 # model: (inference batch, train batch, also against torch.compile). ViT-S at batch 32 is the issue's target case.
@@ -38,7 +39,8 @@ def _accelerator() -> bool:
     return jax.devices()[0].platform != 'cpu'
 
 
-def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, dict]:
+def _vitjax_side(name: str, infer_batch: int, train_batch: int, model_kwargs: Optional[dict] = None
+                 ) -> tuple[dict, dict]:
     """vitjax's inference and train.py's own pmapped, donated train step; no torch in this process."""
     import jax
     import numpy as np
@@ -47,9 +49,10 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     from vitjax import optim, parallel, train_step
     from vitjax.config import default_config
     jax.config.update('jax_default_matmul_precision', 'highest')
-    model, variables = vitjax.create_model(name, num_classes=1000)
+    model, variables = vitjax.create_model(name, num_classes=1000, **(model_kwargs or {}))
     params = variables['params']
-    x = np.random.default_rng(0).standard_normal((infer_batch, 224, 224, 3)).astype(np.float32)
+    s = (model_kwargs or {}).get('img_size', 224)
+    x = np.random.default_rng(0).standard_normal((infer_batch, s, s, 3)).astype(np.float32)
     fwd = jax.jit(lambda v, x: model.apply(v, x))
     t0 = time.perf_counter()
     fwd(variables, x).block_until_ready()
@@ -64,7 +67,7 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
         lambda p: train_step.create_train_state(model, {'params': p}, tx, jax.random.PRNGKey(1)), params)}
     p_train, _ = par.compile(*train_step.step_functions(model, tx, optim.create_schedule(c, 10 ** 6), 1000),
                              holder['state'])
-    xb = np.random.default_rng(1).standard_normal((train_batch, 224, 224, 3)).astype(np.float32)
+    xb = np.random.default_rng(1).standard_normal((train_batch, s, s, 3)).astype(np.float32)
     yb = np.random.default_rng(2).integers(0, 1000, train_batch).astype(np.int32)
     batch = par.put_batch({'image': xb, 'label': yb})
 
@@ -84,26 +87,29 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int) -> tuple[dict, d
     return {'infer': lambda: fwd(variables, x).block_until_ready(), 'train': train}, info
 
 
-def _timm_side(name: str, infer_batch: int, train_batch: int, compile_torch: bool) -> tuple[dict, dict]:
+def _timm_side(name: str, infer_batch: int, train_batch: int, compile_torch: bool,
+               model_kwargs: Optional[dict] = None) -> tuple[dict, dict]:
     """timm eager (and torch.compile where it works) inference; timm + AdamW + clip_grad_norm_ train step."""
     import numpy as np
     import timm
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
-    tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
-    x = np.random.default_rng(0).standard_normal((infer_batch, 3, 224, 224)).astype(np.float32)
+    kw = model_kwargs or {}
+    s = kw.get('img_size', 224)
+    tm = timm.create_model(name, pretrained=False, num_classes=1000, **kw).eval()
+    x = np.random.default_rng(0).standard_normal((infer_batch, 3, s, s)).astype(np.float32)
     xt = torch.from_numpy(x)
 
     def eager():
         with torch.no_grad():
             tm(xt)
     rng = np.random.default_rng(1)
-    xtb = torch.from_numpy(rng.standard_normal((train_batch, 3, 224, 224)).astype(np.float32))
+    xtb = torch.from_numpy(rng.standard_normal((train_batch, 3, s, s)).astype(np.float32))
     ytb = torch.from_numpy(np.random.default_rng(2).integers(0, 1000, train_batch))
 
     def train_fn(compiled: bool):
         """timm's train loop: AdamW + clip_grad_norm_; with --torchcompile timm compiles the model only."""
-        tt = timm.create_model(name, pretrained=False, num_classes=1000).train()
+        tt = timm.create_model(name, pretrained=False, num_classes=1000, **kw).train()
         opt = torch.optim.AdamW(tt.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
         fwd = torch.compile(tt) if compiled else tt
 
@@ -140,10 +146,10 @@ def _timm_side(name: str, infer_batch: int, train_batch: int, compile_torch: boo
     return calls, info
 
 
-def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, peak: float, compile_torch: bool
-                ) -> list[dict]:
-    jx = Contender(_vitjax_side, name, infer_batch, train_batch)
-    tm = Contender(_timm_side, name, infer_batch, train_batch, compile_torch)
+def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, peak: float, compile_torch: bool,
+                model_kwargs: Optional[dict] = None) -> list[dict]:
+    jx = Contender(_vitjax_side, name, infer_batch, train_batch, model_kwargs)
+    tm = Contender(_timm_side, name, infer_batch, train_batch, compile_torch, model_kwargs)
     timed = {}
     try:
         for kind in ('infer', 'train'):
@@ -159,18 +165,20 @@ def bench_model(name: str, infer_batch: int, train_batch: int, repeats: int, pea
             ('train', 'train_step', train_batch, jx.info['train_flops'], jx.info['train_compile_s'])):
         t = timed[kind]
         for base in [k for k in t if k != 'vitjax']:
-            out.append(record(name=name_, model=name, batch=batch, dtype='float32', device=dev,
+            out.append(record(name=name_, model=model_label(name, model_kwargs), batch=batch, dtype='float32',
+                              device=dev,
                               vitjax_img_s=round(batch / t['vitjax'], 2), baseline=base,
                               baseline_img_s=round(batch / t[base], 2), flops_per_img=flops, peak_gflops=peak,
                               compile_s=round(compile_s, 1),
                               baseline_compile_s=tm.info['compile_s'].get(f'{kind}:{base}'),
                               path=None if kind == 'infer' else
-                              'train.py pmap step, donated; each side in its own process'))
+                              'train.py pmap step, donated; each side in its own process',
+                              **({'model_kwargs': model_kwargs} if model_kwargs else {})))
     return out
 
 
 def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, sections: set[str],
-        batch: Optional[int] = None) -> dict:
+        batch: Optional[int] = None, model_kwargs: Optional[dict] = None) -> dict:
     import torch  # noqa: F401  (torch before tensorflow: the other order crashes torchvision)
     # Each side runs in a process of its own next to this one: no process may take 75% of a GPU up front.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
@@ -186,7 +194,7 @@ def run(full: bool, models: Optional[list[str]], repeats: int, out_dir: Path, se
             ib, tb, compile_torch = sizes.get(m, (8, 4, full))
             ib, tb = (batch, batch) if batch else (ib, tb)
             print(f'{m}: inference batch {ib}, train batch {tb}', flush=True)
-            new = bench_model(m, ib, tb, repeats, peak, compile_torch)
+            new = bench_model(m, ib, tb, repeats, peak, compile_torch, model_kwargs)
             records += new
             for r in new:
                 print(f"  {r['name']}: vitjax {r['vitjax_img_s']} img/s, {r['baseline']} {r['baseline_img_s']} img/s, "
@@ -232,6 +240,8 @@ def main(argv=None) -> int:
     ap.add_argument('--models', nargs='*')
     ap.add_argument('--repeats', type=int, default=3)
     ap.add_argument('--batch', type=int, help='one batch size for inference and training (default: per model)')
+    ap.add_argument('--model-kwargs', type=json.loads, help='architecture overrides for both sides of the models '
+                    'section, as JSON (e.g. \'{"depth": 1}\'); the rows name them')
     ap.add_argument('--sections', help="comma-separated, of: models,input,convert,hub,pmap,scan,fsdp,input_scale,accel "
                     "(default: all; accel only where jax sees a GPU or TPU)")
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
@@ -242,7 +252,7 @@ def main(argv=None) -> int:
         reexec_with_tuned_malloc()
     sections = args.sections or ','.join(SECTIONS + (('accel',) if _accelerator() else ()))
     result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(sections.split(',')),
-                 args.batch)
+                 args.batch, args.model_kwargs)
     if args.markdown:
         from benchmarks.report import write_markdown
         write_markdown(result, Path(args.markdown))

@@ -5,7 +5,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ('name', 'model', 'batch', 'dtype', 'device', 'vitjax_img_s', 'baseline', 'baseline_img_s', 'ratio',
@@ -43,6 +43,11 @@ def record(**kw) -> dict[str, Any]:
         if r['peak_gflops']:
             r['mfu'] = round(r['achieved_gflops'] / r['peak_gflops'], 3)
     return {**r, **kw}
+
+
+def model_label(name: str, model_kwargs: Optional[dict] = None) -> str:
+    """The row's model: the name, then any architecture overrides (a row of another model than the name's)."""
+    return ' '.join([name, *(f'{k}={v}' for k, v in sorted((model_kwargs or {}).items()))])
 
 
 def device_name() -> str:

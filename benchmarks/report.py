@@ -17,7 +17,7 @@ def _fmt(v: Any) -> str:
 
 def _find(records, name, model_part, baseline='timm_eager') -> Optional[dict]:
     return next((r for r in records if r['name'] == name and model_part in r['model']
-                 and r.get('baseline') == baseline), None)
+                 and r.get('baseline') == baseline and not r.get('model_kwargs')), None)
 
 
 def targets(result: dict) -> list[tuple[str, str, str]]:

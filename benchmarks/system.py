@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from benchmarks.harness import ROOT, device_name, record
+from benchmarks.harness import ROOT, device_name, model_label, record
 
 
 def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
@@ -139,20 +139,23 @@ def bench_scan(name: str, batch: int, repeats: int) -> list[dict]:
                    path='train.py pmap step; compile_s = first call minus a step')]
 
 
-def bench_fsdp(name: str, batch: int, repeats: int, devices: int = 4, fsdp_min_bytes: int = 4 << 20) -> list[dict]:
+def bench_fsdp(name: str, batch: int, repeats: int, devices: int = 4, fsdp_min_bytes: int = 4 << 20,
+               model_kwargs: Optional[dict] = None) -> list[dict]:
     """train.py's step under pmap and fsdp on the same simulated devices: state bytes per device and img/s.
     Simulated devices share the host's memory, so a mode whose replicas do not fit is reported, not run."""
     available = host_memory_available()
     limit = int(0.85 * available) if available else None
-    pmap, fsdp = (step_timer(name, batch, repeats, devices, mode, memory_limit=limit, fsdp_min_bytes=fsdp_min_bytes)
-                  for mode in ('pmap', 'fsdp'))
+    pmap, fsdp = (step_timer(name, batch, repeats, devices, mode, memory_limit=limit, fsdp_min_bytes=fsdp_min_bytes,
+                             **(model_kwargs or {})) for mode in ('pmap', 'fsdp'))
     img_s = lambda r: round(batch / r['step_s'], 3) if 'step_s' in r else None
     compile_s = lambda r: round(r['compile_s'], 1) if 'compile_s' in r else None
     mb = lambda r: round(r['state_bytes_per_device'] / 2**20, 1) if r['state_bytes_per_device'] else None
     oom = lambda r: f"out of host memory: killed at {r['oom_rss_bytes'] / 2**30:.1f} GiB RSS" if 'oom_rss_bytes' in r else ''
-    return [record(name='fsdp', model=name, batch=batch, dtype='float32', device=f'cpu x{devices} (simulated)',
+    return [record(name='fsdp', model=model_label(name, model_kwargs), batch=batch, dtype='float32',
+                   device=f'cpu x{devices} (simulated)',
                    vitjax_img_s=img_s(fsdp), baseline='pmap', baseline_img_s=img_s(pmap),
                    compile_s=compile_s(fsdp), baseline_compile_s=compile_s(pmap),
                    state_mb_per_device=mb(fsdp), baseline_state_mb_per_device=mb(pmap),
                    note=oom(fsdp), baseline_note=oom(pmap), memory_limit_gib=round(limit / 2**30, 1) if limit else None,
-                   path='train.py step, --config.parallelism=fsdp vs pmap; state bytes from addressable shards')]
+                   path='train.py step, --config.parallelism=fsdp vs pmap; state bytes from addressable shards',
+                   **({'model_kwargs': model_kwargs} if model_kwargs else {}))]

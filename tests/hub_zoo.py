@@ -1,9 +1,9 @@
 """Every architecture of the zoo through the torch-free hub path (shared by test_hub_zoo_*.py, test_hub_full.py).
 
-Each architecture, with its first tag, is built in timm at reduced depth (the widest also at half width; full size
-in test_hub_full.py),
-published into a hub cache with timm's `save_for_hf`, loaded torch-free by one worker process per test file
-(one repo on disk at a time), and compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
+Each architecture, with its first tag, is built in timm at reduced depth (the widest also at half width; `make
+test`'s one per option set at most `SMALL` wide; full size in test_hub_full.py) as its test runs, published into
+a hub cache with timm's `save_for_hf`, loaded torch-free by one worker process per test file (one repo on disk at a
+time), and compared with timm's logits. Its hub config must equal what `porting.convert`'s reader reads off the same
 timm model, and its params must be bit for bit the ones `porting.convert`'s table makes from that model
 (compared by a SHA-256 per tensor, so the worker need not send the weights back), and `porting.export`'s table must
 give timm's tensors back from those params bit for bit. This is the conversion test of every architecture; the
@@ -59,15 +59,31 @@ def _shape(v):
 
 def distinct() -> list[str]:
     """The cheapest architecture of each distinct option set of the zoo (family, and every config field with its
-    numbers blanked), as `arch.tag` like `part`: what `make test` sweeps; `make test-zoo` sweeps them all."""
+    numbers blanked), as `arch.tag` like `part`: what `make test` sweeps, at `small` sizes; `make test-zoo` sweeps
+    them all."""
     z = _zoo()
     zoo, tags = z['architectures'], z['tags']
     groups = {}
-    for a in sorted(zoo, key=lambda a: (_cost(zoo[a]['config']), a)):
+    for a in sorted(zoo, key=lambda a: (_work(zoo[a]['family'], zoo[a]['config']), _cost(zoo[a]['config']), a)):
         key = (zoo[a]['family'], json.dumps({k: _shape(v) for k, v in sorted(zoo[a]['config'].items())}))
         groups.setdefault(key, a)
     first = lambda a: next((t for t in zoo[a]['tags'] if tags[f'{a}.{t}'].get('hf_hub_id')), zoo[a]['tags'][0])
     return sorted(f'{a}.{first(a)}' for a in groups.values())
+
+
+def _work(family: str, config: dict) -> float:
+    """Roughly what one architecture costs the sweep at its own widths (what `small` keeps): building, writing
+    and converting the weights goes with the parameters (a block's, and a head's: a 21k-class head outweighs a
+    block), the forwards with the tokens too."""
+    config = dict(config, **reduced(family, config))
+    img = config.get('img_size', 224)
+    h, w = (img, img) if isinstance(img, int) else img
+    p = config.get('patch_size', 16)
+    p = p if isinstance(p, int) else p[0]
+    width = config.get('embed_dim', 768)
+    out = width * 2 ** (len(config.get('depths') or [0]) - 1)  # a Swin's last stage
+    heads = (config.get('num_classes') or 0) + (config.get('out_features') or 0)
+    return 12 * width ** 2 * (1 + (h // p) * (w // p) / 256) + heads * out
 
 
 WIDEST = 1536  # wider plain towers (AIMv2-1B/3B, ViT-gigantic, ViT-7B) are tested at half width, same head width
@@ -81,6 +97,33 @@ def reduced(family: str, config: dict) -> dict:
     if family in ('vit', 'eva') and config.get('embed_dim', 0) > WIDEST:
         return {'depth': 1, 'embed_dim': config['embed_dim'] // 2, 'num_heads': config['num_heads'] // 2}
     return {'depth': 1}
+
+
+SMALL = 384  # `make test`'s width: each wider tower halves its width and heads (same head width) down to it
+
+
+def small(family: str, config: dict) -> dict:
+    """`reduced`, at most SMALL wide where the heads halve evenly (a head's width, the option set, the tokens
+    kept), and Gemma 4's position table as long as its grid: `make test`'s one architecture per option set.
+    Sizes change no code path; the time goes with them."""
+    args = reduced(family, config)
+    width, heads = args.get('embed_dim', config.get('embed_dim')), args.get('num_heads', config.get('num_heads'))
+    if family in ('swin', 'swinv2') or not isinstance(width, int) or not isinstance(heads, int):
+        return args  # a Swin's first stage has 3 heads; its tiny sizes are what the sweep takes
+    if config.get('attn_pool_num_heads') == heads:  # NaFlexViT's MAP pool: timm gives it num_heads, the hub
+        return args  # config the zoo's number (no model_arg names it)
+    k = 1
+    while width // k > SMALL and (heads // k) % 2 == 0 and (width // k) % 2 == 0:
+        k *= 2
+    if k > 1:
+        args.update(embed_dim=width // k, num_heads=heads // k)
+        for f in ('intermediate_size', 'out_features'):  # Gemma 4's MLP; a projector
+            if config.get(f):
+                args[f] = config[f] // k
+    if config.get('position_embedding_size'):  # Gemma 4's table: 10240 rows of which the grid reads 48
+        img, p = config['img_size'], config['patch_size']
+        args['position_embedding_size'] = max((img, img) if isinstance(img, int) else img) // p
+    return args
 
 
 def _digests(flat: dict) -> dict:
@@ -112,34 +155,62 @@ for line in sys.stdin:
 '''
 
 
-def run(cache, names: list[str], full_size: bool = False) -> dict:
-    """Publish each of `names` into `cache` in turn, load it in one torch-free worker process, then delete its
-    repo (a part's repos together are GBs: a CI disk can be small);
-    {name: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests, the timm keys that
-    export's table does not give back bit for bit)}."""
-    import select
-    import shutil
+class Sweep:
+    """`names` published into `cache` one at a time, as a test asks for one (`sweep[name]`), and loaded by one
+    torch-free worker process, their repo deleted after (a part's repos together are GBs: a CI disk can be
+    small); `sweep[name]`: (logits, ref, hub_cfg, convert_cfg, hub param digests, convert param digests, the timm
+    keys that export's table does not give back bit for bit). A worker that died is replaced for the next name."""
 
-    import torch
+    def __init__(self, cache, names: list[str], full_size: bool = False, sizes=reduced):
+        self.cache, self.full_size, self.sizes = str(cache), full_size, sizes
+        self.seeds = {name: i for i, name in enumerate(names)}  # a name's inputs, whichever tests run
+        self.x_file, self.out_file, self.log = (os.path.join(self.cache, f) for f in ('x.npy', 'out.npy', 'worker.log'))
+        self.worker, self.done = None, {}
 
-    from porting.sources import source_of
-    from vitjax.io import flatten
-    zoo = _zoo()['architectures']
-    cache = str(cache)
-    x_file, out_file, log = (os.path.join(cache, f) for f in ('x.npy', 'out.npy', 'worker.log'))
-    out = {}
-    with open(log, 'w') as err:
-        worker = subprocess.Popen([sys.executable, '-c', _WORKER], cwd=ROOT, env=hubcache.offline_env(cache),
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
-    try:
-        for i, name in enumerate(names):
-            arch = zoo[name.split('.')[0]]
-            paths = hubcache.add(cache, name, seed=i, **({} if full_size else reduced(arch['family'], arch['config'])))
+    def _start(self):
+        with open(self.log, 'w') as err:
+            self.worker = subprocess.Popen([sys.executable, '-c', _WORKER], cwd=ROOT, stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=err, text=True,
+                                           env=hubcache.offline_env(self.cache))
+
+    def close(self):
+        if self.worker is not None:
+            self.worker.stdin.close()
+            self.worker.kill()
+            self.worker.wait()
+            self.worker = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __getitem__(self, name: str) -> tuple:
+        if name not in self.done:
+            self.done[name] = self._run(name)
+        return self.done[name]
+
+    def _run(self, name: str) -> tuple:
+        import select
+        import shutil
+
+        import torch
+
+        from porting.sources import source_of
+        from vitjax.io import flatten
+        if self.worker is None or self.worker.poll() is not None:
+            self.close()
+            self._start()
+        i, worker, arch = self.seeds[name], self.worker, _zoo()['architectures'][name.split('.')[0]]
+        paths = hubcache.add(self.cache, name, seed=i,
+                             **({} if self.full_size else self.sizes(arch['family'], arch['config'])))
+        try:
             m = paths.pop('model')
             _, h, w = m.pretrained_cfg['input_size']
             x = np.random.default_rng(i).standard_normal((1, h, w, 3)).astype(np.float32)
-            np.save(x_file, x)
-            worker.stdin.write(json.dumps([name, x_file, out_file]) + '\n')
+            np.save(self.x_file, x)
+            worker.stdin.write(json.dumps([name, self.x_file, self.out_file]) + '\n')
             worker.stdin.flush()
             with torch.no_grad():  # timm runs while the worker loads
                 ref = m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
@@ -157,15 +228,19 @@ def run(cache, names: list[str], full_size: bool = False) -> dict:
                 line = worker.stdout.readline() if ready else ''
                 if not line or line.startswith('RESULT '):
                     break
-            assert line, f'{name}: the torch-free worker died or hung:\n' + open(log).read()[-4000:]
+            if not line:
+                self.close()  # dead or hung: the next name gets a new worker
+                raise AssertionError(f'{name}: the torch-free worker died or hung:\n' + open(self.log).read()[-4000:])
             hub_cfg, hub_digests = json.loads(line[len('RESULT '):])
-            out[name] = np.load(out_file), ref, hub_cfg, config, hub_digests, convert_digests, not_exact
+            return np.load(self.out_file), ref, hub_cfg, config, hub_digests, convert_digests, not_exact
+        finally:
             shutil.rmtree(paths['config.json'].rsplit(os.sep + 'snapshots' + os.sep, 1)[0])
-    finally:
-        worker.stdin.close()
-        worker.kill()
-        worker.wait()
-    return out
+
+
+def run(cache, names: list[str], full_size: bool = False, sizes=reduced) -> dict:
+    """Every one of `names` through a `Sweep`: {name: its result}."""
+    with Sweep(cache, names, full_size, sizes) as sweep:
+        return {name: sweep[name] for name in names}
 
 
 def check(results: dict, name: str) -> None:
@@ -181,16 +256,18 @@ def check(results: dict, name: str) -> None:
     assert [k for k in hub_params if hub_params[k] != convert_params[k]] == []
 
 
-def tests(names: list[str], full_size: bool = False, zoo: bool = True):
-    """(the module fixture, the test) over `names`, for a test file to assign: one subprocess per file, and
-    one file per xdist worker (--dist loadfile); `zoo`: marked for `make test-zoo` only."""
+def tests(names: list[str], full_size: bool = False, zoo: bool = True, sizes=reduced):
+    """(the module fixture, the test) over `names`, for a test file to assign: one worker subprocess per file,
+    one file per xdist worker (--dist loadfile), each name built when its test runs (`-k` builds only those);
+    `zoo`: marked for `make test-zoo` only; `sizes`: `reduced` or `small`."""
     import pytest
 
     @pytest.fixture(scope='module')
     def results(tmp_path_factory):
         import shutil
         cache = tmp_path_factory.mktemp('hf')
-        yield run(cache, names, full_size)
+        with Sweep(cache, names, full_size, sizes) as sweep:
+            yield sweep
         shutil.rmtree(cache, ignore_errors=True)
 
     mark = pytest.mark.zoo if zoo else pytest.mark.slow
