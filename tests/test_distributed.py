@@ -20,10 +20,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(tmp_path, nproc, local_devices, mode='pmap'):
+def _run(tmp_path, nproc, local_devices, modes):
+    """tests/dist_worker.py as `nproc` processes -> [{mode: final params and losses}] per process."""
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, 'dist_worker.py'), str(i), str(nproc),
-                               str(local_devices), port, str(tmp_path / f'{nproc}-{i}.npz'), mode],
+                               str(local_devices), port, str(tmp_path / f'{nproc}-{i}'), ','.join(modes)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(nproc)]
     try:
@@ -35,15 +36,21 @@ def _run(tmp_path, nproc, local_devices, mode='pmap'):
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [dict(np.load(tmp_path / f'{nproc}-{i}.npz')) for i in range(nproc)]
+    return [{m: dict(np.load(tmp_path / f'{nproc}-{i}-{m}.npz')) for m in modes} for i in range(nproc)]
+
+
+@pytest.fixture(scope='module')
+def two_and_one(tmp_path_factory):
+    """Both modes in one start of the two processes; the one-process pmap reference they are both held to."""
+    tmp = tmp_path_factory.mktemp('dist')
+    return _run(tmp, nproc=2, local_devices=2, modes=('pmap', 'fsdp')), _run(tmp, 1, 4, ('pmap',))[0]['pmap']
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('mode', ['pmap', 'fsdp'])
-def test_two_processes_match_each_other_and_one_process(tmp_path, mode):
+def test_two_processes_match_each_other_and_one_process(two_and_one, mode):
     """fsdp: each process holds a quarter of every sharded array; the final params are gathered from all."""
-    a, b = _run(tmp_path, nproc=2, local_devices=2, mode=mode)
-    (single,) = _run(tmp_path, nproc=1, local_devices=4, mode='pmap')
+    (a, b), single = [r[mode] for r in two_and_one[0]], two_and_one[1]
     assert a.keys() == b.keys() == single.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # replicas never drift apart
@@ -62,17 +69,18 @@ def test_two_processes_match_each_other_and_one_process(tmp_path, mode):
     assert not np.allclose(a['losses'][0], a['losses'][-1])  # the steps did change the params
 
 
-# train.py itself on two processes: a num_epochs run (0.5 epoch of the 1,437 digits at batch 64 = 12 steps),
-# one depth-1 block, a log and checkpoint every 4 steps; data_shards=2 so that one process reads the very
+# train.py itself on two processes: a num_epochs run (0.25 epoch of the 1,437 digits at batch 64 = 6 steps),
+# one depth-1 block, a log and checkpoint every 2 steps; data_shards=2 so that one process reads the very
 # batches the two processes read together.
-TRAIN = ['--config.model_overrides.depth=1', '--config.num_epochs=0.5', '--config.warmup_steps=2',
-         '--config.batch_size=64', '--config.log_every=4', '--config.eval_every=100', '--config.checkpoint_every=4',
+TRAIN = ['--config.model_overrides.depth=1', '--config.num_epochs=0.25', '--config.warmup_steps=2',
+         '--config.batch_size=64', '--config.log_every=2', '--config.eval_every=100', '--config.checkpoint_every=2',
          '--config.data_shards=2']
 RUN_FILES = {'config.json', 'metrics.jsonl', 'tensorboard', 'checkpoints', 'summary.json', 'curves.png', 'model'}
 
 
 def _train_py(workdir, data_dir, nproc, local_devices, *extra, faults=()):
-    """train.py as `nproc` processes on 127.0.0.1; `faults`: VITJAX_FAULT per process. -> [(rc, stdout, stderr)]"""
+    """train.py as `nproc` processes on 127.0.0.1; `faults`: VITJAX_FAULT per process (tests/faulty_train.py
+    then runs instead of train.py). -> [(rc, stdout, stderr)]"""
     port, root = _free_port(), os.path.dirname(HERE)
     procs = []
     for i in range(nproc):
@@ -80,7 +88,8 @@ def _train_py(workdir, data_dir, nproc, local_devices, *extra, faults=()):
                    VITJAX_FAULT=dict(faults).get(i, ''))
         cluster = ['--config.distributed=True', f'--config.coordinator_address=127.0.0.1:{port}',
                    f'--config.num_processes={nproc}', f'--config.process_id={i}'] if nproc > 1 else []
-        procs.append(subprocess.Popen([sys.executable, 'train.py', f'--workdir={workdir}', *TRAIN, *cluster, *extra,
+        script = 'tests/faulty_train.py' if faults else 'train.py'
+        procs.append(subprocess.Popen([sys.executable, script, f'--workdir={workdir}', *TRAIN, *cluster, *extra,
                                        f'--config.data_dir={data_dir}'], cwd=root, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     try:
@@ -120,11 +129,11 @@ def test_train_py_on_two_processes(tmp_path):
         assert 'differ between processes' not in err
     assert 'devices: 4 x cpu (cpu), 2 on process 1 of 2' in runs[1][1]
     one, two = (json.loads((tmp_path / d / 'summary.json').read_text()) for d in ('one', 'two'))
-    assert one['steps'] == two['steps'] == 12  # ceil(0.5 * 1437 / 64), not twice that
+    assert one['steps'] == two['steps'] == 6  # ceil(0.25 * 1437 / 64), not twice that
     assert two['processes'] == 2 and two['params_sha256']  # a digest only when both processes agree on it
     assert set(os.listdir(tmp_path / 'two')) == RUN_FILES  # process 0's files, once (no lock left behind)
     lines = (tmp_path / 'two' / 'metrics.jsonl').read_text().splitlines()
-    assert [json.loads(x)['step'] for x in lines if '"train"' in x] == [4, 8, 12]
+    assert [json.loads(x)['step'] for x in lines if '"train"' in x] == [2, 4, 6]
     assert len(os.listdir(tmp_path / 'two' / 'tensorboard')) == 1
     a, b = _params(tmp_path / 'one'), _params(tmp_path / 'two')
     assert a.keys() == b.keys()
@@ -132,12 +141,12 @@ def test_train_py_on_two_processes(tmp_path):
         atol = 4 * 2e-3 if k.endswith("attn/key/bias") else 1e-6  # as in the test above (the default lr 2e-3)
         np.testing.assert_allclose(b[k], a[k], rtol=1e-5, atol=atol, err_msg=k)
 
-    stopped = _train_py(tmp_path / 'cut', data_dir, 2, 2, faults={1: 'sigterm_at=5'})
+    stopped = _train_py(tmp_path / 'cut', data_dir, 2, 2, faults={1: 'sigterm_at=3'})
     for rc, out, err in stopped:
         assert rc == 0, err[-3000:]
-    assert 'received SIGTERM: stopped after step 8' in stopped[1][1]
-    assert 'another process was signalled: stopped after step 8' in stopped[0][1]
-    assert sorted(os.listdir(tmp_path / 'cut' / 'checkpoints')) == ['4', '8']
+    assert 'received SIGTERM: stopped after step 4' in stopped[1][1]
+    assert 'another process was signalled: stopped after step 4' in stopped[0][1]
+    assert sorted(os.listdir(tmp_path / 'cut' / 'checkpoints')) == ['2', '4']
     resumed = _train_py(tmp_path / 'cut', data_dir, 2, 2, '--resume')
     for rc, out, err in resumed:
         assert rc == 0, err[-3000:]
