@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from porting import random_init
+from vitjax import cli as vcli
 
 ROOT = Path(__file__).resolve().parent.parent
 VITJAX = str(Path(sys.executable).parent / 'vitjax')
@@ -83,19 +84,22 @@ def test_predict_uses_trained_class_names(trained):
 @pytest.mark.parametrize('kind, key, shape', [('pooled', 'pooled', (3, 192)), ('cls', 'cls', (3, 192)),
                                               ('tokens', 'tokens', (3, 197, 192)), ('map', 'map', (3, 14, 14, 192)),
                                               ('intermediates', 'block_1', (3, 14, 14, 192))])
-def test_features(converted, photos, tmp_path, kind, key, shape):
-    proc = cli('features', '--model', converted, photos, '--kind', kind, '--out', tmp_path / 'f.npz')
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+def test_features(converted, photos, tmp_path, capsys, kind, key, shape):
+    # In this process (the script's main): the format is the subject here, and the script itself runs `features`
+    # and `attention` in test_features_and_attention_on_trained_model.
+    assert vcli.main(['features', '--model', str(converted), str(photos), '--kind', kind,
+                      '--out', str(tmp_path / 'f.npz')]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report['files'] == 3 and report[key] == list(shape)
     f = np.load(tmp_path / 'f.npz')
     assert f[key].shape == shape and [Path(p).name for p in f['files']] == ['p0.jpg', 'p1.jpg', 'p2.jpg']
 
 
-def test_attention_png(converted, photos, tmp_path):
-    proc = cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / 'a.png')
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)['grid'] == [14, 14]
+def test_attention_png(converted, photos, tmp_path, capsys):
+    # In this process, as test_features.
+    assert vcli.main(['attention', '--model', str(converted), str(photos / 'p1.jpg'),
+                      '--out', str(tmp_path / 'a.png')]) == 0
+    assert json.loads(capsys.readouterr().out)['grid'] == [14, 14]
     with Image.open(tmp_path / 'a.png') as im:
         assert im.format == 'PNG' and im.size[0] > 2 * im.size[1]  # input + two maps side by side
 
@@ -123,18 +127,19 @@ def test_features_and_attention_on_trained_model(trained, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_converted_model_with_new_head(trained, tmp_path):
+def test_evaluate_converted_model_with_new_head(trained, tmp_path, capsys):
+    # In this process (the script's main): the script itself converts in `converted` and evaluates in
+    # test_evaluate_equals_training_eval.
     d, _, _ = trained
     ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', depth=1), tmp_path / 'deit.safetensors')
-    assert cli('convert', '--model', 'deit_tiny_patch16_224', '--checkpoint', ckpt, '--model-arg', 'depth=1',
-               '--num-classes', '10', '--img-size', '32', '--out', tmp_path / 'm').returncode == 0
-    proc = cli('evaluate', '--model', tmp_path / 'm', '--dataset', 'vitjax_digits', '--data-dir', d / 'tfds')
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(proc.stdout)
+    assert vcli.main(['convert', '--model', 'deit_tiny_patch16_224', '--checkpoint', str(ckpt), '--model-arg',
+                      'depth=1', '--num-classes', '10', '--img-size', '32', '--out', str(tmp_path / 'm')]) == 0
+    capsys.readouterr()
+    evaluate = ['evaluate', '--model', str(tmp_path / 'm'), '--dataset', 'vitjax_digits', '--data-dir', str(d / 'tfds')]
+    assert vcli.main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out)
     assert result['count'] == 360 and 0 <= result['top1'] <= result['top5'] <= 1
-    wrong = cli('evaluate', '--model', tmp_path / 'm', '--dataset', 'vitjax_digits', '--split', 'bogus[',
-                '--data-dir', d / 'tfds')
-    assert wrong.returncode == 1 and 'error:' in wrong.stderr
+    assert vcli.main([*evaluate, '--split', 'bogus[']) == 1 and 'error:' in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -157,14 +162,15 @@ def test_names_resolve_through_the_cache(converted, photos, tmp_path):
     assert not (cache / 'deit_small_patch16_224').exists()
 
 
-def test_bad_inputs(converted, tmp_path):
+def test_bad_inputs(converted, tmp_path, capsys):
+    # In this process: an error the script's main does not turn into its exit 1 raises here.
     (tmp_path / 'notes.jpg').write_text('not an image')
-    for args, msg in [((tmp_path / 'missing.jpg',), 'no such file or folder'),
-                      ((tmp_path / 'notes.jpg',), 'cannot identify image file')]:
-        proc = cli('predict', '--model', converted, *args)
-        assert proc.returncode == 1 and msg in proc.stderr
-    proc = cli('attention', '--model', tmp_path, tmp_path / 'notes.jpg', '--out', tmp_path / 'a.png')
-    assert proc.returncode == 1 and 'not a vitjax model directory' in proc.stderr
+    for image, msg in [('missing.jpg', 'no such file or folder'), ('notes.jpg', 'cannot identify image file')]:
+        assert vcli.main(['predict', '--model', str(converted), str(tmp_path / image)]) == 1
+        assert msg in capsys.readouterr().err
+    assert vcli.main(['attention', '--model', str(tmp_path), str(tmp_path / 'notes.jpg'),
+                      '--out', str(tmp_path / 'a.png')]) == 1
+    assert 'not a vitjax model directory' in capsys.readouterr().err
 
 
 def test_wheel_carries_the_cli_configs_and_class_names(tmp_path):
@@ -188,7 +194,7 @@ def _refused(proc, msg):
 
 
 @pytest.mark.slow
-def test_features_out_is_checked_first_and_never_a_users_file(converted, photos, tmp_path):
+def test_features_out_is_checked_first_and_never_a_users_file(converted, photos, tmp_path, capsys):
     (tmp_path / 'mine.npz').write_bytes(b'my own data')
     (tmp_path / 'link.npz').symlink_to(tmp_path / 'mine.npz')
     (tmp_path / 'dir.npz').mkdir()
@@ -201,9 +207,10 @@ def test_features_out_is_checked_first_and_never_a_users_file(converted, photos,
                     'typo: no such model directory')
     old = os.umask(0o022)
     try:
-        for _ in range(2):  # the second run replaces what the first one wrote
-            proc = cli('features', '--model', converted, photos, '--out', tmp_path / 'f.npz')
-            assert proc.returncode == 0 and json.loads(proc.stdout)['out'] == str(tmp_path / 'f.npz'), proc.stderr
+        for _ in range(2):  # the second run replaces what the first one wrote; in this process, as test_features
+            assert vcli.main(['features', '--model', str(converted), str(photos),
+                              '--out', str(tmp_path / 'f.npz')]) == 0
+            assert json.loads(capsys.readouterr().out)['out'] == str(tmp_path / 'f.npz')
     finally:
         os.umask(old)
     assert (tmp_path / 'mine.npz').read_bytes() == b'my own data'
@@ -213,16 +220,17 @@ def test_features_out_is_checked_first_and_never_a_users_file(converted, photos,
 
 
 @pytest.mark.slow
-def test_attention_writes_the_png_it_reports_and_no_other(converted, photos, tmp_path):
+def test_attention_writes_the_png_it_reports_and_no_other(converted, photos, tmp_path, capsys):
     Image.new('RGB', (4, 4)).save(tmp_path / 'mine.png')
     mine = (tmp_path / 'mine.png').read_bytes()
     (tmp_path / 'd.png').mkdir()
     for out, msg in [('mine.png', 'mine.png is a file vitjax did not write'), ('attn', 'must end in .png'),
                      ('d.png', 'd.png is a directory')]:
         assert _refused(cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / out), msg)
-    for _ in range(2):
-        proc = cli('attention', '--model', converted, photos / 'p1.jpg', '--out', tmp_path / 'a.png')
-        assert proc.returncode == 0 and json.loads(proc.stdout)['out'] == str(tmp_path / 'a.png'), proc.stderr
+    for _ in range(2):  # in this process, as test_features
+        assert vcli.main(['attention', '--model', str(converted), str(photos / 'p1.jpg'),
+                          '--out', str(tmp_path / 'a.png')]) == 0
+        assert json.loads(capsys.readouterr().out)['out'] == str(tmp_path / 'a.png')
     assert (tmp_path / 'mine.png').read_bytes() == mine
     assert sorted(os.listdir(tmp_path)) == ['a.png', 'd.png', 'mine.png']
     with Image.open(tmp_path / 'a.png') as im:
@@ -248,7 +256,7 @@ def test_predict_and_features_stream_a_folder_batch_by_batch(tmp_path, capsys):
     import tracemalloc
     import zipfile
     import vitjax
-    from vitjax import cli as vcli, inference
+    from vitjax import inference
     model = vitjax.registry.build_model('vit_tiny_patch16_224', 3, None, patch_size=32, depth=1, embed_dim=32,
                                         num_heads=2)
     rng = np.random.default_rng(0)  # random params without compiling an init

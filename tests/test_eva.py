@@ -74,7 +74,7 @@ def test_attention_maps_come_from_the_rotated_queries_and_keys():
     tm = timm_model('vit_base_patch16_rope_224', depth=1, embed_dim=192, num_heads=3, img_size=64)
     model, variables = port(tm)
     x = images(model, batch=1)
-    _, state = model.apply(variables, x, mutable=['intermediates'])
+    _, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
     ours = np.asarray(state['intermediates']['blocks_0']['attn']['attn'][0])
     assert max_diff(ours, timm_attention_weights(tm, x)) < 1e-6
     assert not np.allclose(ours, np.asarray(jax.nn.softmax(np.zeros_like(ours))))  # not uniform by accident

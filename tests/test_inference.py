@@ -1,11 +1,12 @@
 """vitjax.inference against timm: eval preprocessing, predictions, features, attention weights and rollout."""
+import jax
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 import vitjax
-from conftest import max_diff, port, run_timm, timm_model
+from conftest import jit_apply, max_diff, port, run_timm, timm_model
 from vitjax import inference
 
 
@@ -92,13 +93,15 @@ def test_features_of_every_kind_match_timm(deit):
 @pytest.mark.slow
 def test_features_swin_and_registers():
     # Ported random timm weights: create_model's jitted Swin init compiles for ~7 s (create_model is tested in
-    # test_swin). features() bakes the weights into its programs as constants, so they are the slow part here.
-    swin, sv = port(timm_model('swin_tiny_patch4_window7_224', depths=(2, 2, 2, 2)))
+    # test_swin). features() bakes the weights into its programs as constants, so they are the slow part here:
+    # one block a stage and a third of tiny's width (its 32-wide heads), the stage maps and windows its own at 224 px.
+    swin, sv = port(timm_model('swin_tiny_patch4_window7_224', depths=(1, 1, 1, 1), embed_dim=32,
+                               num_heads=(1, 2, 4, 8)))
     x = np.zeros((1, 224, 224, 3), np.float32)
-    assert inference.features(swin, sv, x, 'map')['map'].shape == (1, 7, 7, 768)
+    assert inference.features(swin, sv, x, 'map')['map'].shape == (1, 7, 7, 256)
     stages = inference.features(swin, sv, x, 'intermediates')
-    assert [stages[f'stage_{i}'].shape for i in range(4)] == [(1, 56, 56, 96), (1, 28, 28, 192), (1, 14, 14, 384),
-                                                             (1, 7, 7, 768)]
+    assert [stages[f'stage_{i}'].shape for i in range(4)] == [(1, 56, 56, 32), (1, 28, 28, 64), (1, 14, 14, 128),
+                                                             (1, 7, 7, 256)]
     with pytest.raises(ValueError, match='no class token'):
         inference.features(swin, sv, x, 'cls')
     dino, dv = vitjax.create_model('vit_small_patch14_reg4_dinov2', depth=1, img_size=70)
@@ -137,12 +140,12 @@ def test_attention_weights_and_rollout_match_timm(name, kw):
     tm = timm_model(name, seed=4, **kw)
     model, variables = port(tm)
     x = np.random.default_rng(0).standard_normal((2, *([kw.get('img_size', 224)] * 2), 3)).astype(np.float32)
-    _, state = model.apply(variables, x, mutable=['intermediates'])
+    explicit, state = jax.jit(lambda v, x: model.apply(v, x, mutable=['intermediates']))(variables, x)
     ours = [state['intermediates'][f'blocks_{i}']['attn']['attn'][0] for i in range(model.depth)]
     theirs = _timm_attention(tm, x)
     assert max(max_diff(a, b) for a, b in zip(ours, theirs)) < 1e-5
     # the explicit path used for maps computes the same logits as the fused one
-    assert max_diff(model.apply(variables, x), model.apply(variables, x, mutable=['intermediates'])[0]) < 1e-5
+    assert max_diff(jit_apply(model)(variables, x), explicit) < 1e-5
     maps = inference.attention_maps(model, variables, x)
     grid = maps['rollout'].shape[1:]
     assert grid == model.grid_size

@@ -169,9 +169,12 @@ def test_grad_checkpointing_same_params_and_gradients(arch):
                               window_size=4, num_classes=5))
     plain, remat = cls(**kw), cls(**kw, grad_checkpointing=True)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 32, 32, 3)), jnp.float32)
-    v = plain.init(jax.random.PRNGKey(0), x)
-    v = jax.tree_util.tree_map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
-    assert jax.tree_util.tree_structure(remat.init(jax.random.PRNGKey(0), x)) == jax.tree_util.tree_structure(v)
+    # Jitted init and numpy noise: eager init and an eager jax.random.normal compile op by op, shape by shape.
+    v = jax.jit(plain.init)(jax.random.PRNGKey(0), x)
+    noise = np.random.default_rng(1)
+    v = jax.tree_util.tree_map(lambda p: p + 0.02 * noise.standard_normal(p.shape).astype(np.float32), v)
+    assert jax.tree_util.tree_structure(jax.eval_shape(remat.init, jax.random.PRNGKey(0), x)) == \
+        jax.tree_util.tree_structure(v)
 
     def loss(m):
         return lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
@@ -222,15 +225,19 @@ def test_scan_blocks_drop_path_rates_per_block():
     # Rates in the wrong order or one rate for all would give no such sample or about 1 in 64.
     model = VisionTransformer(**{**SMALL, 'depth': 3}, drop_path_rate=1.0, scan_blocks=True)
     x = images(model, batch=64)
-    v = model.init(jax.random.PRNGKey(0), x)
-    v = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
+    # Jitted throughout, numpy noise: eager init / apply and eager jax.random.normal compile op by op.
+    v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+    noise = np.random.default_rng(1)
+    v = jax.tree.map(lambda p: p + 0.05 * noise.standard_normal(p.shape).astype(np.float32), v)
     one = model.clone(depth=1, drop_path_rate=0.)
     first = {'params': {**v['params'], 'blocks': jax.tree.map(lambda p: p[:1], v['params']['blocks'])}}
-    train = model.apply(v, x, train=True, rngs={'dropout': jax.random.PRNGKey(3)}, method=model.forward_features)
-    ref = one.apply(first, x, method=one.forward_features)
+    train, ref, evaluated = jax.jit(lambda v, first, x, key: (
+        model.apply(v, x, train=True, rngs={'dropout': key}, method=model.forward_features),
+        one.apply(first, x, method=one.forward_features), model.apply(v, x, method=model.forward_features)))(
+        v, first, x, jax.random.PRNGKey(3))
     same = np.all(np.isclose(np.asarray(train), np.asarray(ref), atol=1e-5), axis=(1, 2))
     assert 6 <= same.sum() <= 28
-    assert max_diff(model.apply(v, x, method=model.forward_features), ref) > 1e-3  # eval: nothing dropped
+    assert max_diff(evaluated, ref) > 1e-3  # eval: nothing dropped
 
 
 @pytest.mark.slow
@@ -238,10 +245,12 @@ def test_scan_blocks_with_grad_checkpointing():
     kw = dict(SMALL, depth=3)
     x = images(VisionTransformer(**kw))
     a, b = (VisionTransformer(**kw, scan_blocks=True, grad_checkpointing=remat) for remat in (False, True))
-    v = a.init(jax.random.PRNGKey(0), x)
-    v = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(jax.random.PRNGKey(1), p.shape), v)
+    # Jitted throughout, numpy noise: eager init / grad and eager jax.random.normal compile op by op.
+    v = jax.jit(a.init)(jax.random.PRNGKey(0), x)
+    noise = np.random.default_rng(1)
+    v = jax.tree.map(lambda p: p + 0.02 * noise.standard_normal(p.shape).astype(np.float32), v)
     loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=True) ** 2)
-    ga, gb = (jax.grad(loss(m))(v['params']) for m in (a, b))
+    ga, gb = (jax.jit(jax.grad(loss(m)))(v['params']) for m in (a, b))
     for p, q in zip(jax.tree.leaves(ga), jax.tree.leaves(gb)):
         assert max_diff(p, q) <= 1e-5
     jaxpr = str(jax.make_jaxpr(jax.grad(loss(b)))(v['params']))
