@@ -1,7 +1,9 @@
 """Every recipe of docs/recipes.md runs as written (bash -e, offline) and produces what the page says it does.
 
-The recipes that convert full-size models (ViT-B, DINOv2-S, DINOv3-B, Qwen3-VL's tower, minutes each here) run in
-`make test-zoo` with the full-size parity rows; the training recipes run in `make test`."""
+Each recipe takes minutes here (full-size models converted with parity, or several train.py processes), so they run
+in `make test-zoo` with the full-size parity rows; `make test` keeps what each of them is built from (conversion,
+`--config.init` fine-tunes with position-embedding resampling, frozen backbones, folders, evaluate, the presets)
+and the figures script."""
 import json
 import os
 import re
@@ -42,7 +44,7 @@ def test_zoo(tmp_path):
     assert np.load(tmp_path / 'out/vitb_map.npz')['map'].shape == (1, 14, 14, 768)
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # minutes of train.py runs whose parts make test covers (docs/testing.md)
 def test_deit_head_then_full(tmp_path):
     run('deit', tmp_path)
     import vitjax
@@ -54,7 +56,7 @@ def test_deit_head_then_full(tmp_path):
     assert head['test_accuracy'] > 0.1 and full['test_accuracy'] > 0.1  # chance is 0.1
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # minutes of train.py runs whose parts make test covers (docs/testing.md)
 def test_scratch_then_frozen(tmp_path):
     proc = run('scratch', tmp_path)
     scratch = json.loads((tmp_path / 'runs/scratch/summary.json').read_text())
@@ -71,7 +73,7 @@ def test_scratch_then_frozen(tmp_path):
     assert all(np.array_equal(a[k], b[k]) for k in a if not k.startswith('head'))  # the backbone stayed frozen
 
 
-@pytest.mark.slow
+@pytest.mark.zoo  # minutes of train.py runs whose parts make test covers (docs/testing.md)
 def test_paper_recipe(tmp_path):
     run('paper', tmp_path)
     config = json.loads((tmp_path / 'runs/paper/config.json').read_text())
