@@ -203,14 +203,17 @@ def tiny_vit():
 
 # -- scheduling over the two xdist workers ----------------------------------------------------------------------
 # Files whose tests share module fixtures stay on one worker (--dist loadfile); the recipes (docs/) share none and
-# run minutes each, so each is a unit of its own. Units start longest first (measured here, 2026-11-29: recipes
-# 580 s, parallel 367 s, train_faults 303 s, ...), so the workers finish together instead of one running the
-# recipes alone at the end (the default file order left ~8 of 22 minutes on one worker).
+# run minutes each, so each is a unit of its own. Units start longest first, in the order of the last fresh-clone
+# run's per-file times (`python -m benchmarks.suite_durations`), so that the workers finish together instead of
+# one running a long file alone at the end. Files not named here follow, in file order.
 SPLIT_PER_TEST = ('tests/test_recipes.py',)
-LONGEST_FIRST = ('test_recipes', 'test_make_train', 'test_parallel', 'test_train_faults', 'test_hub_zoo_distinct',
-                 *(f'test_hub_zoo_{i}' for i in range(4)),
-                 'test_train', 'test_eva', 'test_swin', 'test_bench', 'test_vit', 'test_torchvision', 'test_cli',
-                 'test_families', 'test_distributed', 'test_train_step')
+LONGEST_FIRST = ('test_train_faults', 'test_make_train', 'test_recipes', *(f'test_hub_zoo_{i}' for i in range(4)),
+                 'test_distributed', 'test_swin', 'test_train', 'test_hybrid_vit', 'test_cli', 'test_hub_zoo_distinct',
+                 'test_swin_v2', 'test_parallel', 'test_vit', 'test_eva', 'test_hub', 'test_storage', 'test_train_step',
+                 'test_sam', 'test_naflex', 'test_relpos_vit', 'test_families', 'test_io', 'test_convert_cli',
+                 'test_bench', 'test_precision', 'test_qwen3_vit', 'test_beit', 'test_optim', 'test_preprocess_modes',
+                 'test_gemma4_vit', 'test_deepseek_vit', 'test_registry', 'test_input_pipeline', 'test_folder',
+                 'test_torchvision', 'test_inference', 'test_model_faults')
 
 
 def _unit(nodeid: str) -> str:

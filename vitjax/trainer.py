@@ -8,6 +8,7 @@ final params in the format `vitjax.load` reads); a gs:// workdir through a local
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -255,8 +256,9 @@ def setup(c, workdir: str, resume: bool, files) -> Run:
                                          scale=tuple(c.crop_scale), shuffle_buffer=c.shuffle_buffer,
                                          cache_bytes=int(c.cache_bytes), data_shards=c.data_shards,
                                          start_step=start, verbose=main, **data_kw)
-    eval_ds = lambda split: data.create_eval_dataset(c.dataset, split, crop_pct=c.eval_crop_pct or cfg.crop_pct,
-                                                     crop_mode=cfg.crop_mode, mean=cfg.mean, **data_kw)
+    eval_kw = dict(crop_pct=c.eval_crop_pct or cfg.crop_pct, crop_mode=cfg.crop_mode, mean=cfg.mean, **data_kw)
+    passes = functools.cache(lambda split: data.eval_passes(c.dataset, split, **eval_kw))  # built once a split
+    eval_ds = lambda split: passes(split)()
     return Run(c, workdir, model, info, par, state, p_train, p_eval, par.batches(train_ds), eval_ds, ckpt, writer,
                files, start, total_steps, traces)
 

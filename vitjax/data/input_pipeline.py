@@ -14,7 +14,7 @@ import atexit
 import math
 import re
 import weakref
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -123,16 +123,23 @@ def _shard_stream(dataset, split, data_dir, shard, shards, *, batch, image_size,
             bad_files)
 
 
-def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, image_size,
-                        crop_pct: float = 0.875, crop_mode: str = 'center', interpolation: str = 'bicubic',
-                        mean: Sequence[float] = (0.485, 0.456, 0.406), data_dir: Optional[str] = None,
-                        process_index: Optional[int] = None, process_count: Optional[int] = None,
-                        threads: Optional[int] = None) -> Iterator[dict[str, np.ndarray]]:
-    """Full batches {'image' uint8, 'label', 'mask'}; padding rows are zero with mask 0. Every process yields
-    the same number of batches (collectives over devices need that). The images are timm's eval transform of
-    `crop_mode` at `image_size` (an int, or (h, w)); `mean` is border's pad colour. A center or squash crop
-    (crop_pct <= 1) decodes only the window of the original it needs (`decode.eval_crop`); border (and a
-    crop_pct over 1, which pads) runs timm's whole transform on the whole image."""
+def create_eval_dataset(dataset: str, split: str, **kw) -> Iterator[dict[str, np.ndarray]]:
+    """One pass over `eval_passes(dataset, split, **kw)`."""
+    return eval_passes(dataset, split, **kw)()
+
+
+def eval_passes(dataset: str, split: str, *, global_batch_size: int, image_size,
+                crop_pct: float = 0.875, crop_mode: str = 'center', interpolation: str = 'bicubic',
+                mean: Sequence[float] = (0.485, 0.456, 0.406), data_dir: Optional[str] = None,
+                process_index: Optional[int] = None, process_count: Optional[int] = None,
+                threads: Optional[int] = None) -> Callable[[], Iterator[dict[str, np.ndarray]]]:
+    """A function that starts a pass over the split: the pipeline is built (the split found, its functions
+    traced) once, not at every evaluation of a run. Each pass yields full batches {'image' uint8, 'label',
+    'mask'}; padding rows are zero with mask 0. Every process yields the same number of batches (collectives
+    over devices need that). The images are timm's eval transform of `crop_mode` at `image_size` (an int, or
+    (h, w)); `mean` is border's pad colour. A center or squash crop (crop_pct <= 1) decodes only the window of
+    the original it needs (`decode.eval_crop`); border (and a crop_pct over 1, which pads) runs timm's whole
+    transform on the whole image."""
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     _check_sizes(global_batch_size=global_batch_size)
     if not min(h, w) >= 1:
@@ -163,8 +170,9 @@ def create_eval_dataset(dataset: str, split: str, *, global_batch_size: int, ima
     pad = tf.data.Dataset.from_tensors({'image': tf.zeros((h, w, 3), tf.uint8),
                                         'label': tf.constant(0, tf.int32), 'mask': tf.constant(0.0)}).repeat()
     ds = src.records.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).concatenate(pad)
-    return _numpy(ds.batch(batch).take(steps).prefetch(AUTOTUNE), threads, f'{dataset} split {split!r}',
-                  lambda j: _bad_files(src.records.skip(j * batch).take(batch)))
+    ds = ds.batch(batch).take(steps).prefetch(AUTOTUNE)
+    return lambda: _numpy(ds, threads, f'{dataset} split {split!r}',
+                          lambda j: _bad_files(src.records.skip(j * batch).take(batch)))
 
 
 def _check_sizes(**sizes):
