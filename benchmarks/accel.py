@@ -34,8 +34,8 @@ def _vitjax_side(name: str, batch: int, model_kwargs: Optional[dict] = None) -> 
     import numpy as np
 
     import vitjax
-    from vitjax import optim, parallel, train_step
-    from vitjax.config import default_config
+    from vitjax.train import optim, parallel, train_step
+    from vitjax.train.config import default_config
     from vitjax.models.layers import attention_implementation, backend_info
     model, variables = vitjax.create_model(name, num_classes=1000, dtype=jax.numpy.bfloat16, **(model_kwargs or {}))
     c = default_config()

@@ -46,8 +46,8 @@ def _vitjax_side(name: str, infer_batch: int, train_batch: int, model_kwargs: Op
     import numpy as np
 
     import vitjax
-    from vitjax import optim, parallel, train_step
-    from vitjax.config import default_config
+    from vitjax.train import optim, parallel, train_step
+    from vitjax.train.config import default_config
     jax.config.update('jax_default_matmul_precision', 'highest')
     model, variables = vitjax.create_model(name, num_classes=1000, **(model_kwargs or {}))
     params = variables['params']
@@ -247,8 +247,9 @@ def main(argv=None) -> int:
     ap.add_argument('--out-dir', default=str(ROOT / 'benchmarks' / 'results'))
     ap.add_argument('--markdown', default=str(ROOT / 'BENCHMARKS.md'), help="'' to skip")
     args = ap.parse_args(argv)
-    if argv is None:  # the command line, not a test: both sides get train.py's malloc settings (vitjax/hostmem.py)
-        from vitjax.hostmem import reexec_with_tuned_malloc
+    # the command line, not a test: both sides get train.py's malloc settings (vitjax/train/hostmem.py)
+    if argv is None:
+        from vitjax.train.hostmem import reexec_with_tuned_malloc
         reexec_with_tuned_malloc()
     sections = args.sections or ','.join(SECTIONS + (('accel',) if _accelerator() else ()))
     result = run(args.full, args.models, args.repeats, Path(args.out_dir), set(sections.split(',')),

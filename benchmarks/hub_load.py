@@ -1,5 +1,5 @@
 """Loading pretrained ViT-B/16 from a hub cache in a fresh process: vitjax's torch-free path against timm's
-`create_model(pretrained=True)`, the same cache (porting/hubcache.py), taking turns; wall time (imports
+`create_model(pretrained=True)`, the same cache (tests/hubcache.py), taking turns; wall time (imports
 included, what a user waits for) and peak RSS."""
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def _once(side: str, env: dict) -> tuple[float, float]:
 
 
 def bench_hub_load(repeats: int = 3) -> list[dict]:
-    from porting import hubcache
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))  # the tests' offline hub cache (tests/hubcache.py)
+    import hubcache
     with tempfile.TemporaryDirectory() as cache:
         paths = hubcache.add(cache, NAME)
         weights = os.path.getsize(os.path.realpath(paths['model.safetensors']))

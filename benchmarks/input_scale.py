@@ -70,7 +70,7 @@ def _img_s(it, batches: int) -> tuple[float, int]:
 
 
 def measure_vitjax(pipe: str, source: str, threads: int, root: Path, batches: int) -> dict:
-    from vitjax import data
+    from vitjax.train import data
     from benchmarks import photos  # noqa: F401
     dataset, data_dir = (str(root / 'photos'), None) if source == 'folder' else ('vitjax_photos', str(root / 'tfds'))
     if pipe == 'train':
@@ -109,7 +109,7 @@ def measure_timm(pipe: str, threads: int, root: Path, batches: int, prefetcher: 
 def measure_resume(source: str, root: Path, start_step: int) -> dict:
     """Seconds from pipeline creation to the first batch at `start_step` (batch 128), and the first 3 batches
     compared with a run started 10 steps earlier that read on (a different epoch offset and skip)."""
-    from vitjax import data
+    from vitjax.train import data
     from benchmarks import photos  # noqa: F401
     dataset, data_dir = (str(root / 'photos'), None) if source == 'folder' else ('vitjax_photos', str(root / 'tfds'))
     kw = dict(global_batch_size=BATCH, image_size=SIZE, data_dir=data_dir, cache_bytes=0, process_index=0,

@@ -92,7 +92,8 @@ def write_markdown(result: dict, path: Path) -> None:
              f"{result['platform']}, Python {result['python']}, jax {result['jax']}, torch {result['torch']}. "
              f"Measured f32 GEMM peak (XLA, 2048² matmul, median of 15): {result['peak_gflops']} GFLOP/s "
              f"(best of the 15: {result.get('peak_gflops_best', '-')}). GPU: {result['gpu']}. Host malloc "
-             f"for both sides (train.py's, `vitjax/hostmem.py`): `{result.get('host_malloc', 'glibc defaults')}`; "
+             f"for both sides (train.py's, `vitjax/train/hostmem.py`): "
+             f"`{result.get('host_malloc', 'glibc defaults')}`; "
              "conversion runs with glibc's defaults.", '',
              'Timings are medians after warm-up; each contender runs in its own process and they take turns '
              '(A/B/A/B), so machine noise hits both alike; only ratios from the same run are meaningful on these '

@@ -16,8 +16,8 @@ def main(name: str, batch: int, repeats: int, devices: int, mode: str, kwargs: d
     import jax
     import numpy as np
     import vitjax
-    from vitjax import optim, parallel, train_step
-    from vitjax.config import default_config
+    from vitjax.train import optim, parallel, train_step
+    from vitjax.train.config import default_config
     jax.config.update('jax_default_matmul_precision', 'highest')
     c = default_config()
     c.warmup_steps = 1

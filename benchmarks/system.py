@@ -17,7 +17,7 @@ def bench_input(steps_img_s: Optional[float], repeats: int) -> list[dict]:
     """tf.data img/s for the digits default and a mock 224² dataset, next to the train step's img/s."""
     import tensorflow_datasets as tfds
 
-    from vitjax import data
+    from vitjax.train import data
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = [('input_digits', 'vitjax_digits', 16, 128, None),

@@ -48,7 +48,7 @@ def convert(source: sources.Source, torch_model, name: str = '', img_size=None, 
     """
     from vitjax.models import PretrainedCfg
 
-    config = source.model_config(torch_model)
+    config = source.torch_config(torch_model)
     state = source.state_of(torch_model)
     # Device arrays now, one tensor at a time, so the numpy copies are freed before the parity run needs them.
     params = jax.tree.map(jax.device_put, source.from_state(state, config))

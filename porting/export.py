@@ -74,7 +74,7 @@ def timm_model_for(name: str, config: dict, source: sources.Source, what: str = 
             raise ValueError(f'timm {name} does not take this config: {error}')
         raise ValueError(f'{what} is a vitjax {source.arch} model, but timm {name} builds '
                          f'{builds}: pass the --timm-name of a timm {source.arch} model')
-    got = source.model_config(model)
+    got = source.torch_config(model)
     plain = lambda v: json.loads(json.dumps(v))  # tuples and lists compare equal
     mismatched = {k: (v, config.get(k)) for k, v in got.items()
                   if k not in source.nominal and plain(config.get(k)) != plain(v)}
@@ -87,7 +87,7 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     import torch
     from safetensors.torch import save_file
     import vitjax
-    from vitjax.io import check_output_file, read_config, write_file
+    from vitjax.io import check_output_file, read_dir_config, write_file
     from vitjax.models import architecture_of, model_config
 
     parity.check_settings(1, tolerance)
@@ -95,7 +95,7 @@ def export(model_dir, out, name: str = '', tolerance: float = 1e-4) -> dict:
     model, variables = vitjax.load(model_dir)
     arch = architecture_of(model)
     source = sources.get('timm', arch)
-    recorded = read_config(model_dir).get('model_name') or ''
+    recorded = read_dir_config(model_dir).get('model_name') or ''
     name = name or recorded
     if not name:
         raise ValueError(f'{model_dir} records no timm model name; pass --timm-name')

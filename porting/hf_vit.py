@@ -1,31 +1,14 @@
-"""Hugging Face `ViTForImageClassification` / `ViTModel` (the google/vit-base-patch16-224 layout on the hub):
-the name table, the config reader and a parity adapter. Checkpoints are HF model directories."""
+"""Hugging Face `ViTForImageClassification` / `ViTModel` (the google/vit-base-patch16-224 layout on the hub), the
+torch side: the config reader and a parity adapter (the name table is vitjax/weights/hf_vit.py). Checkpoints are HF
+model directories."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
-from porting.engine import CONV, HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, Rule, UnsupportedModel, linear, norm
 from porting.source import Source
-
-LAYER = 'encoder.layer.{i}'
-RULES = (
-    Rule('embeddings.cls_token', 'cls_token'),
-    Rule('embeddings.position_embeddings', 'pos_embed'),
-    Rule('embeddings.patch_embeddings.projection.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('embeddings.patch_embeddings.projection.bias', 'patch_embed/proj/bias'),
-    *norm(f'{LAYER}.layernorm_before', 'blocks_{i}/norm1'),
-    *[r for n in ('query', 'key', 'value') for r in (
-        Rule(f'{LAYER}.attention.attention.{n}.weight', f'blocks_{{i}}/attn/{n}/kernel', HEADS_KERNEL),
-        Rule(f'{LAYER}.attention.attention.{n}.bias', f'blocks_{{i}}/attn/{n}/bias', HEADS_BIAS))],
-    Rule(f'{LAYER}.attention.output.dense.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
-    Rule(f'{LAYER}.attention.output.dense.bias', 'blocks_{i}/attn/out/bias'),
-    *norm(f'{LAYER}.layernorm_after', 'blocks_{i}/norm2'),
-    *linear(f'{LAYER}.intermediate.dense', 'blocks_{i}/mlp/fc1'),
-    *linear(f'{LAYER}.output.dense', 'blocks_{i}/mlp/fc2'),
-    *norm('layernorm', 'norm'),
-    *linear('classifier', 'head'),
-)
+from vitjax import weights
+from vitjax.weights.engine import UnsupportedModel
 
 
 def is_hf_dir(path) -> bool:
@@ -65,7 +48,7 @@ def state_of(model) -> dict:
     return read_state(model.name_or_path)
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     c = model.config
     if c.hidden_act != 'gelu':
         raise UnsupportedModel(f'hidden_act={c.hidden_act!r}')
@@ -114,5 +97,5 @@ def load_dir(name: str, checkpoint: Optional[str], state: Optional[dict] = None,
     return load(checkpoint)
 
 
-SOURCES = (Source('hf', 'vit', RULES, is_model, model_config, pretrained_cfg, load_dir,
+SOURCES = (Source(weights.get('hf', 'vit'), is_model, torch_config, pretrained_cfg, load_dir,
                   lambda path, state: is_hf_dir(path), ParityAdapter, state_of),)

@@ -1,14 +1,16 @@
 """A porting source row: how vitjax recognises one (library, family) of PyTorch checkpoints and models, builds
-the PyTorch model with the weights loaded strictly, the name table, and how to read the vitjax config and
-preprocessing off the built model. Each family's porting file (porting/<library>_<family>.py) ends with its
-rows in `SOURCES`; porting/sources.py collects them. Also the checkpoint reader and timm's loader they share."""
+the PyTorch model with the weights loaded strictly, and reads the vitjax config and preprocessing off the built
+model; its name table is the torch-free `vitjax.weights` table it holds. Each family's porting file
+(porting/<library>_<family>.py) ends with its rows in `SOURCES`; porting/sources.py collects them. Also the
+checkpoint reader and timm's loader they share."""
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from porting.engine import ConversionError, Rule, apply_rules, invert_rules, to_numpy
+from vitjax.weights.engine import ConversionError
+from vitjax.weights.table import Table
 
 
 def read_state_dict(path) -> dict:
@@ -72,43 +74,34 @@ def load_timm(name: str, checkpoint: Optional[str], state: Optional[dict] = None
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    library: str  # 'timm' | 'torchvision' | 'hf': how the PyTorch model is built and its weights read
-    arch: str  # the vitjax architecture the rules fill (vitjax.models.ARCHITECTURES)
-    rules: tuple[Rule, ...]  # the name table, applied by porting.engine in both directions
+    table: Table  # the torch-free name table (vitjax/weights/<library>_<family>.py) the rest of the row reads into
     is_model: Callable[[Any], bool]  # this row's PyTorch class
-    model_config: Callable[[Any], dict]  # the built model -> vitjax module kwargs (raises UnsupportedModel)
+    torch_config: Callable[[Any], dict]  # the built model -> vitjax module kwargs (raises UnsupportedModel)
     pretrained_cfg: Callable[[Any], dict]  # the built model -> preprocessing (vitjax.models.PretrainedCfg)
     load: Callable[..., Any]  # (name, checkpoint or None for hub weights, state or None, **kwargs) -> model
     is_checkpoint: Callable[[Optional[str], Optional[dict]], bool]  # (path, its state dict) is this library's
     reference: Callable[[Any], Any] = lambda m: m  # the model with timm's forward_features / forward_head
     state_of: Callable[[Any], dict] = lambda m: m.state_dict()  # the model's tensors in the rules' names
-    buffers: tuple[str, ...] = ()  # key suffixes of recomputed buffers, ignored when present
-    create_kwargs: tuple[str, ...] = ()  # vitjax fields the library's constructor takes by name (export, resizes)
     resize_state: Optional[Callable] = None  # (state, src, dst, ref) -> state as the library adapts it
-    nominal: tuple[str, ...] = ('init_values',)  # config fields a rebuilt model may read back differently
-    timm_modules: tuple[str, ...] = ()  # the timm modules whose pretrained architectures it converts (the zoo)
 
-    @property
-    def name(self) -> str:
-        return f'{self.library} {self.arch}'
+    # The table's fields and methods, as the row's own.
+    library = property(lambda self: self.table.library)
+    arch = property(lambda self: self.table.arch)
+    rules = property(lambda self: self.table.rules)
+    buffers = property(lambda self: self.table.buffers)
+    create_kwargs = property(lambda self: self.table.create_kwargs)
+    nominal = property(lambda self: self.table.nominal)
+    timm_modules = property(lambda self: self.table.timm_modules)
+    name = property(lambda self: self.table.name)
 
     def module(self, config: dict):
-        from vitjax.io import as_tuples
-        from vitjax.models import ARCHITECTURES
-        return ARCHITECTURES[self.arch](**as_tuples(config))
+        return self.table.module(config)
 
     def from_state(self, state: dict, config: dict) -> dict:
-        """State dict (torch or numpy values) + vitjax config -> Flax params, strictly checked."""
-        from vitjax.io import param_shapes, unflatten
-        pairs = ((k, to_numpy(state[k])) for k in state if not k.endswith(self.buffers))
-        expected = param_shapes(self.module(config))
-        return unflatten(apply_rules(pairs, self.rules, expected, config, f'{self.name} -> vitjax'))
+        return self.table.from_state(state, config)
 
     def to_state(self, params, config: dict, source_keys=None) -> dict:
-        """The exact inverse of `from_state`: Flax params -> state dict (numpy); `source_keys`, the PyTorch
-        model's state-dict keys, pick the layout where the table holds two (Eva's fused or separate q/k/v)."""
-        from vitjax.io import flatten
-        return invert_rules(flatten(params), self.rules, config, f'vitjax -> {self.name}', source_keys)
+        return self.table.to_state(params, config, source_keys)
 
 
 def timm_class(*names: str):

@@ -8,8 +8,8 @@ import pkgutil
 from typing import Any, Callable, Optional
 
 import porting
-from porting.engine import UnsupportedModel
 from porting.source import Source, read_state_dict  # noqa: F401 (the row type and reader, for callers)
+from vitjax.weights.engine import UnsupportedModel
 
 # Detection tries rows in this order of library: the specific checkpoint layouts first, timm (which takes
 # anything) last.

@@ -1,29 +1,19 @@
-"""timm Beit (BEiT, BEiT v2): the name table and the config reader (a row of porting.sources). The Flax side is
-vitjax's VisionTransformer with BEiT's options (vitjax.models.beit.Beit): a relative-position bias table in
-every block, query and value biases, LayerScale as gamma_1 / gamma_2."""
+"""timm Beit (BEiT, BEiT v2), the torch side: the config reader (a row of porting.sources; the name table is
+vitjax/weights/timm_beit.py). The Flax side is vitjax's VisionTransformer with BEiT's options
+(vitjax.models.beit.Beit): a relative-position bias table in every block, query and value biases, LayerScale as
+gamma_1 / gamma_2."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import Rule, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_eva import BLOCK as EVA_BLOCK
-from porting.timm_vit import RULES as VIT_RULES
 from porting.timm_vit import (activation, is_identity, mlp_layer, norm_layer, patch_fields, pretrained_cfg)
 from porting.timm_vit import reference_state as vit_reference
-
-# The embeddings, norms and head are named as in timm's VisionTransformer, the blocks as in Eva's (q_bias /
-# v_bias, gamma_1 / gamma_2), plus each block's table.
-RULES = (*(r for r in VIT_RULES if not r.source.startswith('blocks.')), *EVA_BLOCK,
-         Rule('blocks.{i}.attn.relative_position_bias_table', 'blocks_{i}/attn/rel_pos/relative_position_bias_table'),
-         Rule('rel_pos_bias.relative_position_bias_table', 'rel_pos/relative_position_bias_table'))  # shared
-
-# vitjax fields that timm's Beit constructor takes under the same name; use_* are Beit's own names for the rest
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth',
-                 'num_heads', 'mlp_ratio', 'qkv_bias', 'init_values')
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read vitjax Beit kwargs off an instantiated timm Beit; every option vitjax lacks is named in the error."""
     from timm.models.beit import Beit as TimmBeit
     require(isinstance(model, TimmBeit), f'architecture {type(model).__name__}')
@@ -67,6 +57,6 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     from timm.models.beit import checkpoint_filter_fn
     return checkpoint_filter_fn(vit_reference(state, src, dst, ref), ref)
 
-SOURCES = (Source('timm', 'beit', RULES, timm_class('Beit'), model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  timm_modules=('beit',)),)
+
+SOURCES = (Source(weights.get('timm', 'beit'), timm_class('Beit'), torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=reference_state),)

@@ -1,30 +1,15 @@
-"""timm deepseek_vit (the vision tower of DeepSeek V4 / V4.1): the name tables and config readers of the encoder and
-the classifier (two rows of porting.sources)."""
+"""timm deepseek_vit (the vision tower of DeepSeek V4 / V4.1), the torch side: the config readers of the encoder and
+the classifier (two rows of porting.sources; the name tables are vitjax/weights/timm_deepseek_vit.py)."""
 from __future__ import annotations
 
 import functools
 from typing import Any
 
-from porting.engine import CONV, Rule, linear, norm, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_eva import BLOCK
-from porting.timm_qwen3_vit import classifier_rules, encoder_reference, reference_state
+from porting.timm_qwen3_vit import encoder_reference, reference_state
 from porting.timm_vit import activation, patch_fields, pretrained_cfg
-
-ENCODER_RULES = (
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    *BLOCK,
-    *norm('norm', 'norm'),
-    *linear('aligner.fc1', 'aligner/fc1'),
-    *linear('aligner.fc2', 'aligner/fc2'),
-)
-CLASSIFIER_RULES = classifier_rules(ENCODER_RULES)
-
-TRUNK_KWARGS = ('img_size', 'patch_size', 'in_chans', 'out_features', 'embed_dim', 'depth', 'num_heads', 'mlp_ratio',
-                'downsample_ratio', 'rope_temperature', 'norm_eps', 'dynamic_img_pad')
-ENCODER_KWARGS = TRUNK_KWARGS + ('global_pool',)
-CLASSIFIER_KWARGS = TRUNK_KWARGS + ('num_classes', 'global_pool', 'encoder_pool', 'final_norm')
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def encoder_config(enc) -> dict[str, Any]:
@@ -90,11 +75,9 @@ def _timm_classifier(model) -> dict[str, Any]:
 
 
 SOURCES = (
-    Source('timm', 'deepseek_vit_enc', ENCODER_RULES, timm_class('DeepseekVitEncoder'), _timm_encoder,
-           pretrained_cfg, load_timm, lambda path, state: True,
-           reference=functools.partial(encoder_reference, projector='aligner'), create_kwargs=ENCODER_KWARGS,
-           resize_state=reference_state, timm_modules=('deepseek_vit',)),
-    Source('timm', 'deepseek_vit', CLASSIFIER_RULES, timm_class('DeepseekVitClassifier'), _timm_classifier,
-           pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CLASSIFIER_KWARGS,
+    Source(weights.get('timm', 'deepseek_vit_enc'), timm_class('DeepseekVitEncoder'), _timm_encoder, pretrained_cfg,
+           load_timm, lambda path, state: True, reference=functools.partial(encoder_reference, projector='aligner'),
            resize_state=reference_state),
+    Source(weights.get('timm', 'deepseek_vit'), timm_class('DeepseekVitClassifier'), _timm_classifier, pretrained_cfg,
+           load_timm, lambda path, state: True, resize_state=reference_state),
 )

@@ -1,51 +1,16 @@
-"""timm Eva (EVA-02, DINOv3, Perception Encoder, RoPE-ViT): the name table and the config reader (a row of
-porting.sources). The Flax side is vitjax's VisionTransformer with Eva's options (vitjax.models.Eva)."""
+"""timm Eva (EVA-02, DINOv3, Perception Encoder, RoPE-ViT), the torch side: the config reader (a row of
+porting.sources; the name table is vitjax/weights/timm_eva.py). The Flax side is vitjax's VisionTransformer with
+Eva's options (vitjax.models.Eva)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import (HEADS_BIAS, HEADS_KERNEL, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear,
-                            norm, require)
 from porting.source import Source, load_timm, timm_class
-from porting.timm_vit import RULES as VIT_RULES
 from porting.timm_vit import pretrained_cfg
 from porting.timm_vit import reference_state as vit_reference_state
+from vitjax import weights
+from vitjax.weights.engine import require
 
-_QKV = tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value'))
-
-BLOCK = (
-    *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
-    # fused q/k/v: EvaAttention keeps q and v biases apart (its key bias is a zero buffer); AttentionRope fuses all
-    Rule('blocks.{i}.attn.qkv.weight', _QKV, QKV_KERNEL),
-    Rule('blocks.{i}.attn.qkv.bias', tuple(t.replace('kernel', 'bias') for t in _QKV), QKV_BIAS),
-    Rule('blocks.{i}.attn.q_bias', 'blocks_{i}/attn/query/bias', HEADS_BIAS),
-    Rule('blocks.{i}.attn.v_bias', 'blocks_{i}/attn/value/bias', HEADS_BIAS),
-    *(Rule(f'blocks.{{i}}.attn.{p}_proj.{w}', f'blocks_{{i}}/attn/{n}/{f}', t)
-      for p, n in (('q', 'query'), ('k', 'key'), ('v', 'value'))
-      for w, f, t in (('weight', 'kernel', HEADS_KERNEL), ('bias', 'bias', HEADS_BIAS))),
-    *norm('blocks.{i}.attn.q_norm', 'blocks_{i}/attn/q_norm'),
-    *norm('blocks.{i}.attn.k_norm', 'blocks_{i}/attn/k_norm'),
-    *norm('blocks.{i}.attn.norm', 'blocks_{i}/attn/norm'),
-    Rule('blocks.{i}.attn.proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
-    Rule('blocks.{i}.attn.proj.bias', 'blocks_{i}/attn/out/bias'),
-    Rule('blocks.{i}.gamma_1', 'blocks_{i}/ls1/gamma'),
-    *norm('blocks.{i}.norm2', 'blocks_{i}/norm2'),
-    *linear('blocks.{i}.mlp.fc1', 'blocks_{i}/mlp/fc1'),
-    *linear('blocks.{i}.mlp.fc1_g', 'blocks_{i}/mlp/fc1_g'),
-    *linear('blocks.{i}.mlp.fc1_x', 'blocks_{i}/mlp/fc1_x'),
-    *norm('blocks.{i}.mlp.norm', 'blocks_{i}/mlp/norm'),
-    *linear('blocks.{i}.mlp.fc2', 'blocks_{i}/mlp/fc2'),
-    Rule('blocks.{i}.gamma_2', 'blocks_{i}/ls2/gamma'),
-)
-
-# Embeddings, final norms, the attention pool and the head are named as in timm's VisionTransformer.
-RULES = (*(r for r in VIT_RULES if not r.source.startswith('blocks.')), *BLOCK, Rule('rope.freqs', 'rope/freqs'))
-
-# vitjax fields that timm's Eva constructor takes under the same name; the model name fixes the rest (export
-# checks that the built model reads back to the same config).
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
-                 'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'no_embed_class',
-                 'dynamic_img_size')
 
 ROPE_CLASSES = {'RotaryEmbeddingCat': 'cat', 'RotaryEmbeddingMixed': 'mixed', 'RotaryEmbeddingDinoV3': 'dinov3'}
 
@@ -71,7 +36,7 @@ def _rope(model) -> dict[str, Any]:
     return out
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read vitjax Eva kwargs off an instantiated timm Eva; every option vitjax lacks is named in the error."""
     import torch.nn as tnn
     from timm.models.eva import Eva as TimmEva
@@ -136,6 +101,5 @@ def model_config(model) -> dict[str, Any]:
     )
 
 
-SOURCES = (Source('timm', 'eva', RULES, timm_class('Eva'), model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=vit_reference_state,
-                  timm_modules=('eva',)),)
+SOURCES = (Source(weights.get('timm', 'eva'), timm_class('Eva'), torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=vit_reference_state),)

@@ -1,58 +1,14 @@
-"""timm gemma4_vit (the vision tower of Gemma 4): the name tables and config readers of the encoder and the
-classifier (two rows of porting.sources)."""
+"""timm gemma4_vit (the vision tower of Gemma 4), the torch side: the config readers of the encoder and the
+classifier (two rows of porting.sources; the name tables are vitjax/weights/timm_gemma4_vit.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from porting.engine import LINEAR, Rule, Transform, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_qwen3_vit import classifier_rules, reference_state
+from porting.timm_qwen3_vit import reference_state
 from porting.timm_vit import activation, patch_fields, pretrained_cfg
-
-
-def _bounded(x: np.ndarray) -> np.ndarray:
-    big = np.finfo(x.dtype).max
-    return np.where(np.isposinf(x), big, np.where(np.isneginf(x), -big, x)).astype(x.dtype)
-
-
-def _unbounded(x: np.ndarray) -> np.ndarray:
-    big = np.finfo(x.dtype).max
-    return np.where(x == big, np.inf, np.where(x == -big, -np.inf, x)).astype(x.dtype)
-
-
-# A clamp bound: timm's unbounded +-inf as +-float max (the model format holds finite numbers only) and back.
-BOUND = Transform('bound', lambda x, c: (_bounded(x),), lambda t, c: _unbounded(t[0]))
-BOUNDS = ('input_min', 'input_max', 'output_min', 'output_max')
-
-
-def _clippable(src: str, dst: str) -> tuple[Rule, ...]:
-    return (Rule(f'{src}.linear.weight', f'{dst}/linear/kernel', LINEAR),
-            *(Rule(f'{src}.{b}', f'{dst}/{b}', BOUND) for b in BOUNDS))
-
-
-ENCODER_RULES = (
-    Rule('patch_embed.input_proj.weight', 'input_proj/kernel', LINEAR),
-    Rule('patch_embed.position_embedding_table', 'position_embedding_table'),
-    *(Rule(f'blocks.{{i}}.norm{n}.weight', f'blocks_{{i}}/norm{n}/scale') for n in (1, 2, 3, 4)),
-    *(r for p in ('q', 'k', 'v', 'o')
-      for r in _clippable(f'blocks.{{i}}.attn.{p}_proj', f'blocks_{{i}}/attn/{p}_proj')),
-    Rule('blocks.{i}.attn.q_norm.weight', 'blocks_{i}/attn/q_norm/scale'),
-    Rule('blocks.{i}.attn.k_norm.weight', 'blocks_{i}/attn/k_norm/scale'),
-    *(r for p in ('gate', 'up', 'down')
-      for r in _clippable(f'blocks.{{i}}.mlp.{p}_proj', f'blocks_{{i}}/mlp/{p}_proj')),
-    Rule('std_bias', 'std_bias'),
-    Rule('std_scale', 'std_scale'),
-)
-CLASSIFIER_RULES = classifier_rules(ENCODER_RULES)
-
-TRUNK_KWARGS = ('img_size', 'patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads', 'head_dim', 'num_kv_heads',
-                'intermediate_size', 'norm_eps', 'rope_theta', 'position_embedding_size', 'pooling_kernel_size',
-                'standardize', 'use_clipped_linears')
-ENCODER_KWARGS = TRUNK_KWARGS + ('global_pool',)
-CLASSIFIER_KWARGS = TRUNK_KWARGS + ('num_classes', 'global_pool', 'encoder_pool', 'final_norm')
-NOMINAL = ('init_values', 'img_size')  # a rebuilt timm model reads back the weights' input size
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def _pool(p: str) -> str:
@@ -159,10 +115,8 @@ def _timm_classifier(model) -> dict[str, Any]:
 
 
 SOURCES = (
-    Source('timm', 'gemma4_vit_enc', ENCODER_RULES, timm_class('Gemma4VitEncoder'), _timm_encoder, pretrained_cfg,
-           load_timm, lambda path, state: True, reference=encoder_reference, create_kwargs=ENCODER_KWARGS,
-           resize_state=reference_state, nominal=NOMINAL, timm_modules=('gemma4_vit',)),
-    Source('timm', 'gemma4_vit', CLASSIFIER_RULES, timm_class('Gemma4VitClassifier'), _timm_classifier,
-           pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CLASSIFIER_KWARGS,
-           resize_state=reference_state, nominal=NOMINAL),
+    Source(weights.get('timm', 'gemma4_vit_enc'), timm_class('Gemma4VitEncoder'), _timm_encoder, pretrained_cfg,
+           load_timm, lambda path, state: True, reference=encoder_reference, resize_state=reference_state),
+    Source(weights.get('timm', 'gemma4_vit'), timm_class('Gemma4VitClassifier'), _timm_classifier, pretrained_cfg,
+           load_timm, lambda path, state: True, resize_state=reference_state),
 )

@@ -1,33 +1,15 @@
-"""timm's ViT hybrids (vision_transformer_hybrid: VisionTransformer with a ResNetV2 HybridEmbed): the name table and
-the config reader (a row of porting.sources). The Flax side is vitjax.models.hybrid.VisionTransformerHybrid."""
+"""timm's ViT hybrids (vision_transformer_hybrid: VisionTransformer with a ResNetV2 HybridEmbed), the torch side:
+the config reader (a row of porting.sources; the name table is vitjax/weights/timm_hybrid_vit.py). The Flax side is
+vitjax.models.hybrid.VisionTransformerHybrid."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, Rule, norm, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_vit import CREATE_KWARGS as VIT_CREATE_KWARGS
-from porting.timm_vit import RULES as VIT_RULES
-from porting.timm_vit import model_config as vit_model_config
+from porting.timm_vit import torch_config as vit_torch_config
 from porting.timm_vit import pretrained_cfg, reference_state
-
-_B = 'patch_embed.backbone.stages.{i}.blocks.{j}'
-_F = 'patch_embed/backbone/stages_{i}_blocks_{j}'
-
-BACKBONE = (
-    # the stem is the backbone itself when there are no stages (vit_tiny_r_s16_p8), else backbone.stem
-    *(r for p in ('patch_embed.backbone.stem', 'patch_embed.backbone')
-      for r in (Rule(f'{p}.conv.weight', 'patch_embed/backbone/stem/conv/kernel', CONV),
-                *norm(f'{p}.norm', 'patch_embed/backbone/stem/norm'))),
-    *(r for n in ('1', '2', '3')
-      for r in (Rule(f'{_B}.conv{n}.weight', f'{_F}/conv{n}/kernel', CONV), *norm(f'{_B}.norm{n}', f'{_F}/norm{n}'))),
-    Rule(f'{_B}.downsample.conv.weight', f'{_F}/downsample/conv/kernel', CONV),
-    *norm(f'{_B}.downsample.norm', f'{_F}/downsample/norm'),
-)
-RULES = (*VIT_RULES, *BACKBONE)
-
-# timm builds the backbone from the model name; the ViT fields go by name as for VisionTransformer
-CREATE_KWARGS = tuple(k for k in VIT_CREATE_KWARGS if k not in ('pre_norm', 'dynamic_img_size'))
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def _layers(backbone) -> tuple[int, ...]:
@@ -53,7 +35,7 @@ def _layers(backbone) -> tuple[int, ...]:
     return tuple(len(s.blocks) for s in backbone.stages)
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """VisionTransformer's reading of the model plus the backbone's stages; what vitjax lacks is named."""
     from timm.layers import HybridEmbed
     pe = model.patch_embed
@@ -63,13 +45,12 @@ def model_config(model) -> dict[str, Any]:
     require(not pe.dynamic_img_pad, 'dynamic_img_pad')
     stem_conv = next(m for m in pe.backbone.modules() if type(m).__name__ == 'StdConv2dSame')
     # the ViT reader reads in_chans off the projection, which here takes the backbone's features
-    return dict(vit_model_config(model), in_chans=stem_conv.in_channels, backbone_layers=_layers(pe.backbone))
+    return dict(vit_torch_config(model), in_chans=stem_conv.in_channels, backbone_layers=_layers(pe.backbone))
 
 
 def _is_hybrid(m) -> bool:
     return timm_class('VisionTransformer')(m) and type(m.patch_embed).__name__ == 'HybridEmbed'
 
 
-SOURCES = (Source('timm', 'hybrid_vit', RULES, _is_hybrid, model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  timm_modules=('vision_transformer_hybrid',)),)
+SOURCES = (Source(weights.get('timm', 'hybrid_vit'), _is_hybrid, torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=reference_state),)

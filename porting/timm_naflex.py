@@ -1,46 +1,16 @@
-"""timm NaFlexVit (SigLIP 2's NaFlex scheme): the name table and the config reader (a row of porting.sources).
-The blocks, norms, attention pool and head are named as in timm's VisionTransformer; the embedding lives under
-`embeds` with a linear patch projection (a conv here: the same weights) and a (1, H, W, D) position grid."""
+"""timm NaFlexVit (SigLIP 2's NaFlex scheme), the torch side: the config reader (a row of porting.sources; the name
+table is vitjax/weights/timm_naflex.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import Rule, Transform, norm, require
-from porting.timm_vit import RULES as VIT_RULES
 from porting.source import Source, load_timm, timm_class
 from porting.timm_vit import blocks_config, is_identity, patch_fields, pretrained_cfg, require_map_pool
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
-def _patch(c) -> tuple[int, int, int]:
-    p = c['patch_size']
-    ph, pw = (p, p) if isinstance(p, int) else p
-    return ph, pw, int(c['in_chans'])
-
-
-# Linear (D, ph*pw*C) over (ph, pw, C)-ordered patches <-> conv kernel (ph, pw, C, D): one matrix, two shapes.
-PATCH_LINEAR = Transform('patch_linear', lambda x, c: (x.T.reshape(*_patch(c), x.shape[0]),),
-                         lambda t, c: t[0].reshape(-1, t[0].shape[-1]).T)
-POS_GRID = Transform('pos_grid', lambda x, c: (x.reshape(1, -1, x.shape[-1]),),
-                     lambda t, c: t[0].reshape(1, *c['pos_embed_grid'], t[0].shape[-1]))
-
-RULES = (
-    Rule('embeds.proj.weight', 'patch_embed/proj/kernel', PATCH_LINEAR),
-    Rule('embeds.proj.bias', 'patch_embed/proj/bias'),
-    *norm('embeds.norm', 'patch_embed/norm'),
-    Rule('embeds.pos_embed', 'pos_embed', POS_GRID),
-    Rule('embeds.cls_token', 'cls_token'),
-    Rule('embeds.reg_token', 'reg_token'),
-    *(r for r in VIT_RULES if not r.source.startswith(('patch_embed.', 'pos_embed', 'cls_token', 'reg_token',
-                                                       'dist_token'))),
-)
-
-# Not img_size: given one, timm sizes the position grid from it (img_size / patch) instead of the checkpoint's
-# 16x16. Any input size goes as it is, so the size vitjax records is nominal (SOURCES below).
-CREATE_KWARGS = ('in_chans', 'num_classes', 'depth', 'embed_dim', 'num_heads', 'global_pool',
-                 'reg_tokens', 'class_token', 'init_values', 'qkv_bias', 'qk_norm', 'mlp_ratio')
-
-
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read vitjax NaFlexVit kwargs off an instantiated timm NaFlexVit; unsupported options are named."""
     from timm.models.naflexvit import NaFlexVit as TimmNaFlex
     require(isinstance(model, TimmNaFlex), f'architecture {type(model).__name__}')
@@ -89,6 +59,7 @@ def reference_state(state: dict, src, dst, ref) -> dict:
 
 
 # NaFlexViT takes any input size, so the img_size vitjax records is nominal.
-SOURCES = (Source('timm', 'naflexvit', RULES, timm_class('NaFlexVit'), model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  nominal=('init_values', 'img_size'), timm_modules=('naflexvit',)),)
+
+
+SOURCES = (Source(weights.get('timm', 'naflexvit'), timm_class('NaFlexVit'), torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=reference_state),)

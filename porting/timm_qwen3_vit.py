@@ -1,39 +1,13 @@
-"""timm qwen3_vit (the vision towers of Qwen3-VL / Qwen3.5 / Qwen3.8): the name tables and config readers of the
-encoder and the classifier (two rows of porting.sources)."""
+"""timm qwen3_vit (the vision towers of Qwen3-VL / Qwen3.5 / Qwen3.8), the torch side: the config readers of the
+encoder and the classifier (two rows of porting.sources; the name tables are vitjax/weights/timm_qwen3_vit.py)."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from porting.engine import CONV, Rule, linear, norm, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_eva import BLOCK
 from porting.timm_vit import activation, patch_fields, pretrained_cfg
-
-ENCODER_RULES = (
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    Rule('pos_embed', 'pos_embed'),
-    *BLOCK,
-    *norm('merger.norm', 'merger/norm'),
-    *linear('merger.fc1', 'merger/fc1'),
-    *linear('merger.fc2', 'merger/fc2'),
-)
-
-
-def classifier_rules(encoder_rules: tuple[Rule, ...]) -> tuple[Rule, ...]:
-    """A tower classifier's table: timm's classifier holds the encoder as `encoder.` (vitjax's as `encoder/`),
-    then the head; its norm has no params."""
-    return (*(dataclasses.replace(r, source=f'encoder.{r.source}', target=tuple(f'encoder/{t}' for t in r.targets))
-              for r in encoder_rules), *linear('head', 'head'))
-
-
-CLASSIFIER_RULES = classifier_rules(ENCODER_RULES)
-
-TRUNK_KWARGS = ('img_size', 'patch_size', 'in_chans', 'out_features', 'embed_dim', 'depth', 'num_heads', 'mlp_ratio',
-                'merge_size', 'pos_embed_grid_size', 'rope_temperature', 'norm_eps')
-ENCODER_KWARGS = TRUNK_KWARGS + ('global_pool',)
-CLASSIFIER_KWARGS = TRUNK_KWARGS + ('num_classes', 'global_pool', 'encoder_pool', 'final_norm')
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def encoder_config(enc) -> dict[str, Any]:
@@ -126,10 +100,8 @@ def reference_state(state: dict, src, dst, ref) -> dict:
 
 
 SOURCES = (
-    Source('timm', 'qwen3_vit_enc', ENCODER_RULES, timm_class('Qwen3VitEncoder'), _timm_encoder, pretrained_cfg,
-           load_timm, lambda path, state: True, reference=encoder_reference, create_kwargs=ENCODER_KWARGS,
-           resize_state=reference_state, timm_modules=('qwen3_vit',)),
-    Source('timm', 'qwen3_vit', CLASSIFIER_RULES, timm_class('Qwen3VitClassifier'), _timm_classifier,
-           pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CLASSIFIER_KWARGS,
-           resize_state=reference_state),
+    Source(weights.get('timm', 'qwen3_vit_enc'), timm_class('Qwen3VitEncoder'), _timm_encoder, pretrained_cfg,
+           load_timm, lambda path, state: True, reference=encoder_reference, resize_state=reference_state),
+    Source(weights.get('timm', 'qwen3_vit'), timm_class('Qwen3VitClassifier'), _timm_classifier, pretrained_cfg,
+           load_timm, lambda path, state: True, resize_state=reference_state),
 )

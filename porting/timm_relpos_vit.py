@@ -1,31 +1,16 @@
-"""timm VisionTransformerRelPos (the relative-position ViTs: log-coordinate MLP or table biases, per block or
-shared (`srelpos`), class token + average pool (`clsgap`), residual post-norm blocks (`rpn`)): the name table and
-the config reader (a row of porting.sources). The Flax side is vitjax's VisionTransformer with those options
-(vitjax.models.relpos_vit.VisionTransformerRelPos)."""
+"""timm VisionTransformerRelPos (the relative-position ViTs: log-coordinate MLP or table biases, per block or shared
+(`srelpos`), class token + average pool (`clsgap`), residual post-norm blocks (`rpn`)), the torch side: the config
+reader (a row of porting.sources; the name table is vitjax/weights/timm_relpos_vit.py). The Flax side is vitjax's
+VisionTransformer with those options (vitjax.models.relpos_vit.VisionTransformerRelPos)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import Rule, linear, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_vit import RULES as VIT_RULES
 from porting.timm_vit import (_init_values, activation, is_identity, mlp_layer, norm_layer, patch_fields,
                               pretrained_cfg, reference_state)
-
-
-def _rel_pos(src: str, dst: str) -> tuple[Rule, ...]:
-    return (Rule(f'{src}.relative_position_bias_table', f'{dst}/relative_position_bias_table'),
-            *linear(f'{src}.mlp.fc1', f'{dst}/fc1'), *linear(f'{src}.mlp.fc2', f'{dst}/fc2'))
-
-
-# timm's ViT names (its Block and RelPosBlock share them), plus each block's or the shared bias module
-RULES = (*VIT_RULES, *_rel_pos('blocks.{i}.attn.rel_pos', 'blocks_{i}/attn/rel_pos'),
-         *_rel_pos('shared_rel_pos', 'rel_pos'))
-
-# vitjax fields that timm's VisionTransformerRelPos takes under the same name; the model name fixes block_fn
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth',
-                 'num_heads', 'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'fc_norm',
-                 'rel_pos_type', 'rel_pos_dim', 'shared_rel_pos')
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def _bias(mod) -> dict[str, Any]:
@@ -37,7 +22,7 @@ def _bias(mod) -> dict[str, Any]:
     return dict(rel_pos_type='mlp', rel_pos_dim=int(mod.mlp.fc1.out_features))
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read vitjax kwargs off an instantiated timm VisionTransformerRelPos; what vitjax lacks is named."""
     from timm.models.vision_transformer_relpos import VisionTransformerRelPos as Timm
     require(isinstance(model, Timm), f'architecture {type(model).__name__}')
@@ -76,6 +61,5 @@ def model_config(model) -> dict[str, Any]:
     )
 
 
-SOURCES = (Source('timm', 'relpos_vit', RULES, timm_class('VisionTransformerRelPos'), model_config, pretrained_cfg,
-                  load_timm, lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  timm_modules=('vision_transformer_relpos',)),)
+SOURCES = (Source(weights.get('timm', 'relpos_vit'), timm_class('VisionTransformerRelPos'), torch_config,
+                  pretrained_cfg, load_timm, lambda path, state: True, resize_state=reference_state),)

@@ -1,36 +1,17 @@
-"""timm's VisionTransformerSAM (vision_transformer_sam: SAM's image encoder): the name table and the config reader (a
-row of porting.sources). The Flax side is vitjax.models.sam.VisionTransformerSAM."""
+"""timm's VisionTransformerSAM (vision_transformer_sam: SAM's image encoder), the torch side: the config reader (a
+row of porting.sources; the name table is vitjax/weights/timm_sam.py). The Flax side is
+vitjax.models.sam.VisionTransformerSAM."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, Rule, linear, norm, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_vit import BLOCK as VIT_BLOCK
 from porting.timm_vit import activation, pretrained_cfg
-
-RULES = (
-    Rule('pos_embed', 'pos_embed'),  # (1, H, W, D) on both sides
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    *VIT_BLOCK,
-    Rule('blocks.{i}.attn.rel_pos_h', 'blocks_{i}/attn/rel_pos/rel_pos_h'),
-    Rule('blocks.{i}.attn.rel_pos_w', 'blocks_{i}/attn/rel_pos/rel_pos_w'),
-    Rule('neck.0.weight', 'neck/conv1/kernel', CONV),
-    *norm('neck.1', 'neck/norm1'),
-    Rule('neck.2.weight', 'neck/conv2/kernel', CONV),
-    *norm('neck.3', 'neck/norm2'),
-    *norm('neck', 'neck/norm'),  # no conv neck: one LayerNorm2d
-    *linear('head.fc', 'head'),
-)
-
-# vitjax fields that timm's VisionTransformerSAM takes under the same name
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth',
-                 'num_heads', 'mlp_ratio', 'qkv_bias', 'init_values', 'use_abs_pos', 'use_rel_pos', 'window_size',
-                 'global_attn_indexes', 'neck_chans')
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read VisionTransformerSAM kwargs off an instantiated timm one; every option vitjax lacks is named."""
     import torch.nn as tnn
     from timm.layers import ClassifierHead, LayerNorm2d, Mlp
@@ -90,6 +71,5 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     return out
 
 
-SOURCES = (Source('timm', 'sam', RULES, timm_class('VisionTransformerSAM'), model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  timm_modules=('vision_transformer_sam',)),)
+SOURCES = (Source(weights.get('timm', 'sam'), timm_class('VisionTransformerSAM'), torch_config, pretrained_cfg,
+                  load_timm, lambda path, state: True, resize_state=reference_state),)

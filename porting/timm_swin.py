@@ -1,38 +1,13 @@
-"""timm SwinTransformer: the name table and the config reader (a row of porting.sources)."""
+"""timm SwinTransformer, the torch side: the config reader (a row of porting.sources; the name table is
+vitjax/weights/timm_swin.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, LINEAR, Rule, linear, norm, require
 from porting.source import Source, load_timm, timm_class
 from porting.timm_vit import activation, pretrained_cfg
-
-# vitjax SwinTransformer fields that timm.create_model takes under the same name.
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depths',
-                 'num_heads', 'head_dim', 'window_size', 'always_partition', 'dynamic_img_size', 'mlp_ratio',
-                 'qkv_bias')
-
-BLOCK = (
-    *norm('layers.{i}.blocks.{j}.norm1', 'layers_{i}/blocks_{j}/norm1'),
-    Rule('layers.{i}.blocks.{j}.attn.relative_position_bias_table',
-         'layers_{i}/blocks_{j}/attn/relative_position_bias_table'),
-    *linear('layers.{i}.blocks.{j}.attn.qkv', 'layers_{i}/blocks_{j}/attn/qkv'),
-    *linear('layers.{i}.blocks.{j}.attn.proj', 'layers_{i}/blocks_{j}/attn/proj'),
-    *norm('layers.{i}.blocks.{j}.norm2', 'layers_{i}/blocks_{j}/norm2'),
-    *linear('layers.{i}.blocks.{j}.mlp.fc1', 'layers_{i}/blocks_{j}/mlp/fc1'),
-    *linear('layers.{i}.blocks.{j}.mlp.fc2', 'layers_{i}/blocks_{j}/mlp/fc2'),
-)
-
-RULES = (
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    *norm('patch_embed.norm', 'patch_embed/norm'),
-    *norm('layers.{i}.downsample.norm', 'layers_{i}/downsample/norm'),
-    Rule('layers.{i}.downsample.reduction.weight', 'layers_{i}/downsample/reduction/kernel', LINEAR),
-    *BLOCK,
-    *norm('norm', 'norm'),
-    *linear('head.fc', 'head'),
-)
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
 def stage_fields(model, block: str) -> dict[str, Any]:
@@ -72,7 +47,7 @@ def stage_fields(model, block: str) -> dict[str, Any]:
     )
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read SwinTransformer kwargs off an instantiated timm Swin (any name composed of supported options)."""
     from timm.models.swin_transformer import SwinTransformer as TimmSwin
 
@@ -91,6 +66,5 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     return checkpoint_filter_fn(dict(state), ref)
 
 
-SOURCES = (Source('timm', 'swin', RULES, timm_class('SwinTransformer'), model_config, pretrained_cfg, load_timm,
-                  lambda path, state: True, buffers=('relative_position_index', 'attn_mask'),
-                  create_kwargs=CREATE_KWARGS, resize_state=reference_state, timm_modules=('swin_transformer',)),)
+SOURCES = (Source(weights.get('timm', 'swin'), timm_class('SwinTransformer'), torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=reference_state),)

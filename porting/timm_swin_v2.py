@@ -1,38 +1,17 @@
-"""timm SwinTransformerV2: the name table and the config reader (a row of porting.sources)."""
+"""timm SwinTransformerV2, the torch side: the config reader (a row of porting.sources; the name table is
+vitjax/weights/timm_swin_v2.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import CONV, LINEAR, Rule, linear, norm, require
 from porting.source import Source, load_timm, timm_class
-from porting.timm_swin import CREATE_KWARGS as SWIN_KWARGS
 from porting.timm_swin import stage_fields
 from porting.timm_vit import pretrained_cfg
-
-CREATE_KWARGS = tuple(k for k in SWIN_KWARGS if k != 'head_dim') + ('pretrained_window_sizes',)
-
-ATTN = 'layers.{i}.blocks.{j}.attn', 'layers_{i}/blocks_{j}/attn'
-RULES = (
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    *norm('patch_embed.norm', 'patch_embed/norm'),
-    Rule('layers.{i}.downsample.reduction.weight', 'layers_{i}/downsample/reduction/kernel', LINEAR),
-    *norm('layers.{i}.downsample.norm', 'layers_{i}/downsample/norm'),
-    *(Rule(f'{ATTN[0]}.{p}', f'{ATTN[1]}/{p}') for p in ('logit_scale', 'q_bias', 'v_bias')),
-    Rule(f'{ATTN[0]}.qkv.weight', f'{ATTN[1]}/qkv/kernel', LINEAR),
-    *linear(f'{ATTN[0]}.cpb_mlp.0', f'{ATTN[1]}/cpb_mlp_0'),
-    Rule(f'{ATTN[0]}.cpb_mlp.2.weight', f'{ATTN[1]}/cpb_mlp_2/kernel', LINEAR),
-    *linear(f'{ATTN[0]}.proj', f'{ATTN[1]}/proj'),
-    *norm('layers.{i}.blocks.{j}.norm1', 'layers_{i}/blocks_{j}/norm1'),
-    *linear('layers.{i}.blocks.{j}.mlp.fc1', 'layers_{i}/blocks_{j}/mlp/fc1'),
-    *linear('layers.{i}.blocks.{j}.mlp.fc2', 'layers_{i}/blocks_{j}/mlp/fc2'),
-    *norm('layers.{i}.blocks.{j}.norm2', 'layers_{i}/blocks_{j}/norm2'),
-    *norm('norm', 'norm'),
-    *linear('head.fc', 'head'),
-)
+from vitjax import weights
+from vitjax.weights.engine import require
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read SwinTransformerV2 kwargs off an instantiated timm Swin V2."""
     from timm.models.swin_transformer_v2 import SwinTransformerV2 as TimmSwinV2
 
@@ -57,8 +36,5 @@ def reference_state(state: dict, src, dst, ref) -> dict:
     return checkpoint_filter_fn(dict(state), ref)
 
 
-SOURCES = (Source('timm', 'swinv2', RULES, timm_class('SwinTransformerV2'), model_config, pretrained_cfg,
-                  load_timm, lambda path, state: True,
-                  buffers=('relative_position_index', 'relative_coords_table', 'attn_mask', 'k_bias'),
-                  create_kwargs=CREATE_KWARGS, resize_state=reference_state,
-                  timm_modules=('swin_transformer_v2',)),)
+SOURCES = (Source(weights.get('timm', 'swinv2'), timm_class('SwinTransformerV2'), torch_config, pretrained_cfg,
+                  load_timm, lambda path, state: True, resize_state=reference_state),)

@@ -1,66 +1,12 @@
-"""timm VisionTransformer (ViT, DeiT, DeiT distilled, MAE, CLIP, SigLIP, DINOv2, DeiT III): the name table, the
-config and preprocessing readers (a row of porting.sources)."""
+"""timm VisionTransformer (ViT, DeiT, DeiT distilled, MAE, CLIP, SigLIP, DINOv2, DeiT III), the torch side: the
+config and preprocessing readers (a row of porting.sources; the name table is vitjax/weights/timm_vit.py)."""
 from __future__ import annotations
 
 from typing import Any
 
-from porting.engine import (CONV, OUT_KERNEL, POOL_HEADS_BIAS, POOL_HEADS_KERNEL, POOL_KV_BIAS, POOL_KV_KERNEL,
-                            POOL_OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule,
-                            UnsupportedModel, linear, norm, require)
 from porting.source import Source, load_timm, timm_class
-
-BLOCK = (
-    *norm('blocks.{i}.norm1', 'blocks_{i}/norm1'),
-    Rule('blocks.{i}.attn.qkv.weight', tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value')),
-         QKV_KERNEL),
-    Rule('blocks.{i}.attn.qkv.bias', tuple(f'blocks_{{i}}/attn/{n}/bias' for n in ('query', 'key', 'value')),
-         QKV_BIAS),
-    *norm('blocks.{i}.attn.q_norm', 'blocks_{i}/attn/q_norm'),
-    *norm('blocks.{i}.attn.k_norm', 'blocks_{i}/attn/k_norm'),
-    Rule('blocks.{i}.attn.proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
-    Rule('blocks.{i}.attn.proj.bias', 'blocks_{i}/attn/out/bias'),
-    Rule('blocks.{i}.ls1.gamma', 'blocks_{i}/ls1/gamma'),
-    *norm('blocks.{i}.norm2', 'blocks_{i}/norm2'),
-    *linear('blocks.{i}.mlp.fc1', 'blocks_{i}/mlp/fc1'),
-    *linear('blocks.{i}.mlp.fc1_g', 'blocks_{i}/mlp/fc1_g'),  # SwiGLU (AIMv2)
-    *linear('blocks.{i}.mlp.fc1_x', 'blocks_{i}/mlp/fc1_x'),
-    *norm('blocks.{i}.mlp.norm', 'blocks_{i}/mlp/norm'),
-    *linear('blocks.{i}.mlp.fc2', 'blocks_{i}/mlp/fc2'),
-    Rule('blocks.{i}.ls2.gamma', 'blocks_{i}/ls2/gamma'),
-)
-
-RULES = (
-    Rule('cls_token', 'cls_token'),
-    Rule('reg_token', 'reg_token'),
-    Rule('dist_token', 'dist_token'),
-    Rule('pos_embed', 'pos_embed'),
-    Rule('patch_embed.proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('patch_embed.proj.bias', 'patch_embed/proj/bias'),
-    *norm('patch_embed.norm', 'patch_embed/norm'),
-    *norm('norm_pre', 'norm_pre'),
-    *BLOCK,
-    *norm('norm', 'norm'),
-    *norm('fc_norm', 'fc_norm'),
-    # MAP head (global_pool='map', SigLIP)
-    Rule('attn_pool.latent', 'attn_pool/latent'),
-    Rule('attn_pool.q.weight', 'attn_pool/query/kernel', POOL_HEADS_KERNEL),
-    Rule('attn_pool.q.bias', 'attn_pool/query/bias', POOL_HEADS_BIAS),
-    Rule('attn_pool.kv.weight', ('attn_pool/key/kernel', 'attn_pool/value/kernel'), POOL_KV_KERNEL),
-    Rule('attn_pool.kv.bias', ('attn_pool/key/bias', 'attn_pool/value/bias'), POOL_KV_BIAS),
-    Rule('attn_pool.proj.weight', 'attn_pool/out/kernel', POOL_OUT_KERNEL),
-    Rule('attn_pool.proj.bias', 'attn_pool/out/bias'),
-    *norm('attn_pool.norm', 'attn_pool/norm'),
-    *linear('attn_pool.mlp.fc1', 'attn_pool/mlp/fc1'),
-    *linear('attn_pool.mlp.fc2', 'attn_pool/mlp/fc2'),
-    *linear('head', 'head'),
-    *linear('head_dist', 'head_dist'),
-)
-
-
-# vitjax VisionTransformer fields that timm.create_model takes under the same name (export builds timm's model).
-CREATE_KWARGS = ('img_size', 'patch_size', 'in_chans', 'num_classes', 'global_pool', 'embed_dim', 'depth', 'num_heads',
-                 'mlp_ratio', 'qkv_bias', 'qk_norm', 'init_values', 'class_token', 'pos_embed', 'no_embed_class',
-                 'reg_tokens', 'pre_norm', 'final_norm', 'fc_norm', 'dynamic_img_size')
+from vitjax import weights
+from vitjax.weights.engine import UnsupportedModel, require
 
 
 def activation(mod) -> str:
@@ -109,7 +55,7 @@ def norm_layer(model) -> tuple[str, float]:
     return ('rmsnorm' if kinds == {'RmsNorm'} else 'layernorm'), (eps.pop() if eps else 1e-6)
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     """Read VisionTransformer kwargs off an instantiated timm ViT (any name composed of supported options)."""
     import torch.nn as tnn
     from timm.models.vision_transformer import VisionTransformer as TimmViT
@@ -207,6 +153,5 @@ def _is_vit(m) -> bool:
         type(getattr(m, 'patch_embed', None)).__name__ != 'HybridEmbed')
 
 
-SOURCES = (Source('timm', 'vit', RULES, _is_vit, model_config,
-                  pretrained_cfg, load_timm, lambda path, state: True, create_kwargs=CREATE_KWARGS,
-                  resize_state=reference_state, timm_modules=('vision_transformer', 'deit')),)
+SOURCES = (Source(weights.get('timm', 'vit'), _is_vit, torch_config, pretrained_cfg, load_timm,
+                  lambda path, state: True, resize_state=reference_state),)

@@ -1,30 +1,12 @@
-"""torchvision VisionTransformer (vit_b_16, vit_l_16, ...): the name table, the config reader, a parity adapter."""
+"""torchvision VisionTransformer (vit_b_16, vit_l_16, ...), the torch side: the config reader and a parity adapter
+(the name table is vitjax/weights/torchvision_vit.py)."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from porting.engine import CONV, OUT_KERNEL, QKV_BIAS, QKV_KERNEL, Rule, UnsupportedModel, linear, norm
 from porting.source import Source, head_classes, load_strict, read_state_dict
-
-LAYER = 'encoder.layers.encoder_layer_{i}'
-RULES = (
-    Rule('class_token', 'cls_token'),
-    Rule('encoder.pos_embedding', 'pos_embed'),
-    Rule('conv_proj.weight', 'patch_embed/proj/kernel', CONV),
-    Rule('conv_proj.bias', 'patch_embed/proj/bias'),
-    *norm(f'{LAYER}.ln_1', 'blocks_{i}/norm1'),
-    Rule(f'{LAYER}.self_attention.in_proj_weight',
-         tuple(f'blocks_{{i}}/attn/{n}/kernel' for n in ('query', 'key', 'value')), QKV_KERNEL),
-    Rule(f'{LAYER}.self_attention.in_proj_bias',
-         tuple(f'blocks_{{i}}/attn/{n}/bias' for n in ('query', 'key', 'value')), QKV_BIAS),
-    Rule(f'{LAYER}.self_attention.out_proj.weight', 'blocks_{i}/attn/out/kernel', OUT_KERNEL),
-    Rule(f'{LAYER}.self_attention.out_proj.bias', 'blocks_{i}/attn/out/bias'),
-    *norm(f'{LAYER}.ln_2', 'blocks_{i}/norm2'),
-    *linear(f'{LAYER}.mlp.0', 'blocks_{i}/mlp/fc1'),
-    *linear(f'{LAYER}.mlp.3', 'blocks_{i}/mlp/fc2'),
-    *norm('encoder.ln', 'norm'),
-    *linear('heads.head', 'head'),
-)
+from vitjax import weights
+from vitjax.weights.engine import UnsupportedModel
 
 
 def is_model(model) -> bool:
@@ -35,7 +17,7 @@ def is_state(path, state) -> bool:
     return bool(state) and any(k.startswith('encoder.layers.encoder_layer_') for k in state)
 
 
-def model_config(model) -> dict[str, Any]:
+def torch_config(model) -> dict[str, Any]:
     if not is_model(model):
         raise UnsupportedModel(f'{type(model).__name__} is not a torchvision VisionTransformer')
     if hasattr(model.heads, 'pre_logits'):
@@ -90,4 +72,5 @@ def load(name: str, checkpoint: Optional[str], state: Optional[dict] = None, **k
     return load_strict(torchvision.models.get_model(name, weights=None, **kwargs), state, name, checkpoint)
 
 
-SOURCES = (Source('torchvision', 'vit', RULES, is_model, model_config, pretrained_cfg, load, is_state, ParityAdapter),)
+SOURCES = (Source(weights.get('torchvision', 'vit'), is_model, torch_config, pretrained_cfg, load, is_state,
+                  ParityAdapter),)

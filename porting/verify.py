@@ -22,7 +22,7 @@ def verify(name: str, revision=None, batch: int = 2, seed: int = 0, tolerance: f
     from porting import parity
     from vitjax import hub
     jax.config.update('jax_default_matmul_precision', 'highest')
-    cfg = hub.read_config(name, revision)
+    cfg = hub.read_hub_config(name, revision)
     model, variables = vitjax.load(name, revision=revision)
     repo = cfg['hub']['repo']
     # timm reads the repo's config.json (architecture, model_args, num_classes) itself

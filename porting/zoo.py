@@ -83,7 +83,7 @@ def tag_entry(cfg) -> dict[str, Any]:
     return _json(out)
 
 
-def read_config(name: str) -> tuple[str, dict[str, Any]]:
+def timm_config(name: str) -> tuple[str, dict[str, Any]]:
     """(vitjax architecture, vitjax config) of timm's `name` (arch or arch.tag), as porting.convert reads it."""
     import timm
     import torch
@@ -91,15 +91,15 @@ def read_config(name: str) -> tuple[str, dict[str, Any]]:
     with torch.device('meta'), _skip_init():
         model = timm.create_model(name, pretrained=False)
     src = sources.source_of(model, 'timm')
-    return src.arch, _json(src.model_config(model))
+    return src.arch, _json(src.torch_config(model))
 
 
 @functools.lru_cache(maxsize=None)
 def arch_entries(arch: str, module: str) -> tuple[Optional[dict], dict[str, dict], Optional[str]]:
     """(architecture entry or None, its tag entries, the reason it is left out or None)."""
-    from porting.engine import UnsupportedModel
+    from vitjax.weights.engine import UnsupportedModel
     try:
-        family, config = read_config(arch)
+        family, config = timm_config(arch)
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ''
         return None, {}, msg if isinstance(e, UnsupportedModel) else f'{type(e).__name__}: {msg}'
@@ -108,7 +108,7 @@ def arch_entries(arch: str, module: str) -> tuple[Optional[dict], dict[str, dict
     for n in list(cfgs)[1:]:
         # a tag may build another model: through its pretrained cfg's kwargs, or by the entry point reading the
         # tag (Qwen3's projector width is the tag's LLM's): record the fields it changes
-        changed = {k: v for k, v in read_config(n)[1].items() if k != 'num_classes' and config.get(k) != v}
+        changed = {k: v for k, v in timm_config(n)[1].items() if k != 'num_classes' and config.get(k) != v}
         if changed:
             tags[n]['config'] = changed
     entry = dict(family=family, module=module, config=config, tags=[n.partition('.')[2] for n in cfgs])

@@ -18,7 +18,7 @@ import torch  # noqa: F401
 # parallel workers need. Entries are keyed by the HLO, jax version and flags, so a hit is the same program.
 _CACHE = pathlib.Path(__file__).resolve().parent.parent / '.pytest_cache' / 'jax-compilation-cache'
 os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(_CACHE))
-os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '1')  # not the many tiny eager-op programs
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')  # not the many tiny eager-op programs
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 << 30))
 
@@ -32,7 +32,7 @@ def port(timm_model):
     """(vitjax model, variables) for a timm model, through the public porting functions."""
     from porting.sources import source_of
     source = source_of(timm_model, 'timm')
-    cfg = source.model_config(timm_model)
+    cfg = source.torch_config(timm_model)
     return source.module(cfg), {'params': source.from_state(timm_model.state_dict(), cfg)}
 
 

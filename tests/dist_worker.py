@@ -20,8 +20,8 @@ if nproc > 1:
 import numpy as np  # noqa: E402
 
 import vitjax  # noqa: E402
-from vitjax import optim, parallel, train_step  # noqa: E402
-from vitjax.config import default_config  # noqa: E402
+from vitjax.train import optim, parallel, train_step  # noqa: E402
+from vitjax.train.config import default_config  # noqa: E402
 from vitjax.io import flatten  # noqa: E402
 
 GLOBAL_BATCH, STEPS = 16, 4

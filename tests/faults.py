@@ -1,4 +1,4 @@
-"""Fault injection for the reliability tests, through the trainer's hooks (vitjax.trainer.Hooks): nothing of this
+"""Fault injection for the reliability tests, through the trainer's hooks (vitjax.train.trainer.Hooks): nothing of this
 ships in the modules users run. In-process runs pass `FaultHooks(...)` to `tests/trainrun.py`; subprocess runs
 (a kill or a signal needs a process of its own) start `tests/faulty_train.py` with VITJAX_FAULT set."""
 import os
@@ -6,7 +6,7 @@ import signal
 
 import numpy as np
 
-from vitjax.trainer import Hooks
+from vitjax.train.trainer import Hooks
 
 KINDS = ('kill_in_save', 'nan_at', 'sigterm_at')
 

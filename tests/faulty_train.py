@@ -2,10 +2,10 @@
 import os
 import sys
 
-from vitjax.hostmem import reexec_with_tuned_malloc
+from vitjax.train.hostmem import reexec_with_tuned_malloc
 
 if __name__ == '__main__':
     reexec_with_tuned_malloc()
     from faults import FaultHooks
-    from vitjax.main import run
+    from vitjax.train.main import run
     run(sys.argv, hooks=FaultHooks.parse(os.environ.get('VITJAX_FAULT', '')))

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from porting import hubcache
+import hubcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = 4
@@ -149,7 +149,7 @@ for line in sys.stdin:
                         else vitjax.load(name_or_repo))
     np.save(out_file, np.asarray(jax.jit(model.apply)(variables, np.load(x_file))))
     digests = _digests(jax.tree.map(np.asarray, flatten(variables['params'])))
-    print('RESULT', json.dumps([hub.read_config(name_or_repo)['model'], digests]), flush=True)
+    print('RESULT', json.dumps([hub.read_hub_config(name_or_repo)['model'], digests]), flush=True)
     del model, variables
     jax.clear_caches()
 '''
@@ -215,7 +215,7 @@ class Sweep:
             with torch.no_grad():  # timm runs while the worker loads
                 ref = m(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
             src = source_of(m, 'timm')
-            config = json.loads(json.dumps(src.model_config(m)))
+            config = json.loads(json.dumps(src.torch_config(m)))
             state = src.state_of(m)
             params = src.from_state(state, config)
             convert_digests = _digests(flatten(params))

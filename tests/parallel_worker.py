@@ -16,10 +16,10 @@ assert jax.device_count() == 4, jax.devices()
 
 
 def steps():
-    from vitjax import parallel, train_step
-    from vitjax.config import default_config
+    from vitjax.train import parallel, train_step
+    from vitjax.train.config import default_config
     from vitjax.models import VisionTransformer
-    from vitjax.optim import create_optimizer, create_schedule
+    from vitjax.train.optim import create_optimizer, create_schedule
     # 4 divides every dimension but the scalars' and the rng key's: fsdp shards all the rest
     model = VisionTransformer(img_size=16, patch_size=4, embed_dim=64, depth=1, num_heads=4, num_classes=12)
     x = np.random.default_rng(0).standard_normal((5, 16, 16, 16, 3)).astype(np.float32)

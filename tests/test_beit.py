@@ -111,7 +111,7 @@ def test_scan_blocks_and_remat_match_the_unrolled_model():
 def test_shared_table_and_unsupported_options():
     """BEiT's one table for all blocks (use_shared_rel_pos_bias, no pretrained tag uses it) gives timm's logits;
     both kinds at once is an error naming it, and so is a dynamic size."""
-    from porting.engine import UnsupportedModel
+    from vitjax.weights.engine import UnsupportedModel
     from porting.sources import source_of
     tm = timm_model('beit_base_patch16_224', img_size=64, use_rel_pos_bias=False, use_shared_rel_pos_bias=True,
                     **SMALL)
@@ -122,7 +122,7 @@ def test_shared_table_and_unsupported_options():
     assert max_diff(jax.jit(model.apply)(variables, x), ref) < TOLERANCE * max(1, np.abs(ref).max())
     tm = timm_model('beit_base_patch16_224', depth=1, use_shared_rel_pos_bias=True)
     with pytest.raises(UnsupportedModel, match='both per-block and shared'):
-        source_of(tm, 'timm').model_config(tm)
+        source_of(tm, 'timm').torch_config(tm)
     from vitjax.models.beit import Beit
     with pytest.raises(ValueError, match='dynamic_img_size is not supported'):
         Beit(depth=1, dynamic_img_size=True).init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))

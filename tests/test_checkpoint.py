@@ -19,8 +19,8 @@ STATE = "{'w': np.arange(64 * 8, dtype=np.float32).reshape(64, 8) * 1e-3, 'b': n
 
 def _in_process(devices, code):
     env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', JAX_PLATFORMS='cpu')
-    prelude = 'import sys, jax, numpy as np\nsys.path.insert(0, ".")\nfrom vitjax import parallel\n' \
-              'from vitjax.checkpoint import Checkpointer\n'
+    prelude = 'import sys, jax, numpy as np\nsys.path.insert(0, ".")\nfrom vitjax.train import parallel\n' \
+              'from vitjax.train.checkpoint import Checkpointer\n'
     proc = subprocess.run([sys.executable, '-c', prelude + textwrap.dedent(code)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,7 +64,7 @@ def _damage(step_dir):
 def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
     """A resume sets damaged step 20 aside, the run writes step 20 again, that one is damaged too: the next
     resume sets it aside beside the first (not a failed rename onto `20.corrupt`) and goes back to step 10."""
-    from vitjax.checkpoint import Checkpointer
+    from vitjax.train.checkpoint import Checkpointer
     state = {'w': np.arange(4096, dtype=np.float32), 'b': np.ones(3, np.float32)}
     target = {k: np.zeros_like(v) for k, v in state.items()}
     d = tmp_path / 'ckpt'
@@ -86,7 +86,7 @@ def test_a_step_set_aside_twice_keeps_both_copies(tmp_path):
 
 def test_a_layout_error_is_not_damage(tmp_path, monkeypatch):
     """An error saying the checkpoint does not fit this run's devices sets nothing aside and says why."""
-    from vitjax import checkpoint
+    from vitjax.train import checkpoint
     state = {'w': np.arange(16, dtype=np.float32)}
     ck = checkpoint.Checkpointer(str(tmp_path / 'c'))
     ck.save(10, state, {'step': 10})

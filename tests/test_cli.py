@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from porting import random_init
+from porting import convert, random_init
 from vitjax import cli as vcli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,12 +128,12 @@ def test_features_and_attention_on_trained_model(trained, tmp_path):
 
 @pytest.mark.slow
 def test_evaluate_converted_model_with_new_head(trained, tmp_path, capsys):
-    # In this process (the script's main): the script itself converts in `converted` and evaluates in
-    # test_evaluate_equals_training_eval.
+    # In this process (porting.convert's and the CLI's main): the `vitjax` script itself converts in `converted`
+    # and evaluates in test_evaluate_equals_training_eval.
     d, _, _ = trained
     ckpt = random_init.save(random_init.create('deit_tiny_patch16_224', depth=1), tmp_path / 'deit.safetensors')
-    assert vcli.main(['convert', '--model', 'deit_tiny_patch16_224', '--checkpoint', str(ckpt), '--model-arg',
-                      'depth=1', '--num-classes', '10', '--img-size', '32', '--out', str(tmp_path / 'm')]) == 0
+    assert convert.main(['--model', 'deit_tiny_patch16_224', '--checkpoint', str(ckpt), '--model-arg', 'depth=1',
+                         '--num-classes', '10', '--img-size', '32', '--out', str(tmp_path / 'm')]) == 0
     capsys.readouterr()
     evaluate = ['evaluate', '--model', str(tmp_path / 'm'), '--dataset', 'vitjax_digits', '--data-dir', str(d / 'tfds')]
     assert vcli.main(evaluate) == 0
@@ -180,9 +180,9 @@ def test_wheel_carries_the_cli_configs_and_class_names(tmp_path):
                     ROOT], check=True, capture_output=True)
     (wheel,) = tmp_path.glob('vitjax-*.whl')
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {'vitjax/cli.py', 'vitjax/main.py', 'vitjax/trainer.py', 'vitjax/configs/default.py',
-            'vitjax/configs/digits_swin.py',
-            'vitjax/data/imagenet/imagenet_synsets.txt.gz', 'vitjax/data/imagenet/imagenet_synset_to_lemma.txt.gz',
+    assert {'vitjax/cli.py', 'vitjax/train/main.py', 'vitjax/train/trainer.py', 'vitjax/train/configs/default.py',
+            'vitjax/train/configs/digits_swin.py',
+            'vitjax/labels/imagenet-1k.txt', 'vitjax/labels/imagenet-22k.txt', 'vitjax/weights/timm_vit.py',
             'porting/convert.py'} <= names
     entry = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith('entry_points.txt'))).decode()
     assert 'vitjax = vitjax.cli:main' in entry

@@ -1,7 +1,7 @@
 """The training config's validation: every numeric field finite and in its range, all problems at once."""
 import pytest
 
-from vitjax.config import default_config, validate
+from vitjax.train.config import default_config, validate
 
 
 def config(**changes):
@@ -14,7 +14,7 @@ def config(**changes):
 def test_default_and_presets_are_valid():
     import importlib
     for name in ('default', 'cifar10_deit_tiny', 'imagenet_vit_b16', 'pets_vit_b16', 'digits_swin'):
-        validate(importlib.import_module(f'vitjax.configs.{name}').get_config())
+        validate(importlib.import_module(f'vitjax.train.configs.{name}').get_config())
 
 
 @pytest.mark.parametrize('changes, message', [

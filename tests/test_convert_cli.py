@@ -99,10 +99,14 @@ CLI_NAMES = ['deit_tiny_distilled_patch16_224', 'vit_base_patch16_siglip_224', '
              'vit_tiny_r_s16_p8_224', 'vit_relpos_small_patch16_224', 'naflexvit_base_patch16_gap']
 
 
+# The VLM towers go through the same CLI function in their own files (conftest.convert_and_export).
+TOWERS = {f'{t}{e}' for t in ('qwen3_vit', 'deepseek_vit', 'gemma4_vit') for e in ('', '_enc')}
+
+
 def test_cli_names_cover_every_registry_family():
     zoo = json.load(open(os.path.join(ROOT, 'vitjax', 'zoo.json')))['architectures']
     assert set(CLI_NAMES) <= set(vitjax.list_models())
-    assert {zoo[n]['family'] for n in CLI_NAMES} == {zoo[n]['family'] for n in vitjax.list_models()}
+    assert {zoo[n]['family'] for n in CLI_NAMES} == {zoo[n]['family'] for n in vitjax.list_models()} - TOWERS
 
 
 @pytest.mark.parametrize('name', CLI_NAMES)

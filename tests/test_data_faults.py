@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 READ_AND_LEAVE = '''
 import sys
-from vitjax import data
+from vitjax.train import data
 read = lambda: data.create_train_dataset(sys.argv[1], 'train', global_batch_size=8, image_size=32)
 next(read())  # abandoned at once, its pipeline busy
 it = read()
@@ -60,7 +60,8 @@ def _folder(root, n=4):
 def test_a_file_broken_after_the_scan_is_named(tmp_path, make):
     """The probe passed it, then it changed on disk (or the probe missed a way to break it): the decoder's error
     names no file, so the pipeline finds the file(s) it failed on and names them."""
-    from vitjax import data, images
+    from vitjax import images
+    from vitjax.train import data
     _folder(tmp_path)
     images.scan(str(tmp_path))  # probed while intact
     broken = tmp_path / 'b' / '2.png'
@@ -93,7 +94,7 @@ def test_a_file_broken_after_the_scan_is_named(tmp_path, make):
 def test_bad_pipeline_arguments_are_clear_errors(tmp_path, kind, kw, message):
     """Checked before any pipeline is built: TensorFlow would fail on them mid-run (a batch of 0), with a
     ZeroDivisionError (crop_pct 0), or not at all (a reversed scale range)."""
-    from vitjax import data
+    from vitjax.train import data
     _folder(tmp_path)
     make = data.create_train_dataset if kind == 'train' else data.create_eval_dataset
     args = {**dict(global_batch_size=4, image_size=8, process_index=0, process_count=1), **kw}

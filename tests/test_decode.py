@@ -11,8 +11,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 
 from vitjax import images
-from vitjax.data import decode
-from vitjax.train_step import model_input
+from vitjax.train.data import decode
+from vitjax.train.train_step import model_input
 
 
 def _jpeg(array, quality=90, **kw):
@@ -255,7 +255,7 @@ def test_probe_rejects_what_tensorflow_cannot_decode(tmp_path, photo):
 def test_folder_skips_a_png_with_non_zlib_pixels(tmp_path, photo, capsys):
     """The file of the issue: a PNG whose IDAT is not a zlib stream is skipped and counted like any bad image;
     the pipeline then trains over the rest."""
-    from vitjax import data
+    from vitjax.train import data
     for c in ('a', 'b'):
         (tmp_path / c).mkdir()
         for i in range(3):

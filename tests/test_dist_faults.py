@@ -1,13 +1,13 @@
 """What `train.py --config.distributed=True` is given before any process waits for another: a coordinator
-address jax cannot use, and the per-port lock on this host (vitjax/main.py). In-process, no jax.distributed
+address jax cannot use, and the per-port lock on this host (vitjax/train/main.py). In-process, no jax.distributed
 started; the processes that do wait are in tests/test_distributed.py."""
 import os
 import tempfile
 
 import pytest
 
-from vitjax import main
-from vitjax.config import default_config
+from vitjax.train import main
+from vitjax.train.config import default_config
 
 
 def _cluster(address):

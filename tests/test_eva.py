@@ -82,13 +82,13 @@ def test_attention_maps_come_from_the_rotated_queries_and_keys():
 
 @pytest.mark.parametrize('name', ['eva02_tiny_patch14_224', 'vit_pe_core_tiny_patch16_384'])
 def test_unsupported_option_is_named(name):
-    from porting.engine import UnsupportedModel
+    from vitjax.weights.engine import UnsupportedModel
     from porting.sources import source_of
     tm = timm_model(name, depth=1, patch_drop_rate=0.1) if 'eva' in name else timm_model(name, depth=1,
                                                                                          num_kv_heads=1,
                                                                                          qkv_fused=False)
     with pytest.raises(UnsupportedModel, match='patch dropout|grouped-query'):
-        source_of(tm, 'timm').model_config(tm)
+        source_of(tm, 'timm').torch_config(tm)
 
 
 @pytest.mark.zoo

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitjax import data, images
+from vitjax import images
+
+from vitjax.train import data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,7 +165,7 @@ def test_fewer_than_two_classes_is_an_error(tmp_path):
 def test_tfds_dataset_with_fewer_than_two_classes_or_no_label_is_an_error(monkeypatch):
     import types
     import tensorflow_datasets as tfds
-    from vitjax.data import sources
+    from vitjax.train.data import sources
 
     def fake(features):
         info = types.SimpleNamespace(features=tfds.features.FeaturesDict(features), splits={})

@@ -47,7 +47,7 @@ def test_every_pretrained_gemma4_tower_and_tag_is_in_the_zoo():
 
 
 def test_unbounded_clamps_are_kept_as_float_max_and_exported_as_inf():
-    from porting.timm_gemma4_vit import BOUND
+    from vitjax.weights.timm_gemma4_vit import BOUND
     x = np.array([-np.inf, np.inf, -1.5, 2.], np.float32)
     (y,), back = BOUND.forward(x, {}), BOUND.inverse(BOUND.forward(x, {}), {})
     assert np.isfinite(y).all() and y[0] == -np.finfo(np.float32).max and back.dtype == x.dtype
@@ -136,8 +136,8 @@ def test_input_limits_are_named_as_timm(towers):
 def test_clamps_at_their_init_change_nothing_and_are_never_trained():
     """An unbounded ClippableLinear is its Dense; training leaves every buffer (clamps, standardization) as it was."""
     import optax
-    from vitjax import optim
-    from vitjax.config import default_config
+    from vitjax.train import optim
+    from vitjax.train.config import default_config
     from vitjax.models.gemma4_vit import ClippableLinear, Gemma4VitEncoder
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 8)) * 1e30, jnp.float32)
     layer = ClippableLinear(4, clip=True)

@@ -5,13 +5,13 @@ import sys
 
 import pytest
 
-from vitjax import hostmem
+from vitjax.train import hostmem
 
 # malloc, touch and free 256 MB four times (as XLA:CPU does with a step's buffers; numpy would ask for huge
 # pages); count the minor page faults of the last three rounds.
 PROBE = '''
 import ctypes, os, resource
-from vitjax import hostmem
+from vitjax.train import hostmem
 hostmem.reexec_with_tuned_malloc()
 libc = ctypes.CDLL('libc.so.6')
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]

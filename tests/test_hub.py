@@ -1,5 +1,5 @@
 """Pretrained timm weights from a Hugging Face hub cache, loaded without torch: the real `hf_hub_download`
-code path over repos written by timm's own `save_for_hf` (porting/hubcache.py), with HF_HUB_OFFLINE=1.
+code path over repos written by timm's own `save_for_hf` (tests/hubcache.py), with HF_HUB_OFFLINE=1.
 
 The torch-free side runs in a subprocess in which importing torch or timm raises; its outputs are compared
 here with timm's own model loading the same file (`pretrained=True` with the file as its source), so timm's
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from porting import hubcache
+import hubcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = 'vit_tiny_patch16_224.augreg_in21k_ft_in1k'

@@ -1,6 +1,6 @@
 """The torch-free hub loader under faults (issue 39): what it deletes, which bytes it trusts, the names it takes.
 
-Repos are laid out as huggingface_hub's cache (porting/hubcache.py, timm's `save_for_hf`, depth 1) and read
+Repos are laid out as huggingface_hub's cache (tests/hubcache.py, timm's `save_for_hf`, depth 1) and read
 through the real `hf_hub_download` with HF_HUB_OFFLINE; most tests load in this process (the cache is pointed
 at with huggingface_hub's constants), the CLI and read-only ones in a subprocess."""
 import hashlib
@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from porting import hubcache
+import hubcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAME = 'deit_tiny_patch16_224.fb_in1k'
@@ -162,10 +162,10 @@ def test_timms_index_buffers_load_and_stay_in_the_cache(tmp_path, monkeypatch, n
     blob = _publish(paths['model.safetensors'], _safetensors({**state, **buffers}))
     monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))
     monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
-    _, flat = vhub.read_params(vhub.read_config(name))
+    _, flat = vhub.read_params(vhub.read_hub_config(name))
     src = source_of(m, 'timm')
     from vitjax.io import flatten
-    ref = flatten(src.from_state(m.state_dict(), json.loads(json.dumps(src.model_config(m)))))
+    ref = flatten(src.from_state(m.state_dict(), json.loads(json.dumps(src.torch_config(m)))))
     assert ref.keys() == flat.keys() and all(np.array_equal(ref[k], flat[k]) for k in ref)
     assert os.path.isfile(blob)
     if 'relpos' not in name:
@@ -197,12 +197,12 @@ def test_config_and_weights_come_from_one_commit(hub):
     from vitjax import hub as vhub
     c, _ = hub
     old = _flat(vitjax.load(NAME)[1])
-    cfg = vhub.read_config(NAME)
+    cfg = vhub.read_hub_config(NAME)
     new = hubcache.add(c, NAME, seed=1, depth=1)
     _, flat = vhub.read_params(cfg)
     assert all(np.array_equal(old[k], flat[k]) for k in old)
     moved = _flat(vitjax.load(NAME)[1])
-    assert vhub.read_config(NAME)['hub']['commit'] == new['commit']
+    assert vhub.read_hub_config(NAME)['hub']['commit'] == new['commit']
     assert not np.array_equal(moved['blocks_0/mlp/fc1/kernel'], old['blocks_0/mlp/fc1/kernel'])
     pinned = _flat(vitjax.load(f'{NAME}@{cfg["hub"]["commit"]}')[1])
     assert all(np.array_equal(old[k], pinned[k]) for k in old)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import trainrun
-from vitjax import data
+from vitjax.train import data
 from vitjax import images
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vitjax import data
+from vitjax.train import data
 
 @pytest.fixture(scope='module')
 def data_dir(tmp_path_factory):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from vitjax.metrics import MetricWriter, plot_curves, read_metrics
+from vitjax.train.metrics import MetricWriter, plot_curves, read_metrics
 
 GOOD = [{'step': 1, 'split': 'train', 'loss': 2.0, 'lr': 0.1}, {'step': 3, 'split': 'eval', 'loss': 1.5,
                                                                  'accuracy': 0.5}]
@@ -144,7 +144,7 @@ def test_run_files_without_config_json_are_a_users_and_train_py_refuses_bad_outp
     is made (no checkpoints/, no lock)."""
     import subprocess
     import sys
-    from vitjax import workdir as workdirs
+    from vitjax.train import workdir as workdirs
     mine = tmp_path / 'mine'
     mine.mkdir()
     (mine / 'metrics.jsonl').write_text('my own notes\n')

@@ -2,7 +2,7 @@
 must leave timm's buffers alone; train.py refuses an encoder without a head, and the sizes a family cannot take
 (SAM's whole patches, a hybrid's ResNet map, a dynamic model's whole patches), with one clear error before
 anything is read or written; `vitjax.load`, `create_model`, `porting.convert` and `porting.export` refuse those
-sizes too. Depth-1 models; hub repos from timm's own `save_for_hf` in an offline cache (porting/hubcache.py)."""
+sizes too. Depth-1 models; hub repos from timm's own `save_for_hf` in an offline cache (tests/hubcache.py)."""
 import json
 import os
 import re
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from porting import hubcache
+import hubcache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QWEN_ENC, QWEN_CLS = 'qwen3_vit_88m_enc.qwen3_5_0_8b', 'qwen3_vit_88m.qwen3_5_0_8b'
@@ -30,7 +30,7 @@ def test_nnx_optimizer_recipe_leaves_gemma4_buffers_alone():
 
     import vitjax
     import vitjax.nnx
-    from vitjax.optim import BUFFERS
+    from vitjax.models import BUFFERS
     small = dict(depth=1, embed_dim=64, num_heads=2, head_dim=32, intermediate_size=128, position_embedding_size=64)
     model, v = vitjax.create_model('gemma4_vit_570m', num_classes=3, img_size=96, use_clipped_linears=True,
                                    encoder_pool='soft', **small)
@@ -86,7 +86,7 @@ def offline(qwen_cache, monkeypatch):
 
 
 def _config(**changes):
-    from vitjax.config import default_config
+    from vitjax.train.config import default_config
     c = default_config()
     for k, v in changes.items():
         setattr(c, k, v)
@@ -103,10 +103,10 @@ def _config(**changes):
 def test_train_refuses_an_encoder_with_the_way_out(offline, field, name, way_out):
     """Config validation (before a workdir exists) and the trainer's model building say the same one thing,
     naming the classifier over the same tower; without a dataset at hand --compile_only's fallback too."""
-    from vitjax import trainer
-    from vitjax.config import validate
+    from vitjax.train import trainer
+    from vitjax.train.config import validate
     c = _config(**{field: name})
-    for refuse in (lambda: validate(c), lambda: trainer.build_model(c, 10), lambda: trainer.build_model(c, None)):
+    for refuse in (lambda: validate(c), lambda: trainer.initial_model(c, 10), lambda: trainer.initial_model(c, None)):
         with pytest.raises(ValueError, match='an encoder without a head') as e:
             refuse()
         assert str(e.value).endswith(way_out), str(e.value)
@@ -116,15 +116,15 @@ def test_train_takes_the_classifier_and_refuses_an_encoder_directory(offline, tm
     """The way out builds (a 10-class head on the hub weights); an encoder saved as a model directory is refused
     by what its config.json says, with the same way out."""
     import vitjax
-    from vitjax import trainer
-    from vitjax.config import validate
+    from vitjax.train import trainer
+    from vitjax.train.config import validate
     c = _config(init=QWEN_CLS)
     validate(c)
-    model, variables = trainer.build_model(c, 10)
+    model, variables = trainer.initial_model(c, 10)
     assert type(model).__name__ == 'Qwen3VitClassifier' and variables['params']['head']['kernel'].shape[-1] == 10
     vitjax.save(tmp_path / 'enc', *vitjax.load(QWEN_ENC), name=QWEN_ENC)
     c = _config(init=str(tmp_path / 'enc'))
-    for refuse in (lambda: validate(c), lambda: trainer.build_model(c, 10)):
+    for refuse in (lambda: validate(c), lambda: trainer.initial_model(c, 10)):
         with pytest.raises(ValueError, match=f'an encoder without a head.*--config.init={re.escape(QWEN_CLS)}'):
             refuse()
 
@@ -187,7 +187,7 @@ def sam_dir(tmp_path_factory):
 
 def test_load_and_train_refuse_a_sam_size_before_any_work(sam_dir):
     import vitjax
-    from vitjax.config import validate
+    from vitjax.train.config import validate
     with pytest.raises(ValueError, match=r'img_size=40: must be a multiple of patch_size=16'):
         vitjax.load(sam_dir, img_size=40)
     for c in (_config(init='samvit_base_patch16.sa1b', image_size=20), _config(init=str(sam_dir), image_size=20),
@@ -233,7 +233,7 @@ def test_train_refuses_a_head_that_pools_nothing_before_writing(tmp_path):
     """global_pool='' gives timm's logits per token: train.py's loss needs one row per image, so a model built or
     stored that way is refused by `validate` (before a workdir exists) with the way out for each route."""
     import vitjax
-    from vitjax.config import default_config, validate
+    from vitjax.train.config import default_config, validate
     c = default_config()
     c.model, c.model_overrides = 'vit_tiny_patch16_224', {'img_size': 32, 'depth': 1, 'global_pool': ''}
     with pytest.raises(ValueError, match=r"global_pool='', which pools nothing.*set model_overrides.global_pool"):

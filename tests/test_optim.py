@@ -10,10 +10,10 @@ import torch
 from conftest import port, timm_model
 from porting import timm_vit
 from porting import sources
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 from vitjax.io import flatten
-from vitjax.optim import create_optimizer, create_schedule, path_mask, trainable_mask
-from vitjax.train_step import create_train_state, train_step
+from vitjax.train.optim import create_optimizer, create_schedule, path_mask, trainable_mask
+from vitjax.train.train_step import create_train_state, train_step
 
 TIMM_VIT = sources.get('timm', 'vit')
 
@@ -114,7 +114,7 @@ def test_training_parity_with_pytorch(kw):
     # The chain really clipped: some raw gradient norms were above the threshold.
     assert max(t_norms) > c.clip_norm and np.allclose(j_norms, t_norms, rtol=1e-3)
     ours = flatten(params)
-    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.model_config(tm)))
+    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.torch_config(tm)))
     for k in filter(comparable, ours):
         np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-4, atol=5e-5, err_msg=k)
     if c.trainable:
@@ -133,7 +133,7 @@ def test_parity_test_detects_wrong_weight_decay():
     data = batches(STEPS)
     train_torch(tm, c, data)
     *_, params = train_jax(model, variables, config(weight_decay=0.0), data)
-    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.model_config(tm)))
+    theirs = flatten(TIMM_VIT.from_state(tm.state_dict(), timm_vit.torch_config(tm)))
     worst = max(float(np.abs(v - theirs[k]).max()) for k, v in flatten(params).items() if comparable(k))
     assert worst > 5e-5 * 3, worst
 
@@ -171,7 +171,7 @@ def test_weight_decay_mask_swin(name, kept):
     decayed = sorted(k for k, v in no_decay.items() if not v)
     source = source_of(tm, 'timm')
     flat = flatten(variables['params'])
-    as_timm = source.to_state({k: flat[k] for k in decayed}, source.model_config(tm))  # our names -> timm's
+    as_timm = source.to_state({k: flat[k] for k in decayed}, source.torch_config(tm))  # our names -> timm's
     timm_decayed = {n for n, p in tm.named_parameters() if p.ndim > 1 and n not in tm.no_weight_decay()}
     assert set(as_timm) == timm_decayed and all(k.endswith('kernel') for k in decayed)
     assert all(no_decay[f'layers_1/blocks_1/attn/{k}'] for k in kept)

@@ -1,4 +1,4 @@
-"""vitjax.parallel: pmap and fsdp lay the same train state out differently and compute the same steps."""
+"""vitjax.train.parallel: pmap and fsdp lay the same train state out differently and compute the same steps."""
 import json
 import os
 import subprocess
@@ -47,7 +47,7 @@ def test_fsdp_holds_a_quarter_of_the_state_per_device(four_devices):
 
 
 def test_sharding_rule():
-    from vitjax import parallel
+    from vitjax.train import parallel
     par = parallel.Fsdp(min_bytes=1 << 20)
     n = par.mesh.size
     from jax.sharding import PartitionSpec as P
@@ -61,7 +61,7 @@ def test_sharding_rule():
 
 
 def test_unknown_mode():
-    from vitjax import parallel
+    from vitjax.train import parallel
     with pytest.raises(ValueError, match="parallelism must be one of pmap, fsdp"):
         parallel.create('ddp')
 

@@ -5,7 +5,7 @@ import torch
 
 from conftest import images, max_diff, port, run_timm, timm_model
 from porting import timm_vit
-from porting.engine import ConversionError, UnsupportedModel
+from vitjax.weights.engine import ConversionError, UnsupportedModel
 from porting import sources
 
 TIMM_VIT = sources.get('timm', 'vit')
@@ -16,7 +16,7 @@ SMALL = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_
 @pytest.fixture(scope='module')
 def small():
     tm = timm_model('deit_tiny_distilled_patch16_224', **SMALL)
-    return tm, timm_vit.model_config(tm)
+    return tm, timm_vit.torch_config(tm)
 
 
 def test_missing_key_is_listed(small):
@@ -61,7 +61,7 @@ def test_config_mismatch_fails_strictly(small):
 ])
 def test_round_trip_is_bit_exact(name, kwargs):
     tm = timm_model(name, **kwargs)
-    cfg = timm_vit.model_config(tm)
+    cfg = timm_vit.torch_config(tm)
     back = TIMM_VIT.to_state(TIMM_VIT.from_state(tm.state_dict(), cfg), cfg)
     sd = tm.state_dict()
     assert set(back) == set(sd)
@@ -72,7 +72,7 @@ def test_round_trip_is_bit_exact(name, kwargs):
 def test_unsupported_timm_model_is_named():
     tm = timm_model('vit_tiny_patch16_224', **SMALL, patch_drop_rate=0.1)
     with pytest.raises(UnsupportedModel, match='patch dropout'):
-        timm_vit.model_config(tm)
+        timm_vit.torch_config(tm)
 
 
 @pytest.mark.zoo

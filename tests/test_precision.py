@@ -219,7 +219,7 @@ def test_cudnn_attention_equals_xla_in_bf16():
 
 @pytest.mark.gpu
 def test_bf16_train_step_on_gpu():
-    from vitjax.train_step import create_train_state, train_step
+    from vitjax.train.train_step import create_train_state, train_step
     model = VisionTransformer(img_size=32, patch_size=4, embed_dim=128, depth=2, num_heads=2, num_classes=10,
                               dtype=jnp.bfloat16)  # head dim 64: cuDNN's fused attention where the GPU has it
     rng = np.random.default_rng(0)

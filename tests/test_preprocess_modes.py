@@ -95,7 +95,7 @@ def test_eval_pipeline_equals_timm_for_each_zoo_mode(folder, mode):
     needs and resamples the crop's sub-pixel box in it, which PIL holds in float32: measured max |diff| 2 levels,
     mean <= 0.12 (the crop rounded to whole pixels, as before: 1.6 to 3.3 mean, 21 max). Before, every mode was
     a center crop of a square: border and squash 48 to 52 levels mean."""
-    from vitjax import data
+    from vitjax.train import data
     tag = MODES[mode]
     cfg = TAGS[tag]
     crop_mode, interpolation, crop_pct = mode
@@ -142,7 +142,7 @@ def test_evaluate_preprocesses_as_timm(folder, cfg):
     """`vitjax evaluate`'s loss is the model's on timm's transform of the same images: the crop mode, the pad
     colour and a non-square input size reach the pipeline (before: a center crop of input_size[1] squared, the
     border loss off by 0.23; the non-square model refused its 160x160 images)."""
-    from vitjax.evaluate import evaluate
+    from vitjax.train.evaluate import evaluate
     model, variables = _headed('deit_tiny_patch16_224', depth=1, img_size=tuple(cfg['input_size'][1:]))
     model = model.clone(pretrained_cfg=vitjax.PretrainedCfg.from_dict(cfg))
     ref = _timm_loss(model, variables, {str(folder / f'c{i}' / 'x.png'): i for i in range(len(SIZES))})

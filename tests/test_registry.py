@@ -24,15 +24,30 @@ TAGGED = ['vit_base_patch16_224.augreg_in21k', 'vit_base_patch16_224.augreg2_in2
           'aimv2_large_patch14_224.apple_pt_dist']
 
 
+# The names timm has that the parser decodes (the rest of timm's names are rows of the zoo table, or refused:
+# test_parser_refuses_what_it_would_get_wrong).
+PARSED = ['vit_large_patch14_224']
+
+
+def _first_of_each_family() -> list[str]:
+    from vitjax import hub
+    rows = hub.zoo()['architectures']
+    return sorted({r['family']: n for n, r in sorted(rows.items(), reverse=True)}.values())
+
+
 def _timm(name):
     return timm.create_model(name, pretrained=False, device='meta')  # structure only, no weights allocated
 
 
-@pytest.mark.parametrize('name', vitjax.list_models() + TAGGED)
+@pytest.mark.parametrize('name', [
+    *PARSED, *TAGGED, *_first_of_each_family(),
+    *(pytest.param(n, marks=pytest.mark.zoo) for n in vitjax.list_models() if n not in _first_of_each_family())])
 def test_decoded_config_equals_timm(name):
+    """`build_model` gives timm's config and preprocessing: the parser's names, tags, and every zoo architecture
+    (one per family in `make test`, the rest in `make test-zoo`)."""
     tm = _timm(name)
     ours = build_model(name)
-    expected = source_of(tm).model_config(tm)
+    expected = source_of(tm).torch_config(tm)
     decoded = model_config(ours)
     if 'fc_norm' in decoded:
         decoded['fc_norm'] = ours.use_fc_norm  # timm's reading is the resolved flag
@@ -51,6 +66,22 @@ def test_every_listed_name_is_a_timm_model():
                                                      'deit_base_distilled_patch16_384',
                                                      'deit_small_distilled_patch16_224',
                                                      'deit_tiny_distilled_patch16_224']
+
+
+def test_parser_refuses_what_it_would_get_wrong():
+    """timm's SBB ViTs without weights: `gap` means other heads, norms and embeddings from one name to the next."""
+    for name in ('vit_base_patch16_gap_224', 'vit_base_patch16_reg4_gap_256'):
+        with pytest.raises(ValueError, match="unsupported name part 'gap'"):
+            build_model(name)
+    found = []
+    for name in timm.list_models(['vit_*', 'deit*', 'swin_*']):
+        if name not in vitjax.list_models():
+            try:
+                build_model(name)
+                found.append(name)
+            except ValueError:
+                pass
+    assert found == PARSED
 
 
 def test_overrides():

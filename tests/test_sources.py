@@ -105,7 +105,7 @@ def test_the_source_table_routes_checkpoints_and_models(tmp_path):
     """One table serves convert and export: each library's checkpoint is detected by its own row, each built
     model finds its row, and anything else is refused naming the rows we have."""
     import torchvision
-    from porting.engine import UnsupportedModel
+    from vitjax.weights.engine import UnsupportedModel
     tv = torchvision.models.vit_b_16(weights=None, image_size=32, num_classes=3)
     timm_vit = random_init.create('vit_tiny_patch16_224', depth=1)
     swin = random_init.create('swin_tiny_patch4_window7_224', depths=(1, 1, 1, 1))
@@ -128,7 +128,7 @@ def test_the_source_table_routes_checkpoints_and_models(tmp_path):
     # Each row's table maps its model both ways, exactly.
     for m in (tv, timm_vit, swin):
         row = sources.source_of(m)
-        cfg = row.model_config(m)
+        cfg = row.torch_config(m)
         back = row.to_state(row.from_state(row.state_of(m), cfg), cfg)
         want = {k: v for k, v in m.state_dict().items() if not k.endswith(row.buffers)}
         assert back.keys() == want.keys()

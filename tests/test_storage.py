@@ -1,4 +1,4 @@
-"""gs:// workdirs (vitjax/storage.py, the lease lock in vitjax/workdir.py) against a local GCS emulator: the
+"""gs:// workdirs (vitjax/storage.py, the lease lock in vitjax/train/workdir.py) against a local GCS emulator: the
 run files, the lock, `vitjax.load` of a gs:// model, and train.py itself stopped and resumed on a bucket; and
 the local lock given what a user or another tool left in its place."""
 import json
@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import vitjax
-from vitjax import storage, workdir
+from vitjax import storage
+from vitjax.train import workdir
 
 BUCKET = 'gs://vitjax-test'
 
@@ -165,7 +166,7 @@ def test_model_published_to_gcs_loads_back(gcs, tmp_path):
     import jax
     assert loaded.num_classes == 5 and all(np.array_equal(a, b) for a, b in
                                            zip(jax.tree.leaves(variables), jax.tree.leaves(got)))
-    assert vitjax.io.read_config(f'{BUCKET}/pub/model')['model']['depth'] == 1
+    assert vitjax.io.read_dir_config(f'{BUCKET}/pub/model')['model']['depth'] == 1
     files.close()
     assert not os.path.exists(files.local)
     with pytest.raises(FileNotFoundError, match=f'{BUCKET}/nothing/config.json not found'):

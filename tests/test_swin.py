@@ -12,7 +12,7 @@ import vitjax
 from conftest import images, jit_apply, max_diff, port, run_timm, timm_model
 from porting import convert, export, random_init, timm_swin
 from porting import sources
-from porting.engine import ConversionError
+from vitjax.weights.engine import ConversionError
 from vitjax.models.swin import resize_rel_pos_bias_table
 
 TIMM_SWIN = sources.get('timm', 'swin')
@@ -117,7 +117,7 @@ def test_rel_pos_bias_resize_matches_timm(old, new):
 
 def test_strict_table_errors(tiny):
     tm, model, _ = tiny
-    cfg = timm_swin.model_config(tm)
+    cfg = timm_swin.torch_config(tm)
     sd = dict(tm.state_dict())
     sd['layers.1.blocks.0.attn.extra'] = sd.pop('layers.1.blocks.0.attn.proj.bias')
     with pytest.raises(ConversionError) as e:

@@ -46,9 +46,9 @@ def test_table_is_strict_and_names_the_keys(tmp_path):
     m = tv_model('vit_b_16', num_classes=3)
     sd = m.state_dict()
     del sd['encoder.layers.encoder_layer_3.mlp.3.bias']
-    from porting.engine import ConversionError
+    from vitjax.weights.engine import ConversionError
     with pytest.raises(ConversionError, match='missing target: blocks_3/mlp/fc2/bias'):
-        TORCHVISION_VIT.from_state(sd, torchvision_vit.model_config(m))
+        TORCHVISION_VIT.from_state(sd, torchvision_vit.torch_config(m))
 
 
 def test_img_size_change_is_refused_for_torchvision(tmp_path, capsys):

@@ -136,7 +136,8 @@ def test_image_size_overrides_the_presets_model_size(tmp_path, data_dir):
     typo = run_train(tmp_path / 'b', *QUICK, '--config.lrr=1', data_dir=data_dir)
     assert typo.returncode == 2 and "no field 'lrr'; Did you mean lr" in typo.stderr and 'Traceback' not in typo.stderr
     preset = tmp_path / 'preset.py'
-    preset.write_text('from vitjax.configs.default import get_config as base\n\ndef get_config():\n    c = base()\n'
+    preset.write_text('from vitjax.train.configs.default import get_config as base\n\n'
+                      'def get_config():\n    c = base()\n'
                       "    c.model_overrides.dtype = 'bfloat16'\n    return c\n")
     both = run_train(tmp_path / 'b', '--config', str(preset), *QUICK, data_dir=data_dir)
     assert both.returncode == 1 and 'dtype (--config.dtype)' in both.stderr and not (tmp_path / 'b' / 'model').exists()

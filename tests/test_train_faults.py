@@ -129,7 +129,7 @@ def test_unwritable_workdir(tmp_path, data_dir):
 
 
 def test_disk_full_detected_before_training(monkeypatch, tmp_path):
-    from vitjax import trainer as script
+    from vitjax.train import trainer as script
     import shutil
     monkeypatch.setattr(shutil, 'disk_usage', lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1 << 20))
     with pytest.raises(OSError, match='has 1 MiB free; checkpoints and the final model need about 20 MiB'):
@@ -271,7 +271,7 @@ def test_every_step_skipped_saves_no_model(tmp_path, data_dir):
 
 
 def test_metrics_and_summary_are_strict_json(tmp_path):
-    from vitjax.metrics import MetricWriter, strict_json
+    from vitjax.train.metrics import MetricWriter, strict_json
     writer = MetricWriter(str(tmp_path))
     writer.write(1, 'eval', loss=float('nan'), accuracy=0.5, top5=float('inf'))
     writer.close()

@@ -8,20 +8,20 @@ import jax
 import numpy as np
 import pytest
 
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 from vitjax.models import VisionTransformer
-from vitjax.train_step import create_train_state, eval_step
+from vitjax.train.train_step import create_train_state, eval_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PMAP_SCRIPT = textwrap.dedent('''
     import jax, numpy as np, optax
-    from vitjax import parallel
-    from vitjax.config import default_config
+    from vitjax.train import parallel
+    from vitjax.train.config import default_config
     from vitjax.io import flatten
     from vitjax.models import VisionTransformer
-    from vitjax.optim import create_optimizer, create_schedule
-    from vitjax.train_step import create_train_state, step_functions, train_step
+    from vitjax.train.optim import create_optimizer, create_schedule
+    from vitjax.train.train_step import create_train_state, step_functions, train_step
     jax.config.update('jax_default_matmul_precision', 'highest')
     assert jax.local_device_count() == 4, jax.devices()
     model = VisionTransformer(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=5)
@@ -90,7 +90,7 @@ def test_eval_counts_only_real_examples():
 
 
 def test_pmap_batch_layout():
-    from vitjax import parallel
+    from vitjax.train import parallel
     par = parallel.create('pmap')
     n = jax.local_device_count()
     out = par.put_batch({'image': np.zeros((4 * n, 8, 8, 3)), 'label': np.zeros(4 * n)})
@@ -104,8 +104,8 @@ def test_pmap_batch_layout():
 @pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_state():
     import jax.numpy as jnp
-    from vitjax.optim import create_optimizer, create_schedule
-    from vitjax.train_step import train_step
+    from vitjax.train.optim import create_optimizer, create_schedule
+    from vitjax.train.train_step import train_step
     c = default_config()
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3,
                               dtype=jnp.bfloat16)
@@ -122,9 +122,9 @@ def test_bfloat16_compute_keeps_float32_params_and_state():
 
 @pytest.mark.slow
 def test_trace_counter_sees_recompilation():
-    from vitjax import parallel
-    from vitjax.optim import create_optimizer, create_schedule
-    from vitjax.train_step import step_functions
+    from vitjax.train import parallel
+    from vitjax.train.optim import create_optimizer, create_schedule
+    from vitjax.train.train_step import step_functions
     c = default_config()
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
     x = np.zeros((4, 16, 16, 3), np.float32)
@@ -149,7 +149,7 @@ def test_nonfinite_update_from_finite_gradients_is_skipped(lr):
     """Finite loss and gradients, but the optimizer turns them into a NaN/Inf update (a NaN or infinite lr
     here; a 0/0 inside Adam in general): the params and moments stay as they were and the step is counted."""
     import optax
-    from vitjax.train_step import train_step
+    from vitjax.train.train_step import train_step
     model = VisionTransformer(img_size=16, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=3)
     x = np.random.default_rng(0).standard_normal((4, 16, 16, 3)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)

@@ -1,4 +1,4 @@
-"""`python train.py ARGS` in this process: the same flags, checks and job (vitjax.main), without a process's
+"""`python train.py ARGS` in this process: the same flags, checks and job (vitjax.train.main), without a process's
 start-up (interpreter, the imports, TensorFlow's) for every run. What needs a process of its own (a kill, a
 signal from outside, simulated devices, the malloc settings) starts train.py or tests/faulty_train.py instead."""
 import contextlib
@@ -14,7 +14,7 @@ def train(*args, hooks=None, cwd=ROOT) -> subprocess.CompletedProcess:
     """train.py's exit status, stdout and stderr for `args` (strings or paths), as `subprocess.run` reports them."""
     from absl import flags
 
-    from vitjax import main
+    from vitjax.train import main
     argv = ['train.py', *map(str, args)]
     out, err = io.StringIO(), io.StringIO()
     here = os.getcwd()

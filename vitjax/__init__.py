@@ -1,7 +1,7 @@
 """vitjax: Vision Transformers in JAX/Flax with verified weight import from PyTorch (timm)."""
 import importlib
 
-# The public names load on first use (PEP 562): `train.py` imports `vitjax.hostmem` to re-execute itself before
+# The public names load on first use (PEP 562): `train.py` imports `vitjax.train.hostmem` to re-execute itself before
 # jax starts, and importing the package must not start jax for it.
 _PUBLIC = {'save': 'vitjax.io', 'load': 'vitjax.loader', 'PretrainedCfg': 'vitjax.models',
            'SwinTransformer': 'vitjax.models', 'VisionTransformer': 'vitjax.models',

@@ -55,20 +55,22 @@ def resolve_model(spec: str) -> Union[str, Path]:
     model_args(spec)  # an unknown name fails here, with close matches, before anything is downloaded
     target = CACHE / spec
     if not target.is_dir():
-        try:
-            from porting import convert
-        except ImportError as e:
-            raise ValueError(f'{spec} is not a model directory; converting it from the hub needs the porting '
-                             f'extra (torch, timm): {e}') from None
-        try:
-            status = convert.main(['--model', spec, '--out', str(target)])
-        except Exception as e:  # hub clients raise their own types when offline
-            status, why = 1, f': {type(e).__name__}: {e}'
-        else:
-            why = ''
+        status, why = _porting('convert', '--model', spec, '--out', str(target)), ''
+        if status is None:
+            why = ': converting a timm name that is not on the hub needs the porting extra (torch, timm)'
         if status != 0:
             raise ValueError(f'could not convert {spec} from the hub (offline? pass a model directory){why}')
     return target
+
+
+def _porting(tool: str, *args: str) -> Optional[int]:
+    """`python -m porting.<tool> args` (the torch side: this package never imports it) -> its exit status, or
+    None where the porting extra is not installed."""
+    import importlib.util
+    import subprocess
+    if not all(importlib.util.find_spec(m) for m in ('porting', 'torch', 'timm')):
+        return None
+    return subprocess.call([sys.executable, '-m', f'porting.{tool}', *args])
 
 
 def expand_images(inputs: list[str]) -> list[str]:
@@ -144,7 +146,6 @@ def _check_out(out: str, suffix: str, ours, inputs) -> Path:
 
 
 def cmd_features(args) -> int:
-    import numpy as np
     from vitjax import inference
     from vitjax.io import write_file
     out = _check_out(args.out, '.npz', _our_npz, [i for i in args.images if os.path.isfile(i)])
@@ -214,7 +215,7 @@ def cmd_attention(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from vitjax.evaluate import evaluate
+    from vitjax.train.evaluate import evaluate
     path, model, variables = _load(args.model)
     result = evaluate(model, variables, args.dataset, args.split, batch_size=args.batch_size,
                       data_dir=args.data_dir, class_names=_saved_names(path))
@@ -267,10 +268,14 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ('convert', 'export'):  # their own parsers take the rest as is
-        module = __import__(f'porting.{argv[0]}', fromlist=['main'])
-        return module.main(argv[1:])
+        status = _porting(*argv)
+        if status is None:
+            print(f'error: vitjax {argv[0]} reads PyTorch models: it needs the porting extra (torch, timm): '
+                  "pip install 'vitjax[porting]'", file=sys.stderr)
+            return 1
+        return status
     if argv and argv[0] == 'train':
-        from vitjax.main import run
+        from vitjax.train.main import run
         run(['vitjax train'] + argv[1:])
         return 0
     args = parser().parse_args(argv)

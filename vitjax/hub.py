@@ -254,8 +254,8 @@ def split_revision(name: str, revision: Optional[str] = None) -> tuple[str, Opti
     return base, revision or (rev if at else None)
 
 
-def read_config(name: str, revision: Optional[str] = None) -> dict[str, Any]:
-    """A hub name -> the config of a vitjax model directory (what `vitjax.io.read_config` returns), from the
+def read_hub_config(name: str, revision: Optional[str] = None) -> dict[str, Any]:
+    """A hub name -> the config of a vitjax model directory (what `vitjax.io.read_dir_config` returns), from the
     repo's config.json alone: nothing else is downloaded. `hub.commit` is the commit it came from (the revision
     resolved now: a moved `main` is seen), at which `read_params` reads the weights."""
     name, revision = split_revision(name, revision)
@@ -285,7 +285,7 @@ def read_config(name: str, revision: Optional[str] = None) -> dict[str, Any]:
 def _config(hub_cfg: dict, repo: str, full: str, where: str) -> dict[str, Any]:
     """A hub config.json as a vitjax config, every field it takes checked (the model directory's checks, with
     the hub file's field names): one HubError naming the file and every problem."""
-    from porting import sources
+    from vitjax import weights
     from vitjax import io
     from vitjax.models import ARCHITECTURES, PretrainedCfg, type_problems
     z, arch = zoo(), hub_cfg.get('architecture')
@@ -300,7 +300,7 @@ def _config(hub_cfg: dict, repo: str, full: str, where: str) -> dict[str, Any]:
         raise HubError(f'{where}: architecture {arch!r} ' + (f'does not convert ({why})' if why else
                        'is not one of timm\'s ViT families that vitjax converts'))
     row = z['architectures'][arch]
-    source, cls = sources.get('timm', row['family']), ARCHITECTURES[row['family']]
+    table, cls = weights.get('timm', row['family']), ARCHITECTURES[row['family']]
     config = dict(row['config'], **z['tags'].get(full, {}).get('config', {}))
     model_args, pre = hub_cfg.get('model_args') or {}, hub_cfg.get('pretrained_cfg') or {}
     for k, v in (('model_args', model_args), ('pretrained_cfg', pre)):
@@ -310,11 +310,11 @@ def _config(hub_cfg: dict, repo: str, full: str, where: str) -> dict[str, Any]:
     if isinstance(img, list) and img and all(type(s) is int for s in img) and len(set(img)) == 1:
         model_args['img_size'] = img[0]  # timm records (224, 224); the readers say 224
     same = lambda k: json.dumps(config.get(k)) == json.dumps(model_args[k])  # JSON's view: tuples are lists
-    unknown = sorted(k for k in model_args if k not in source.create_kwargs and not same(k))
+    unknown = sorted(k for k in model_args if k not in table.create_kwargs and not same(k))
     if unknown:
         raise HubError(f'{repo}: model_args {unknown} have no torch-free mapping; convert it with torch: '
                        f'python -m porting.convert --model {full or arch} --out DIR')
-    args = {k: v for k, v in model_args.items() if k in source.create_kwargs}
+    args = {k: v for k, v in model_args.items() if k in table.create_kwargs}
     num_classes = hub_cfg.get('num_classes', config.get('num_classes', 0))
     shown = {k: v for k, v in pre.items() if k in PRETRAINED_FIELDS and v is not None}
     names, desc = hub_cfg.get('label_names'), hub_cfg.get('label_descriptions')
@@ -344,21 +344,21 @@ def _config(hub_cfg: dict, repo: str, full: str, where: str) -> dict[str, Any]:
 
 
 def read_params(cfg: dict[str, Any], in_chans: Optional[int] = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The weights of a `read_config` config, from its commit: (the config, in_chans adapted as timm does, flat
+    """The weights of a `read_hub_config` config, from its commit: (the config, in_chans adapted as timm does, flat
     float32 params)."""
     import copy
 
-    from porting import sources
+    from vitjax import weights
     from vitjax.io import as_tuples, flatten
     repo = cfg['hub']['repo']
-    source = sources.get('timm', cfg['architecture'])
+    table = weights.get('timm', cfg['architecture'])
     try:
         path = _download(repo, WEIGHTS, cfg['hub'].get('commit') or cfg['hub']['revision'])
     except FileNotFoundError:
         raise HubError(f'{repo} has no {WEIGHTS} (only a pickled {PICKLE}?), which vitjax reads only through '
                        f'torch: python -m porting.convert --model {cfg["model_name"]} --out DIR, then load DIR'
                        ) from None
-    state = _Tensors(path, repo, source.buffers)
+    state = _Tensors(path, repo, table.buffers)
     cfg = copy.deepcopy(cfg)
     config = cfg['model']
     if in_chans is not None and in_chans != config.get('in_chans', 3):
@@ -366,7 +366,7 @@ def read_params(cfg: dict[str, Any], in_chans: Optional[int] = None) -> tuple[di
         state[key] = adapt_in_chans(state[key], in_chans)
         config['in_chans'] = cfg['pretrained_cfg']['input_size'][0] = in_chans
     try:
-        params = source.from_state(state, as_tuples(config))
+        params = table.from_state(state, as_tuples(config))
     except HubError:
         raise
     except ValueError as e:
@@ -393,7 +393,7 @@ def load(name: str, num_classes: Optional[int] = None, img_size: Any = None,
     checked before the weights are read."""
     from vitjax import io
     from vitjax.adapt import adapted, changes
-    cfg = read_config(str(name), revision)
+    cfg = read_hub_config(str(name), revision)
     try:
         changes(io.model_from_config(cfg, **({} if in_chans is None else {'in_chans': in_chans})),
                 num_classes, img_size, overrides)

@@ -6,10 +6,8 @@ attention maps (rollout and last-layer CLS attention). No torch and no TensorFlo
 """
 from __future__ import annotations
 
-import gzip
 import math
 import os
-from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import jax
@@ -24,21 +22,14 @@ from vitjax.models.sam import VisionTransformerSAM
 ImageLike = Union[str, os.PathLike, 'PIL.Image.Image']
 FEATURE_KINDS = ('pooled', 'cls', 'tokens', 'map', 'intermediates')
 BATCH = 32  # images preprocessed and run at a time: what bounds the memory of a folder's worth
-_INFO = Path(__file__).parent / 'data' / 'imagenet'
-# Class lists by head size (WordNet synsets; names from timm's ImageNet metadata, Apache-2.0).
-_SUBSETS = {1000: 'imagenet_synsets.txt.gz', 11821: 'imagenet12k_synsets.txt.gz',
-            21843: 'imagenet21k_goog_synsets.txt.gz', 21841: 'imagenet22k_synsets.txt.gz'}
-def _read_lines(name: str) -> list[str]:
-    with gzip.open(_INFO / name, 'rt') as f:
-        return [line.rstrip('\n') for line in f]
+# timm's label set of a pretrained head, by its size (vitjax/labels/).
+IMAGENET_LABEL_SETS = {1000: 'imagenet-1k', 11821: 'imagenet-12k', 21843: 'imagenet-21k-goog', 21841: 'imagenet-22k'}
 
 
 def imagenet_class_names(num_classes: int) -> Optional[list[str]]:
     """Human-readable names for an ImageNet-1k/12k/21k/22k head, or None for other sizes."""
-    if num_classes not in _SUBSETS:
-        return None
-    lemmas = dict(line.split('\t', 1) for line in _read_lines('imagenet_synset_to_lemma.txt.gz'))
-    return [lemmas.get(s, s) for s in _read_lines(_SUBSETS[num_classes])]
+    from vitjax import labels
+    return labels.names(IMAGENET_LABEL_SETS[num_classes]) if num_classes in IMAGENET_LABEL_SETS else None
 
 
 def class_names_for(model, model_dir: Optional[Union[str, os.PathLike]] = None) -> list[str]:

@@ -373,10 +373,10 @@ def _fetched(url: str, names: Iterable[str]):
         shutil.rmtree(local, ignore_errors=True)
 
 
-def read_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
+def read_dir_config(path: Union[str, os.PathLike]) -> dict[str, Any]:
     if storage.is_url(path):  # a model on an object store (a run's gs://.../model): its config alone
         with _fetched(path, [CONFIG_FILE]) as local:
-            return read_config(local)
+            return read_dir_config(local)
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not os.path.lexists(path):  # a save killed between the fallback's two renames: bring the old copy back
@@ -401,7 +401,7 @@ def read_model(path: Union[str, os.PathLike]) -> tuple[Model, dict]:
         with _fetched(path, [CONFIG_FILE, PARAMS_FILE]) as local:
             return read_model(local)
     path = Path(path)
-    cfg = read_config(path)
+    cfg = read_dir_config(path)
     try:  # everything the config says is checked before the model is traced or the params read
         model = model_from_config(cfg)
         shapes = param_shapes(model)

@@ -32,5 +32,5 @@ def load(path: Union[str, os.PathLike], num_classes: Optional[int] = None, img_s
 def read_config(path: Union[str, os.PathLike], revision: Optional[str] = None) -> dict[str, Any]:
     """A model directory's config.json, or a hub repo's as one (its config.json alone is downloaded)."""
     if hub.is_hub_name(path):
-        return copy.deepcopy(hub.read_config(str(path), revision))
-    return io.read_config(path)
+        return copy.deepcopy(hub.read_hub_config(str(path), revision))
+    return io.read_dir_config(path)

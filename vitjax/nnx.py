@@ -7,7 +7,7 @@
     model, variables = vitjax.nnx.to_linen(m)                      # e.g. for vitjax.save
 
 The module holds the loaded weights as its `nnx.Param`s, and timm's buffers (Gemma 4's clamp bounds and
-standardization, `vitjax.optim.BUFFERS`) as `Buffer`s: `nnx.grad` and `wrt=nnx.Param` leave those as they are, as
+standardization, `vitjax.models.BUFFERS`) as `Buffer`s: `nnx.grad` and `wrt=nnx.Param` leave those as they are, as
 train.py does. It computes exactly what the Linen model does.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ def to_nnx(model, variables, rngs: Optional[Any] = None) -> Bridge:
     """A Linen vitjax `model` with its `variables` as an `nnx.Module`."""
     from flax import traverse_util
 
-    from vitjax.optim import BUFFERS
+    from vitjax.models import BUFFERS
     m = Bridge(model, rngs=rngs or nnx.Rngs(0))
     flat = traverse_util.flatten_dict(dict(variables['params']), sep='/')
     typed = {k: (Buffer if any(re.search(b, k) for b in BUFFERS) else nnx.Param)(v) for k, v in flat.items()}

@@ -15,7 +15,6 @@ import re
 from typing import Any, Optional, Union
 
 import jax
-import jax.numpy as jnp
 
 from vitjax import io
 from vitjax.models import ARCHITECTURES, Model, PretrainedCfg, img_size_of, init_variables  # noqa: F401
@@ -35,53 +34,21 @@ SWIN_SIZES: dict[str, dict[str, Any]] = {
     'base': dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
     'large': dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
 }
-FAMILIES = ('vit', 'deit', 'deit3', 'swin')
+NAME_FAMILIES = ('vit', 'deit', 'deit3', 'swin')  # the parser's first name part
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
-# Name parts that switch on a model option (timm's variant words).
+# Name parts that switch on a model option (timm's variant words). Not `gap`: timm's SBB ViTs give it other heads,
+# norms and embeddings from one name to the next (vit_base_patch16_gap_224 has 16 heads, ..._reg4_gap_256 12);
+# those with weights are rows of the zoo table, with timm's own configs.
 VARIANTS: dict[str, dict[str, Any]] = {
     'dinov2': dict(init_values=1e-5),
     'clip': dict(pre_norm=True, norm_eps=1e-5),
     'quickgelu': dict(act_layer='quick_gelu'),
     'siglip': dict(class_token=False, global_pool='map'),
     'distilled': dict(distilled=True),
-    'gap': dict(class_token=False, global_pool='avg', fc_norm=False, no_embed_class=False),  # timm's SBB ViTs
 }
-# The architectures we advertise: every one is a timm name, decodes to timm's config (tests/test_registry.py)
-# and converts with logit parity (the table in docs/models.md).
-_ARCHS = tuple(
-    [f'vit_{s}_patch{p}_{r}' for s, p, r in [
-        ('tiny', 16, 224), ('tiny', 16, 384), ('small', 16, 224), ('small', 16, 384), ('small', 32, 224),
-        ('small', 32, 384), ('base', 8, 224), ('base', 16, 224), ('base', 16, 384), ('base', 32, 224),
-        ('base', 32, 384), ('large', 16, 224), ('large', 16, 384), ('large', 32, 384)]]
-    + [f'deit_{s}_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_patch16_384']
-    + [f'deit_{s}_distilled_patch16_224' for s in ('tiny', 'small', 'base')] + ['deit_base_distilled_patch16_384']
-    + [f'deit3_{s}_patch16_{r}' for s, r in [('small', 224), ('base', 224), ('base', 384), ('large', 224)]]
-    + [f'vit_{s}_patch14_{reg}dinov2' for s in ('small', 'base', 'large') for reg in ('', 'reg4_')]
-    + ['vit_base_patch16_clip_224', 'vit_base_patch16_clip_384',
-       'vit_base_patch16_clip_quickgelu_224', 'vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_384']
-    + [f'vit_so150m_patch16_reg4_gap_{r}' for r in (256, 384)]
-    + [f'swin_{s}_patch4_window7_224' for s in ('tiny', 'small', 'base', 'large')]
-    + ['swin_base_patch4_window12_384', 'swin_large_patch4_window12_384']
-    + ['eva02_tiny_patch14_224', 'eva02_base_patch14_224', 'eva02_large_patch14_448', 'vit_base_patch16_dinov3',
-       'vit_base_patch16_dinov3_qkvb', 'vit_pe_core_tiny_patch16_384', 'vit_pe_core_base_patch16_224',
-       'vit_base_patch16_rope_224', 'vit_base_patch16_rope_mixed_224', 'vit_base_patch16_rope_reg1_gap_256',
-       'aimv2_large_patch14_224', 'naflexvit_base_patch16_gap', 'naflexvit_base_patch16_siglip']
-    + [f'beit_{s}_patch16_{r}' for s, r in [('base', 224), ('base', 384), ('large', 224), ('large', 384),
-                                           ('large', 512)]]
-    + [f'beitv2_{s}_patch16_224' for s in ('base', 'large')]
-    + [f'vit_relpos_{n}' for n in ('small_patch16_224', 'medium_patch16_224', 'base_patch16_224',
-                                  'medium_patch16_cls_224', 'base_patch16_clsgap_224', 'medium_patch16_rpn_224',
-                                  'base_patch32_plus_rpn_256')]
-    + [f'vit_srelpos_{s}_patch16_224' for s in ('small', 'medium')]
-    + [f'vit_{n}_{r}' for n in ('tiny_r_s16_p8', 'small_r26_s32', 'base_r50_s16', 'large_r50_s32') for r in (224, 384)]
-    + [f'samvit_{s}_patch16' for s in ('base', 'large', 'huge')]
-    + [f'swinv2_{s}_window{w}_256' for s in ('tiny', 'small', 'base') for w in (8, 16)]
-    + [f'swinv2_{s}_window12{t}' for s in ('base', 'large') for t in ('_192', 'to16_192to256', 'to24_192to384')])
-
-
 def _patterns(value: Any, what: str, tags: bool) -> list[str]:
     """timm's filters: one shell-style pattern or several, '' none; with `tags`, a pattern without a tag also
     matches `pattern.*`."""
@@ -105,9 +72,12 @@ def _listed(names: list[str], filter: Any, exclude_filters: Any, tags: bool) -> 
 
 
 def list_models(filter: Any = '', exclude_filters: Any = '') -> list[str]:
-    """Architecture names, as `timm.list_models(filter, exclude_filters=...)`: shell-style patterns (one or a
-    list; '' is every name), e.g. `list_models('deit_*')`."""
-    return _listed(list(_ARCHS), filter, exclude_filters, tags=False)
+    """The architectures of the zoo table, each built with timm's own config, as `timm.list_models(filter,
+    exclude_filters=...)`: shell-style patterns (one or a list; '' is every name), e.g. `list_models('deit_*')`.
+    `list_pretrained` gives their weights' tags. `create_model` also builds other sizes, patches and resolutions
+    of the plain families from their names (`vit_base_patch16_320`), which no list can hold."""
+    from vitjax import hub
+    return _listed(list(hub.zoo()['architectures']), filter, exclude_filters, tags=False)
 
 
 def list_pretrained(filter: Any = '', exclude_filters: Any = '') -> list[str]:
@@ -123,7 +93,8 @@ def split_tag(name: str) -> tuple[str, str]:
 
 
 def _unknown(name: str, why: str) -> ValueError:
-    close = difflib.get_close_matches(split_tag(name)[0], _ARCHS, n=5, cutoff=0.6)
+    from vitjax import hub
+    close = difflib.get_close_matches(split_tag(name)[0], list(hub.zoo()['architectures']), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else '; see vitjax.list_models()'
     return ValueError(f'unknown model {name!r} ({why}){hint}')
 
@@ -163,10 +134,10 @@ def model_args(name: str) -> tuple[str, dict[str, Any], PretrainedCfg]:
         return _zoo_args(arch, tag)
     parts = arch.split('_')
     family = parts.pop(0) if parts else ''
-    if family not in FAMILIES:
+    if family not in NAME_FAMILIES:
         if any(n.startswith(f'{family}_') for n in hub.zoo()['architectures']):  # eva02, naflexvit, aimv2, ...
             raise _unknown(name, f'{family} models are the zoo\'s names only: vitjax.list_pretrained({family + "*"!r})')
-        raise _unknown(name, f'family {family!r} is not one of {FAMILIES}')
+        raise _unknown(name, f'family {family!r} is not one of {NAME_FAMILIES}')
     if tag:
         raise _unknown(name, f'timm has no pretrained weights for {arch}, so no tag {tag!r}; without the tag it '
                              'is a random-init model decoded from its name')

@@ -26,6 +26,9 @@ Model = nn.Module  # one of ARCHITECTURES' classes
 # The `architecture` field of a model directory's config.json names one of these.
 ARCHITECTURES = {name: f.cls for name, f in FAMILIES.items()}
 NOT_STORED = ('parent', 'name', 'dtype', 'pretrained_cfg')  # model_config() leaves these out of config.json
+# timm buffers that vitjax keeps as params, so that they load, save and export with the rest: never trained (Gemma 4's
+# clamp bounds and soft-token standardization), by train.py's optimizer or through the NNX face.
+BUFFERS = (r'(^|/)(input|output)_(min|max)$', r'(^|/)std_(bias|scale)$')
 
 
 def img_size_of(model: Model) -> tuple[int, int]:

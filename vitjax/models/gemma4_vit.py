@@ -11,7 +11,7 @@ each half in the 'half' layout). Any image of whole patches goes in as it is.
 The 167M tower (Gemma 4 E2B / E4B) clamps every projection's input and output to learned bounds
 (`use_clipped_linears`); the 570M (26B / 31B) standardizes the pooled tokens (`standardize`). Those bounds and the
 standardization are timm buffers: here params that load, save and export with the rest and that training leaves
-as they are (vitjax.optim.BUFFERS). An unbounded clamp (timm's init, +-inf) is kept as +-float32 max, which clamps
+as they are (vitjax.models.BUFFERS). An unbounded clamp (timm's init, +-inf) is kept as +-float32 max, which clamps
 nothing a finite activation reaches, so that a model directory holds only finite numbers.
 
 The encoder's 'soft' output is the VLM's soft tokens: the mean of each k x k cell of the patch map (row-major
@@ -69,7 +69,7 @@ def apply_rope(x: jax.Array, emb: jax.Array) -> jax.Array:
 
 
 def buffer(module: nn.Module, name: str, value: float, shape: tuple = ()) -> jax.Array:
-    """A timm buffer as a param (its init: `value`; see vitjax.optim.BUFFERS)."""
+    """A timm buffer as a param (its init: `value`; see vitjax.models.BUFFERS)."""
     return module.param(name, lambda _, s: jnp.full(s, value, jnp.float32), shape)
 
 

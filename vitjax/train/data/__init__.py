@@ -19,8 +19,8 @@ try:  # TensorFlow only feeds the host pipeline; the accelerators belong to JAX.
 except (RuntimeError, ValueError):
     pass
 
-from vitjax.data import digits  # noqa: F401  (registers the `vitjax_digits` tfds builder)
-from vitjax.data.input_pipeline import (DatasetInfo, create_eval_dataset, create_train_dataset, eval_passes,
+from vitjax.train.data import digits  # noqa: F401  (registers the `vitjax_digits` tfds builder)
+from vitjax.train.data.input_pipeline import (DatasetInfo, create_eval_dataset, create_train_dataset, eval_passes,
                                         get_dataset_info)
 
 __all__ = ['DatasetInfo', 'get_dataset_info', 'create_train_dataset', 'create_eval_dataset', 'eval_passes']

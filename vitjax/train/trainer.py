@@ -1,6 +1,6 @@
 """The training job: `train(config, workdir)` = set-up -> loop -> finish. AdamW, warmup + decay, clipping,
-tfds input, data parallel through `vitjax.parallel` (pmap or fsdp). The command line (flags, workdir checks,
-fault hooks) is vitjax/main.py; `python train.py` and `vitjax train` run it.
+tfds input, data parallel through `vitjax.train.parallel` (pmap or fsdp). The command line (flags, workdir checks,
+fault hooks) is vitjax/train/main.py; `python train.py` and `vitjax train` run it.
 
 Writes into the workdir: metrics.jsonl, tensorboard/, checkpoints/, curves.png, summary.json and model/ (the
 final params in the format `vitjax.load` reads); a gs:// workdir through a local staging copy (vitjax/storage.py).
@@ -18,17 +18,17 @@ from typing import Any, Optional
 
 from vitjax.storage import RunFiles, join
 
-from vitjax.config import OWN_FIELD
+from vitjax.train.config import OWN_FIELD
 
 
 
-def build_model(c, num_classes: int):
+def initial_model(c, num_classes: int):
     """The model and its initial variables: from `c.init` (a vitjax directory) or fresh from the registry."""
     import jax
     import jax.numpy as jnp
     import vitjax
     from vitjax import loader
-    from vitjax.config import check_model
+    from vitjax.train.config import check_model
 
     check_model(c)
     regularisation = dict(drop_rate=c.drop_rate, drop_path_rate=c.drop_path_rate,
@@ -73,8 +73,8 @@ def check_square(model) -> None:
                          'images: pass --config.image_size=N to train at NxN (the position embeddings are resampled)')
 
 
-def evaluate(run: 'Run', split: str) -> dict[str, float]:
-    from vitjax.evaluate import run_eval
+def evaluate_split(run: 'Run', split: str) -> dict[str, float]:
+    from vitjax.train.evaluate import run_eval
     params, par, step = run.state.params, run.par, run.eval_step
     return run_eval(lambda batch: par.get(step(params, par.put_batch(batch))), run.eval_dataset(split))
 
@@ -161,7 +161,7 @@ def _state_and_steps(c, model, params, num_classes: int, total_steps: int):
     import jax
     import numpy as np
 
-    from vitjax import memory, optim, parallel, train_step
+    from vitjax.train import memory, optim, parallel, train_step
 
     tx = optim.create_optimizer(c, params, total_steps)
     par = parallel.create(c.parallelism, int(c.fsdp_min_size_mb * 2**20))
@@ -183,7 +183,7 @@ def _state_and_steps(c, model, params, num_classes: int, total_steps: int):
 def compile_only(c) -> None:
     """`train.py --compile_only`: the model, its state on the devices and the compiled train step with its
     memory per device; no data read (the classes come from the dataset when it is at hand), nothing written."""
-    from vitjax import data
+    from vitjax.train import data
     report_devices()
     check_batch_split(c)
     try:
@@ -191,10 +191,10 @@ def compile_only(c) -> None:
     except Exception as e:  # not prepared here (e.g. imagenet2012 on a laptop): the model's own head
         print(f'compile_only: {c.dataset} is not at hand ({e}); the model\'s own head is used')
         num_classes = None
-    model, variables = build_model(c, num_classes)
+    model, variables = initial_model(c, num_classes)
     if model.num_classes == 0:  # headless weights (DINOv2, Qwen3's towers) and no dataset to size a head
         print('compile_only: the model has no head and the dataset is not at hand; sized with a 1000-class head')
-        model, variables = build_model(c, 1000)
+        model, variables = initial_model(c, 1000)
     check_square(model)
     _state_and_steps(c, model, variables['params'], model.num_classes, c.total_steps or c.warmup_steps + 1000)
 
@@ -210,9 +210,9 @@ def check_batch_split(c) -> None:
 def setup(c, workdir: str, resume: bool, files) -> Run:
     import jax
 
-    from vitjax import data, parallel
-    from vitjax.checkpoint import Checkpointer
-    from vitjax.metrics import MetricWriter, NoWriter
+    from vitjax.train import data, parallel
+    from vitjax.train.checkpoint import Checkpointer
+    from vitjax.train.metrics import MetricWriter, NoWriter
 
     report_devices()
     check_batch_split(c)
@@ -223,7 +223,7 @@ def setup(c, workdir: str, resume: bool, files) -> Run:
     for split in {c.eval_split, c.test_split} - {c.train_split}:  # a bad eval split found now, not after training
         if data.get_dataset_info(c.dataset, split, c.data_dir).num_examples == 0:
             raise ValueError(f'{c.dataset} split {split!r} is empty')
-    model, variables = build_model(c, info.num_classes)
+    model, variables = initial_model(c, info.num_classes)
     check_square(model)
     cfg = model.pretrained_cfg
     # num_examples counts the whole split (every process's shard); batch_size is global
@@ -270,7 +270,7 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
 
     import jax
 
-    from vitjax.parallel import any_process
+    from vitjax.train.parallel import any_process
 
     c, par = run.c, run.par
     main = jax.process_index() == 0
@@ -319,7 +319,7 @@ def loop(run: Run, stop_after: int, interrupt: Interrupt, hooks: Hooks) -> Optio
             bar.set_postfix(loss=f"{m.get('loss', float('nan')):.4f}", lr=f"{m['lr']:.2e}", img_s=f'{img_s:.0f}')
             window, t_window = [], time.time()
         if step % c.eval_every == 0 or last:
-            e = evaluate(run, c.eval_split)
+            e = evaluate_split(run, c.eval_split)
             run.writer.write(step, 'eval', **{k: v for k, v in e.items() if k != 'count'})
             say(f"step {step}/{run.total_steps}: eval loss {e['loss']:.4f}  accuracy {e['accuracy']:.4f}  "
                       f"({int(e['count'])} examples)")
@@ -345,17 +345,17 @@ def finish(run: Run, wall: float) -> dict:
 
     import vitjax
     from vitjax import loader
-    from vitjax.metrics import plot_curves, strict_json
+    from vitjax.train.metrics import plot_curves, strict_json
 
     c, model, steps = run.c, run.model, run.total_steps
     skipped = int(run.par.get(run.state.nonfinite_steps))
     if skipped >= steps:  # nan_policy='skip' and not one update applied: the params are the initial ones
         raise FloatingPointError(f'all {steps} steps were non-finite and skipped: no update was applied, so '
                                  'no model is saved')
-    from vitjax.checkpoint import state_digest
-    from vitjax.parallel import same_on_all_processes
+    from vitjax.train.checkpoint import state_digest
+    from vitjax.train.parallel import same_on_all_processes
 
-    test = evaluate(run, c.test_split)
+    test = evaluate_split(run, c.test_split)
     params = run.par.host_state(run.state.params)
     digest = state_digest(params)
     if not same_on_all_processes(digest):  # replicas that drifted apart: the saved model is process 0's

@@ -92,7 +92,7 @@ def default_config() -> ml_collections.ConfigDict:
     # Seconds to wait for every process to join (jax's initialization_timeout): past it jax aborts the process.
     c.distributed_timeout = 300
     # 'pmap': replicated state; 'fsdp': params and Adam moments sharded over all devices (jit + NamedSharding),
-    # arrays under fsdp_min_size_mb replicated (vitjax/parallel.py)
+    # arrays under fsdp_min_size_mb replicated (vitjax/train/parallel.py)
     c.parallelism = 'pmap'
     # The device memory a run is checked against before its first step (0: what jax reports; CPUs report none):
     # set it to size a run for another accelerator, e.g. 40 for a 40 GB GPU, from any host with --compile_only.
@@ -186,8 +186,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
 
 def planned_model(c, remote: bool = True):
-    """(module, timm name) that `build_model` starts from, at its stored size and without params: from the zoo
-    table for a registry name or a zoo hub name, from a local model directory's config.json; with `remote` also
+    """(module, timm name) that `trainer.initial_model` starts from, at its stored size and without params: from the
+    zoo table for a registry name or a zoo hub name, from a local model directory's config.json; with `remote` also
     from the config.json alone of a hub repo the zoo does not name or of an object-store directory. (None, '')
     when not known so: the load then says what is wrong."""
     import json
@@ -230,7 +230,7 @@ def _classifiers(model, name: str) -> list[str]:
 
 def check_model(c, remote: bool = True) -> None:
     """What train.py cannot train: an encoder without a head (the way out named), an image size the model's
-    family refuses. `validate` asks before a workdir exists, `trainer.build_model` again (`remote` configs too)."""
+    family refuses. `validate` asks before a workdir exists, `trainer.initial_model` again (`remote` configs too)."""
     from vitjax.models.family import problems
     from vitjax.models.tower import Tower, TowerClassifier
     model, name = planned_model(c, remote)

@@ -154,7 +154,7 @@ def _label_feature(dataset: str, builder):
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """This process's shard as records in a fixed order (see `vitjax.data.decode`), before any decoding."""
+    """This process's shard as records in a fixed order (see `vitjax.train.data.decode`), before any decoding."""
     records: tf.data.Dataset
     num_examples: int
     encoded_bytes: float  # mean bytes per record as stored (what a shuffle buffer holds)

@@ -7,7 +7,7 @@
 another size, with position embeddings resampled, not truncated). Needs the cifar10 tfds data. Sized for one
 16 GB GPU: the full fine-tune's step at batch 128 needs 7.4 GiB (`--compile_only`, XLA:CPU's analysis).
 """
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 
 
 def get_config(stage: str = 'full'):

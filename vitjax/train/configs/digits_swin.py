@@ -4,7 +4,7 @@
 
 Sized for a CPU: the train step needs 0.13 GiB per device (`--compile_only`, XLA:CPU's analysis).
 """
-from vitjax.configs import default
+from vitjax.train.configs import default
 
 
 def get_config():

@@ -1,4 +1,4 @@
-"""Train state and the train / eval steps, written once for every layout `vitjax.parallel` puts them in.
+"""Train state and the train / eval steps, written once for every layout `vitjax.train.parallel` puts them in.
 
 With an `axis_name` (pmap) each device holds a replica of the state and a slice of the batch; gradients and
 metrics are averaged with `lax.pmean`, eval sums with `lax.psum`, and each device folds its index into the
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vitjax.optim import cross_entropy
+from vitjax.train.optim import cross_entropy
 
 
 @flax.struct.dataclass
@@ -130,7 +130,7 @@ def step_functions(model, tx: optax.GradientTransformation, lr_fn: Callable, num
                    label_smoothing: float = 0., accum_steps: int = 1, trainable: Any = None,
                    mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                    traces: Optional[dict] = None) -> tuple[Callable, Callable]:
-    """(train_fn(state, batch, axis_name), eval_fn(params, batch, axis_name)) for `vitjax.parallel` to compile.
+    """(train_fn(state, batch, axis_name), eval_fn(params, batch, axis_name)) for `vitjax.train.parallel` to compile.
     `mean` / `std` normalise uint8 batches on the device (`model_input`). Pass a dict as `traces` to have the
     compilations of each step counted into it ('train', 'eval')."""
     traces = {} if traces is None else traces

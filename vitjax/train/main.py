@@ -1,11 +1,11 @@
-"""`python train.py` / `vitjax train`: the command line of the training job (vitjax/trainer.py).
+"""`python train.py` / `vitjax train`: the command line of the training job (vitjax/train/trainer.py).
 
     python train.py                                                   # digits default, offline, minutes on CPU
     python train.py --config configs/cifar10_deit_tiny.py --config.init=out/deit_tiny
     python train.py --config configs/default.py --config.lr=1e-3 --workdir runs/mine
     python train.py --workdir runs/mine --resume                      # continue from the latest checkpoint
 
-Decides what a run may do with its workdir before anything is written (vitjax/workdir.py), then trains.
+Decides what a run may do with its workdir before anything is written (vitjax/train/workdir.py), then trains.
 Importing this module defines no flags: `run` defines them.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Optional
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # before TensorFlow loads: keep its C++ chatter out
 from absl import app, flags, logging
 
-from vitjax import trainer
-from vitjax import workdir as workdirs
-from vitjax.config import validate
+from vitjax.train import trainer
+from vitjax.train import workdir as workdirs
+from vitjax.train.config import validate
 from vitjax.storage import URL_SCHEMES, RunFiles, is_url
 
 
@@ -132,7 +132,7 @@ def hold_coordinator_port(address: str) -> None:
 def check_same_job(c, workdir: str, FLAGS: flags.FlagValues) -> None:
     """Every process must run the same job: a different lr lets replicas drift apart silently, a different step
     count ends in a collective mismatch minutes later. Compared once, before anything is built or written."""
-    from vitjax.parallel import gather_json
+    from vitjax.train.parallel import gather_json
     mine = {'config': dict(json.loads(c.to_json()), process_id=None), 'workdir': workdir,
             'resume': FLAGS.resume, 'stop_after': FLAGS.stop_after, 'compile_only': FLAGS.compile_only}
     everyone = gather_json(mine)
@@ -192,7 +192,7 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS, hooks: Optional[trai
     try:
         workdirs.check_ours(workdir)
         if os.path.isdir(workdir):  # a run file that is a link, a directory or a FIFO: refused before anything is made
-            from vitjax.metrics import check_outputs
+            from vitjax.train.metrics import check_outputs
             check_outputs(workdir)
         workdirs.check_init(workdir, c.init)
         if is_url(workdir):  # a local model/ is checked once the workdir exists (its parent must take a probe)
@@ -270,7 +270,7 @@ def _locked_main(c, workdir: str, FLAGS: flags.FlagValues, hooks: Optional[train
 
 def run(argv=None, hooks: Optional[trainer.Hooks] = None) -> None:
     """Entry point with an explicit argument list (`vitjax train ...`); exits with main's status."""
-    from vitjax.hostmem import reexec_with_tuned_malloc
+    from vitjax.train.hostmem import reexec_with_tuned_malloc
     reexec_with_tuned_malloc()  # before jax starts: glibc reads its malloc settings at process start
     define_flags(argv=argv)
     app.run(lambda rest: main(rest, hooks=hooks), argv=argv)

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
+from vitjax.models import BUFFERS
+
 HEAD = ('head', 'head_dist')
 
 
@@ -42,11 +44,6 @@ def path_mask(params: Any, patterns: Sequence[str]) -> Any:
     flat = traverse_util.flatten_dict(params, sep='/')
     return traverse_util.unflatten_dict(
         {k: any(re.search(p, k) for p in patterns) for k in flat}, sep='/')
-
-
-# timm buffers that vitjax keeps as params, so that they load, save and export with the rest: never trained (Gemma 4's
-# clamp bounds and soft-token standardization).
-BUFFERS = (r'(^|/)(input|output)_(min|max)$', r'(^|/)std_(bias|scale)$')
 
 
 def param_labels(params: Any, c) -> Any:

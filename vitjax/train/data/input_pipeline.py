@@ -1,7 +1,7 @@
 """tf.data pipelines for training and evaluation, from a tfds name, `vitjax_digits`, or a folder of images.
 
 Encoded records (tfds with `SkipDecoding`, folder file paths) flow through the per-epoch shuffle and the resume
-skip; decoding happens after them, fused with the crop (`vitjax.data.decode`). Train: a random-resized crop +
+skip; decoding happens after them, fused with the crop (`vitjax.train.data.decode`). Train: a random-resized crop +
 flip from stateless ops keyed by (seed, example index), so the stream is identical on every run and
 `start_step=k` resumes exactly at batch k. Eval: timm's eval transform by the model's crop_pct and crop_mode
 (center, squash, border), padded to whole batches with a `mask`, so every example counts once. Both yield uint8;
@@ -20,8 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from vitjax import images
-from vitjax.data import decode
-from vitjax.data.sources import DatasetInfo, _process, _source, get_dataset_info  # noqa: F401 (DatasetInfo: vitjax.data)
+from vitjax.train.data import decode
+from vitjax.train.data.sources import (DatasetInfo, _process, _source,  # noqa: F401 (DatasetInfo: vitjax.train.data)
+                                       get_dataset_info)
 
 AUTOTUNE = tf.data.AUTOTUNE
 CROP_MODES = ('center', 'squash', 'border')  # timm's eval crop modes

@@ -11,7 +11,7 @@ configs/imagenet_vit_b16.py --compile_only --config.device_memory_gb=40`): 26.7 
 without accumulation. That analysis is XLA:CPU's (GPU fusion differs, and XLA:CPU's figure does not shrink
 with grad_checkpointing), so take it as an estimate; on the GPUs the check runs against their real memory.
 """
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 
 
 def get_config():

@@ -95,7 +95,7 @@ class Checkpointer:
                     (root / str(bad)).rename(root / aside)
                 report(f'checkpoint {bad} is damaged ({why}); set aside as {self.directory}/{aside}')
             if problems:
-                from vitjax.parallel import barrier
+                from vitjax.train.parallel import barrier
                 barrier('vitjax-checkpoints-set-aside')
                 self.manager.reload()
                 report(f'resuming from step {step}, the newest intact checkpoint')

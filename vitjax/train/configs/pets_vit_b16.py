@@ -6,7 +6,7 @@
 Needs the oxford_iiit_pet tfds data. Sized for any GPU: the head-only step at batch 64 needs 1.2 GiB per device
 (`--compile_only`, XLA:CPU's analysis).
 """
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 
 
 def get_config():

@@ -9,7 +9,7 @@ import numpy as np
 
 def run_eval(sums_fn: Callable[[dict], dict], dataset: Iterable[dict]) -> dict[str, float]:
     """Loss, top-1, top-5 over every example of `dataset` exactly once; `sums_fn(host_batch)` returns the
-    batch's masked sums as numpy (`vitjax.parallel` runs the eval step wherever the params live)."""
+    batch's masked sums as numpy (`vitjax.train.parallel` runs the eval step wherever the params live)."""
     totals = None
     for batch in dataset:
         sums = jax.tree.map(lambda x: np.asarray(x, np.float64), sums_fn(batch))
@@ -24,7 +24,8 @@ def run_eval(sums_fn: Callable[[dict], dict], dataset: Iterable[dict]) -> dict[s
 def evaluate(model, variables, dataset: str, split: str = 'test', *, batch_size: int = 64,
              data_dir: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """`vitjax evaluate`: a model on a tfds dataset or an image folder, preprocessed as its config says."""
-    from vitjax import data, inference, parallel, train_step
+    from vitjax import inference
+    from vitjax.train import data, parallel, train_step
     inference.check_image_logits(model, 'evaluate', lambda x: model.apply(variables, x))
     info = data.get_dataset_info(dataset, split, data_dir)
     if info.num_classes != model.num_classes:

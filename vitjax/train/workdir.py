@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from etils import epath
 
-from vitjax.config import RESUME_SAFE
+from vitjax.train.config import RESUME_SAFE
 from vitjax.storage import is_url, join
 
 LOCK_FILE, CONFIG_FILE, CHANGES_FILE = 'train.lock', 'config.json', 'config_changes.jsonl'

@@ -3,7 +3,7 @@
 Runs offline on 2 CPU cores in a few minutes: `python train.py` (or `make train`). Sized for a CPU: the train
 step needs 0.13 GiB per device (`python train.py --compile_only`, XLA:CPU's analysis).
 """
-from vitjax.config import default_config
+from vitjax.train.config import default_config
 
 
 def get_config():
