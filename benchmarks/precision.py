@@ -66,7 +66,7 @@ def compare(timm_model, x: np.ndarray, all_bf16: bool = True) -> dict[str, dict]
     from porting.sources import source_of
     jax.config.update('jax_default_matmul_precision', 'highest')  # the f32 reference is true f32 everywhere
     source = source_of(timm_model, 'timm')
-    cfg = source.model_config(timm_model)
+    cfg = source.torch_config(timm_model)
     model, variables = source.module(cfg), {'params': source.from_state(timm_model.state_dict(), cfg)}
     ours32 = vitjax_logits(model, variables, x, jnp.float32)
     ref = timm_logits(timm_model, x, 'f32')
