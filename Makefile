@@ -26,7 +26,7 @@ PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=60
 
 # Tiers (docs/testing.md): test = every guarantee, every family, one architecture per option set (CI);
 # test-fast = the unit tier; test-zoo = the exhaustive sweeps (every zoo architecture, the full-size parity
-# rows), for any change under vitjax/models or the porting tables; test-all = both.
+# rows), for any change under vitjax/models or the name tables (vitjax/weights); test-all = both.
 test: install
 	$(PYTEST) -m "not zoo"
 

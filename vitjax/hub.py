@@ -285,8 +285,7 @@ def read_hub_config(name: str, revision: Optional[str] = None) -> dict[str, Any]
 def _config(hub_cfg: dict, repo: str, full: str, where: str) -> dict[str, Any]:
     """A hub config.json as a vitjax config, every field it takes checked (the model directory's checks, with
     the hub file's field names): one HubError naming the file and every problem."""
-    from vitjax import weights
-    from vitjax import io
+    from vitjax import io, weights
     from vitjax.models import ARCHITECTURES, PretrainedCfg, type_problems
     z, arch = zoo(), hub_cfg.get('architecture')
     if full:  # a timm name's own architecture: some share a repo with another (the QuickGELU CLIP towers'
